@@ -1,0 +1,282 @@
+"""Calibration: in-distribution validation data ▶ features ▶ fitted scorer ▶ conformal
+threshold ▶ ``calibration.json`` in the bundle.
+
+Only in-distribution data is needed. It is split (shuffled, seeded) into a *fit* part, on which
+the transform is fitted, and a *calibration* part, whose scores give conformal p-values
+``p = (1 + #{cal ≥ s}) / (n + 1)``. Flagging ``p ≤ alpha`` then has a false-positive rate of at
+most ``alpha`` on exchangeable in-distribution data, in finite samples — which is why
+``alpha < 1/(n + 1)`` is refused: no input could ever be flagged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from oodguard.bundle import CALIBRATION_FILE, MODEL_FILE, read_bundle, write_bundle
+from oodguard.engine import Engine
+from oodguard.errors import CalibrationError
+from oodguard.calibration.scorer import FittedTransform, fit_transform
+from oodguard.calibration.selection import PROXY_KINDS, make_proxies, select_features
+from oodguard.scoring import Scorer, score_threshold
+from oodguard.validation import validate_batch
+
+__all__ = [
+    "CalibrationReport",
+    "calibrate",
+    "check_sizes",
+    "fit_scorer",
+    "required_samples",
+    "split_indices",
+]
+
+log = logging.getLogger(__name__)
+
+MIN_FIT_PER_FEATURE = 5
+
+
+def required_samples(alpha: float, n_features: int, fit_fraction: float) -> int:
+    """Smallest validation set for ``alpha``: ``1/(n_cal + 1) ≤ alpha`` and enough fit data."""
+    n_cal = math.ceil(1.0 / alpha - 1.0 - 1e-9)
+    n_fit = MIN_FIT_PER_FEATURE * (n_features + 1)
+    return max(math.ceil(n_fit / fit_fraction), math.ceil(n_cal / (1.0 - fit_fraction)))
+
+
+@dataclass(frozen=True, eq=False)
+class CalibrationReport:
+    """What calibration produced. ``scorer`` is the runtime scorer (rebuilt from the JSON)."""
+
+    path: Path
+    scorer: Scorer
+    n_fit: int
+    n_cal: int
+    dropped: dict[str, str]
+
+    @property
+    def threshold(self) -> float:
+        return self.scorer.threshold
+
+
+def split_indices(n: int, fit_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded shuffle of ``range(n)`` into (fit, calibration) index arrays."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_fit = int(round(n * fit_fraction))
+    return order[:n_fit], order[n_fit:]
+
+
+def check_sizes(n: int, n_features: int, alpha: float, fit_fraction: float) -> None:
+    """Refuse alpha outside (0, 1), alpha < 1/(n_cal+1), and too-small validation sets."""
+    if not 0.0 < alpha < 1.0:
+        raise CalibrationError(f"alpha must lie in (0, 1). Got {alpha}")
+    if not 0.05 <= fit_fraction <= 0.95:
+        raise CalibrationError(f"fit_fraction must lie in [0.05, 0.95]. Got {fit_fraction}")
+    need = required_samples(alpha, n_features, fit_fraction)
+    n_cal = n - int(round(n * fit_fraction))
+    if alpha < 1.0 / (n_cal + 1):
+        raise CalibrationError(
+            f"alpha={alpha:g} is below 1/(n+1) = {1 / (n_cal + 1):.4g} for the {n_cal} "
+            f"calibration samples: no input could ever be flagged. Pass at least {need} "
+            f"in-distribution samples (fit_fraction={fit_fraction:g}) or raise alpha"
+        )
+    if n < need:
+        raise CalibrationError(
+            f"calibration needs at least {need} in-distribution samples for alpha={alpha:g} "
+            f"and {n_features} features (fit_fraction={fit_fraction:g}); got {n}"
+        )
+
+
+def _finite(f: np.ndarray, what: str) -> np.ndarray:
+    f = np.asarray(f, dtype=np.float64)
+    bad = ~np.isfinite(f).all(axis=1)
+    if bad.any():
+        raise CalibrationError(
+            f"{int(bad.sum())} of {len(f)} {what} give non-finite features: the model "
+            "overflows on them; check the input scaling"
+        )
+    return f
+
+
+def fit_scorer(
+    fit_features: np.ndarray,
+    cal_features: np.ndarray,
+    feature_names: Sequence[str],
+    *,
+    alpha: float = 0.05,
+    reference_features: np.ndarray | None = None,
+    combine: str = "max",
+    use: Sequence[str] | None = None,
+    seed: int = 0,
+) -> tuple[Scorer, dict[str, Any]]:
+    """Fit a scorer on in-distribution features and calibrate it at ``alpha``.
+
+    Parameters
+    ----------
+    fit_features : ndarray, shape (n_fit, F) — fits the transform (and the selection)
+    cal_features : ndarray, shape (n_cal, F) — gives the conformal calibration scores
+    reference_features : ndarray, shape (m, F), optional
+        Features of OOD or synthetic-outlier inputs: features and their directions are
+        selected on them (see :mod:`oodguard.calibration.selection`). ``None``: every
+        feature, two-sided.
+
+    Returns
+    -------
+    scorer : Scorer — exactly what the runtime rebuilds from ``calibration.json``
+    info : dict — sizes, dropped features, the selection and its reference AUROCs
+    """
+    fit = _finite(fit_features, "fit samples")
+    cal = _finite(cal_features, "calibration samples")
+    if alpha < 1.0 / (len(cal) + 1):
+        raise CalibrationError(
+            f"alpha={alpha:g} is below 1/(n+1) = {1 / (len(cal) + 1):.4g} for {len(cal)} "
+            "calibration samples: no input could ever be flagged"
+        )
+    fitted = fit_transform(fit, feature_names, combine="max", use=use, seed=seed)
+    names = list(feature_names)
+    info: dict[str, Any] = {"dropped_features": fitted.dropped}
+    keep = np.arange(len(fitted.used))
+    direction = np.zeros(len(fitted.used))
+    if reference_features is not None:
+        ref = np.asarray(reference_features, dtype=np.float64)
+        ref = ref[np.isfinite(ref).all(axis=1)]
+        probe = _scorer(fitted, keep, direction, names, "max", alpha)
+        sel = select_features(probe.standardize(fit), probe.standardize(ref))
+        keep = np.asarray(sel.selected, dtype=np.intp)
+        direction = sel.direction[keep]
+        info["selection"] = {
+            "reference_auroc": {
+                names[j]: round(float(a), 4) for j, a in zip(fitted.used, sel.aurocs)
+            },
+            "selected": [names[fitted.used[k]] for k in keep],
+            "combined_reference_auroc": round(sel.combined_auroc, 4),
+        }
+    if combine != "max":
+        # Refit with the Mahalanobis block on the selected features only.
+        fitted = fit_transform(
+            fit, feature_names, combine=combine, use=[names[fitted.used[k]] for k in keep],
+            seed=seed,
+        )
+        keep = np.arange(len(keep))
+    scorer = _scorer(fitted, keep, direction, names, combine, alpha)
+    cal_scores = np.sort(scorer.score(cal))
+    if not np.isfinite(cal_scores).all():
+        raise CalibrationError("calibration scores are not finite; the fit is degenerate")
+    doc = scorer.to_dict()
+    info.update(n_fit=len(fit), n_cal=len(cal), seed=seed)
+    doc.update(
+        calibration_scores=cal_scores.tolist(),
+        threshold=score_threshold(cal_scores, alpha),
+        info=info,
+    )
+    # Round-trip through the plain-number document so the caller gets exactly what the
+    # runtime will rebuild.
+    return Scorer.from_dict(json.loads(json.dumps(doc)), feature_names), info
+
+
+def _scorer(
+    fitted: FittedTransform,  # direction below is aligned with keep
+    keep: np.ndarray,
+    direction: np.ndarray,
+    names: list[str],
+    combine: str,
+    alpha: float,
+) -> Scorer:
+    return Scorer(
+        feature_names=tuple(names),
+        used=fitted.used[keep],
+        log_offset=fitted.log_offset[keep],
+        pre_center=fitted.pre_center[keep],
+        pre_scale=fitted.pre_scale[keep],
+        lambdas=fitted.lambdas[keep],
+        post_center=fitted.post_center[keep],
+        post_scale=fitted.post_scale[keep],
+        direction=np.asarray(direction, dtype=np.float64),
+        combine=combine,
+        maha_location=fitted.maha_location,
+        maha_precision=fitted.maha_precision,
+        calibration_scores=np.zeros(1),
+        alpha=alpha,
+        threshold=0.0,
+        info={},
+    )
+
+
+def calibrate(
+    bundle: str | os.PathLike[str],
+    x_val: np.ndarray,
+    *,
+    alpha: float = 0.05,
+    fit_fraction: float = 0.4,
+    select: str = "auto",
+    x_ood: np.ndarray | None = None,
+    combine: str = "max",
+    use: Sequence[str] | None = None,
+    out: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+) -> CalibrationReport:
+    """Calibrate a bundle on in-distribution validation inputs and write ``calibration.json``.
+
+    Parameters
+    ----------
+    bundle : path of an exported bundle
+    x_val : ndarray of float32, shape (n, *input_shape)
+        In-distribution inputs the autoencoder was *not* trained on. Nothing else is needed.
+    alpha : target false-positive rate of the OOD verdict (default 0.05).
+    fit_fraction : share of ``x_val`` that fits the transform; the rest calibrates.
+    select : "auto" — choose features and directions on ``x_ood`` if given, else on synthetic
+        outliers made from the fit part (see :mod:`oodguard.calibration.selection`);
+        "all" — every feature, two-sided.
+    x_ood : optional OOD validation inputs, used only for the selection.
+    combine : "max" (default), "max_mahalanobis" or "mahalanobis" (see oodguard.scoring).
+    use : candidate feature names; default all.
+    out : where to write the calibrated bundle; default in place (atomically).
+
+    Raises
+    ------
+    CalibrationError
+        alpha < 1/(n_cal + 1), too few samples (the message says how many are needed),
+        non-finite features on in-distribution data.
+    """
+    if select not in ("auto", "all"):
+        raise ValueError(f"select must be 'auto' or 'all'. Got {select!r}")
+    source = read_bundle(bundle)
+    spec = source.manifest.input
+    x32, _ = validate_batch(x_val, spec, nonfinite="raise")
+    check_sizes(len(x32), len(source.manifest.feature_names), alpha, fit_fraction)
+    engine = Engine(source.files[MODEL_FILE], source.manifest, providers="cpu")
+    log.info("computing features for %d validation inputs", len(x32))
+    features = engine.run(x32)
+    fit_idx, cal_idx = split_indices(len(x32), fit_fraction, seed)
+    reference = None
+    if select == "auto":
+        if x_ood is not None:
+            ref_x, _ = validate_batch(x_ood, spec, nonfinite="raise")
+        else:
+            ref_x = make_proxies(x32[fit_idx], seed=seed)
+        log.info("selecting features on %d %s inputs", len(ref_x),
+                 "OOD validation" if x_ood is not None else "synthetic-outlier")
+        reference = engine.run(np.ascontiguousarray(ref_x))
+    scorer, info = fit_scorer(
+        features[fit_idx], features[cal_idx], source.manifest.feature_names, alpha=alpha,
+        reference_features=reference, combine=combine, use=use, seed=seed,
+    )
+    if "selection" in info:
+        info["selection"]["reference"] = "x_ood" if x_ood is not None else list(PROXY_KINDS)
+        scorer = Scorer.from_dict({**scorer.to_dict(), "info": info}, scorer.feature_names)
+    files = {
+        MODEL_FILE: source.files[MODEL_FILE],
+        CALIBRATION_FILE: (json.dumps(scorer.to_dict()) + "\n").encode(),
+    }
+    path = write_bundle(out or source.path, source.manifest, files, overwrite=True)
+    log.info("calibrated at alpha=%g: threshold %.4g from %d calibration scores; features %s",
+             alpha, scorer.threshold, len(cal_idx),
+             [scorer.feature_names[i] for i in scorer.used])
+    return CalibrationReport(path, scorer, len(fit_idx), len(cal_idx),
+                             info["dropped_features"])

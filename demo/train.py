@@ -1,0 +1,77 @@
+"""A small MLP autoencoder and its training loop.
+
+Weight decay and denoising are what make the latent map ``E∘D`` contractive, so that
+in-distribution codes settle onto attractors.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["MLPAutoencoder", "train_autoencoder"]
+
+log = logging.getLogger(__name__)
+
+
+class MLPAutoencoder(nn.Module):
+    """``dim ▶ hidden ▶ latent ▶ hidden ▶ dim`` with a sigmoid output (inputs in [0, 1])."""
+
+    def __init__(self, dim: int = 64, hidden: int = 32, latent: int = 8) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(dim, hidden), nn.ELU(), nn.Linear(hidden, latent))
+        self.decoder = nn.Sequential(
+            nn.Linear(latent, hidden), nn.ELU(), nn.Linear(hidden, dim), nn.Sigmoid()
+        )
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)  # type: ignore[no-any-return]
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)  # type: ignore[no-any-return]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+
+def train_autoencoder(
+    x: np.ndarray,
+    *,
+    latent: int = 8,
+    hidden: int = 32,
+    epochs: int = 400,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    weight_decay: float = 1e-4,
+    noise: float = 0.1,
+    seed: int = 0,
+    progress: bool = True,
+) -> MLPAutoencoder:
+    """Train a denoising MLP autoencoder on ``x [N, dim]`` (values in [0, 1]). Seeded."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    data = torch.as_tensor(x, dtype=torch.float32)
+    model = MLPAutoencoder(data.shape[1], hidden, latent)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    t0 = time.perf_counter()
+    for epoch in range(epochs):
+        perm = torch.randperm(len(data), generator=gen)
+        total = 0.0
+        for i in range(0, len(data), batch_size):
+            batch = data[perm[i : i + batch_size]]
+            noisy = (batch + noise * torch.randn(batch.shape, generator=gen)).clamp(0, 1)
+            loss = nn.functional.mse_loss(model(noisy), batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(batch)
+        sched.step()
+        if progress and (epoch + 1) % max(epochs // 5, 1) == 0:
+            log.info("epoch %d/%d  loss %.5f  (%.1fs)", epoch + 1, epochs, total / len(data),
+                     time.perf_counter() - t0)
+    return model.eval()

@@ -1,0 +1,175 @@
+"""Attractor discovery: iterate codes under ``f(z) = E(D(z))`` until they stop moving, then
+merge terminal points that lie within a radius of each other."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from oodguard.errors import ExportError
+
+__all__ = ["AttractorReport", "discover_attractors", "merge_points"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class AttractorReport:
+    """What discovery found.
+
+    Attributes
+    ----------
+    attractors : ndarray of float32, shape (K, d)
+    members : ndarray of int, shape (K,)
+        Terminal points merged into each attractor.
+    scale : float
+        Median ``‖z0‖`` of the training codes; tolerances are relative to it.
+    tol, merge_radius : float
+        Absolute convergence tolerance and merge radius.
+    """
+
+    attractors: np.ndarray
+    members: np.ndarray
+    n_data: int
+    n_data_converged: int
+    n_noise: int
+    n_noise_converged: int
+    n_dropped: int
+    max_steps: int
+    scale: float
+    tol: float
+    merge_radius: float
+    seconds: float
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.attractors)} attractors from {self.n_data} training codes "
+            f"({self.n_data_converged} converged) and {self.n_noise} Gaussian codes "
+            f"({self.n_noise_converged} converged) in {self.seconds:.2f}s; "
+            f"tol={self.tol:.3g}, merge radius={self.merge_radius:.3g}"
+        )
+
+
+def _iterate(
+    encoder: nn.Module, decoder: nn.Module, z: torch.Tensor, tol: float, max_steps: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Iterate each code until its step is ≤ tol or the budget ends; (terminal, converged)."""
+    z = z.clone()
+    converged = torch.zeros(len(z), dtype=torch.bool)
+    active = torch.arange(len(z))
+    for _ in range(max_steps):
+        if len(active) == 0:
+            break
+        cur = z[active]
+        nxt = encoder(decoder(cur))
+        done = torch.linalg.vector_norm(nxt - cur, dim=1) <= tol
+        z[active] = nxt
+        converged[active[done]] = True
+        active = active[~done]
+    return z, converged
+
+
+def merge_points(points: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy leader clustering: a point joins the first center within ``radius``, else it
+    becomes a center. Returns ``(centers [K, d], members [K])``."""
+    centers: list[np.ndarray] = []
+    members: list[int] = []
+    bank = np.empty((0, points.shape[1]), dtype=np.float64)
+    for p in points.astype(np.float64):
+        if len(bank):
+            d = np.linalg.norm(bank - p, axis=1)
+            j = int(np.argmin(d))
+            if d[j] <= radius:
+                members[j] += 1
+                continue
+        centers.append(p)
+        members.append(1)
+        bank = np.vstack([bank, p[None]])
+    return np.asarray(centers, dtype=np.float32), np.asarray(members)
+
+
+@torch.inference_mode()
+def discover_attractors(
+    encoder: nn.Module,
+    decoder: nn.Module,
+    x_train: np.ndarray | torch.Tensor,
+    *,
+    n_noise: int = 256,
+    rel_tol: float = 1e-3,
+    rel_merge_radius: float = 0.05,
+    max_steps: int = 500,
+    max_attractors: int = 1024,
+    batch_size: int = 4096,
+    seed: int = 0,
+) -> AttractorReport:
+    """Find the attractors of ``f = E∘D`` from training codes and data-free Gaussian codes.
+
+    Parameters
+    ----------
+    x_train : array, shape (N, *input_shape)
+        Training inputs (float32 after the same scaling as in training).
+    n_noise : int
+        Codes drawn from a Gaussian fitted to the training codes (mean and per-axis std).
+    rel_tol, rel_merge_radius : float
+        Convergence tolerance and merge radius, relative to the median training-code norm.
+    max_steps : int
+        Step budget per code.
+    max_attractors : int
+        Keep at most this many attractors (those that gathered the most terminal points).
+    """
+    t0 = time.perf_counter()
+    x = torch.as_tensor(np.asarray(x_train), dtype=torch.float32)
+    if len(x) == 0:
+        raise ExportError("x_train is empty; attractor discovery needs training inputs")
+    codes = torch.cat([encoder(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    if codes.ndim != 2:
+        raise ExportError(
+            f"the encoder must map x {tuple(x.shape)} to codes of shape (N, d); got "
+            f"{tuple(codes.shape)}. Flatten the latent inside the encoder"
+        )
+    scale = float(codes.norm(dim=1).median())
+    if not np.isfinite(scale) or scale <= 0:
+        raise ExportError(f"training codes have median norm {scale}; the encoder looks broken")
+    tol = rel_tol * scale
+    radius = rel_merge_radius * scale
+    gen = torch.Generator().manual_seed(seed)
+    noise = codes.mean(0) + codes.std(0) * torch.randn(
+        n_noise, codes.shape[1], generator=gen
+    )
+    terminal, converged = _iterate(encoder, decoder, torch.cat([codes, noise]), tol, max_steps)
+    n = len(codes)
+    ok = converged.numpy()
+    points = terminal.numpy()
+    if not ok.any():
+        log.warning(
+            "no code converged within %d steps (tol %.3g); using all terminal points — the map "
+            "may not be contractive (train with weight decay / denoising)", max_steps, tol
+        )
+        ok = np.ones(len(points), dtype=bool)
+    centers, members = merge_points(points[ok], radius)
+    dropped = 0
+    if len(centers) > max_attractors:
+        keep = np.argsort(-members, kind="stable")[:max_attractors]
+        dropped = len(centers) - max_attractors
+        centers, members = centers[keep], members[keep]
+    report = AttractorReport(
+        attractors=centers,
+        members=members,
+        n_data=n,
+        n_data_converged=int(converged[:n].sum()),
+        n_noise=n_noise,
+        n_noise_converged=int(converged[n:].sum()),
+        n_dropped=dropped,
+        max_steps=max_steps,
+        scale=scale,
+        tol=tol,
+        merge_radius=radius,
+        seconds=time.perf_counter() - t0,
+    )
+    log.info("attractor discovery: %s", report.summary())
+    return report

@@ -1,0 +1,112 @@
+"""The fused trajectory graph as a torch module: ``x [N, ...] ▶ features [N, F]``.
+
+The same module is the torch reference and the thing exported to ONNX, so the two compute the
+same formulas (see :mod:`oodguard.features`). The ``T`` steps are unrolled at export time and the
+attractor bank is a constant buffer. Nearest attractors are chosen with one matrix product
+(``‖a‖² − 2 z·a``) over all ``N·(T+1)`` trajectory points and the distance to the chosen one is
+then computed exactly: the expanded form alone loses precision near an attractor, which is
+precisely where in-distribution codes end up.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from oodguard.features import FEATURE_NAMES
+
+__all__ = ["TrajectoryFeatures", "slope_weights"]
+
+
+def slope_weights(steps: int) -> torch.Tensor:
+    """Weights ``w [T]`` with ``Σ_t w_t y_t`` = least-squares slope of ``y_t`` over ``t``."""
+    t = torch.arange(steps, dtype=torch.float64)
+    c = t - t.mean()
+    denom = (c * c).sum()
+    return (c / denom if denom > 0 else torch.zeros_like(c)).float()
+
+
+class TrajectoryFeatures(nn.Module):
+    """Iterate ``z_{t+1} = E(D(z_t))`` ``steps`` times from ``z0 = E(x)`` and compute features.
+
+    Parameters
+    ----------
+    encoder, decoder : nn.Module
+        ``encoder(x [N, *shape]) -> z [N, d]``, ``decoder(z) -> x̂ [N, *shape]``.
+    attractors : Tensor, shape (K, d)
+    steps : int
+        ``T >= 2``.
+    tol : float
+        Convergence tolerance on ``‖z_{t+1} − z_t‖`` (``steps_to_converge``; also the ``eps``
+        inside ``convergence_rate``'s logarithm, so converged steps flatten at ``log(tol)``
+        instead of amplifying float rounding).
+    """
+
+    feature_names = FEATURE_NAMES
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        attractors: torch.Tensor,
+        *,
+        steps: int,
+        tol: float,
+    ) -> None:
+        super().__init__()
+        if steps < 2:
+            raise ValueError(f"steps must be >= 2 (convergence_rate is a slope). Got {steps}")
+        if attractors.ndim != 2 or len(attractors) == 0:
+            raise ValueError(f"attractors must be a non-empty (K, d) tensor. Got {attractors.shape}")
+        if not tol > 0:
+            raise ValueError(f"tol must be > 0. Got {tol}")
+        self.encoder = encoder
+        self.decoder = decoder
+        self.steps = int(steps)
+        self.tol = float(tol)
+        a = attractors.detach().float()
+        self.register_buffer("attractors", a)
+        self.register_buffer("attractors_t", a.T.contiguous())
+        self.register_buffer("attractor_sq", (a * a).sum(1))
+        self.register_buffer("slope_w", slope_weights(self.steps))
+        self.register_buffer("t_index", torch.arange(self.steps, dtype=torch.float32))
+
+    def trajectory(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(Z [N, T+1, d], x̂ [N, *shape])``: the latent trajectory and ``D(z0)``."""
+        z = self.encoder(x)
+        x_hat = self.decoder(z)
+        zs = [z]
+        z = self.encoder(x_hat)  # z1 = E(D(z0)) reuses the reconstruction
+        zs.append(z)
+        for _ in range(self.steps - 1):
+            z = self.encoder(self.decoder(z))
+            zs.append(z)
+        return torch.stack(zs, dim=1), x_hat
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        traj, x_hat = self.trajectory(x)
+        d = traj.shape[-1]
+        recon = (x - x_hat).pow(2).reshape(n, -1).mean(dim=1)
+        step = torch.linalg.vector_norm(traj[:, 1:] - traj[:, :-1], dim=-1)  # [N, T]
+        rate = torch.log(step + self.tol) @ self.slope_w
+        never = torch.full_like(step, float(self.steps))
+        to_converge = torch.where(step <= self.tol, self.t_index, never).amin(dim=1)
+        points = traj.reshape(-1, d)  # [N*(T+1), d]
+        nearest = torch.argmin(self.attractor_sq - 2.0 * (points @ self.attractors_t), dim=1)
+        dist = torch.linalg.vector_norm(points - self.attractors[nearest], dim=-1)
+        dist = dist.reshape(n, self.steps + 1)
+        return torch.stack(
+            [
+                recon,
+                step[:, 0],
+                step[:, -1],
+                rate,
+                to_converge,
+                step.sum(dim=1),
+                torch.linalg.vector_norm(traj[:, -1] - traj[:, 0], dim=-1),
+                dist[:, -1],
+                dist.mean(dim=1),
+            ],
+            dim=1,
+        )

@@ -1,0 +1,56 @@
+"""oodguard: an out-of-distribution guard from the latent dynamics of an autoencoder.
+
+The runtime (this package) needs numpy, onnxruntime and prometheus-client only. The offline
+stages install as :mod:`oodguard.export` (torch, onnx) and :mod:`oodguard.calibration`
+(scikit-learn) through pip extras.
+
+>>> guard = Guard.load("bundle/")                      # doctest: +SKIP
+>>> result = guard.check(x)                            # doctest: +SKIP
+>>> result.score, result.p_value, result.is_ood        # doctest: +SKIP
+"""
+
+from oodguard._version import __version__
+from oodguard.bundle import Bundle, InputSpec, Manifest, read_bundle, write_bundle
+from oodguard.engine import Engine
+from oodguard.errors import (
+    BundleError,
+    CalibrationError,
+    ExportError,
+    GuardFailure,
+    InvalidInputError,
+    MissingDependencyError,
+    NonFiniteInputError,
+    NotCalibratedError,
+    OODGuardError,
+    OODInputError,
+)
+from oodguard.features import FEATURE_FORMULAS, FEATURE_NAMES
+from oodguard.guard import CheckResult, Guard, GuardedModel, GuardedOutput
+from oodguard.scoring import Scorer
+
+__all__ = [
+    "FEATURE_FORMULAS",
+    "FEATURE_NAMES",
+    "Bundle",
+    "BundleError",
+    "CalibrationError",
+    "CheckResult",
+    "Engine",
+    "ExportError",
+    "Guard",
+    "GuardFailure",
+    "GuardedModel",
+    "GuardedOutput",
+    "InputSpec",
+    "InvalidInputError",
+    "Manifest",
+    "MissingDependencyError",
+    "NonFiniteInputError",
+    "NotCalibratedError",
+    "OODGuardError",
+    "OODInputError",
+    "Scorer",
+    "__version__",
+    "read_bundle",
+    "write_bundle",
+]

@@ -1,0 +1,84 @@
+"""The exception hierarchy.
+
+Every error oodguard raises derives from :class:`OODGuardError`, and each specific error also
+derives from the builtin a caller would already catch (``ValueError``, ``ImportError``,
+``RuntimeError``), so existing ``except`` clauses keep working.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from oodguard.guard import CheckResult
+
+__all__ = [
+    "BundleError",
+    "ExportError",
+    "GuardFailure",
+    "InvalidInputError",
+    "MissingDependencyError",
+    "NonFiniteInputError",
+    "NotCalibratedError",
+    "OODGuardError",
+    "OODInputError",
+    "CalibrationError",
+]
+
+
+class OODGuardError(Exception):
+    """Root of every error raised by oodguard."""
+
+
+class InvalidInputError(OODGuardError, ValueError):
+    """An input batch does not match what the bundle expects (dtype, rank, shape, emptiness).
+
+    ``reason`` is a short, fixed token (``"dtype"``, ``"rank"``, ``"shape"``, ``"non_finite"``,
+    ``"type"``) suitable as a metric label.
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class NonFiniteInputError(InvalidInputError):
+    """An input holds NaN or infinity and the guard was told to refuse such rows."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason="non_finite")
+
+
+class BundleError(OODGuardError, ValueError):
+    """A bundle directory is missing, corrupted, tampered with, or from an incompatible version."""
+
+
+class NotCalibratedError(BundleError):
+    """The bundle has no ``calibration.json``: run :func:`oodguard.calibration.calibrate` first."""
+
+
+class ExportError(OODGuardError, RuntimeError):
+    """Export refused to write a bundle (for example: ONNX and torch features disagree)."""
+
+
+class CalibrationError(OODGuardError, ValueError):
+    """Calibration cannot be done as asked (too few samples, alpha too small, degenerate data)."""
+
+
+class MissingDependencyError(OODGuardError, ImportError):
+    """An optional dependency is not installed; the message names the pip extra to install."""
+
+
+class GuardFailure(OODGuardError, RuntimeError):
+    """The guard itself failed (engine error) while guarding a model with ``on_error="closed"``."""
+
+
+class OODInputError(OODGuardError, ValueError):
+    """Raised by a wrapped model with ``on_ood="raise"`` when a batch holds OOD rows.
+
+    ``result`` holds the full :class:`~oodguard.guard.CheckResult` for the batch.
+    """
+
+    def __init__(self, message: str, *, result: CheckResult) -> None:
+        super().__init__(message)
+        self.result = result

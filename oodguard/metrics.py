@@ -1,0 +1,221 @@
+"""Prometheus metrics for a guard; the only runtime module that imports prometheus_client.
+
+Every guard records into a registry the caller passes (default: the global
+``prometheus_client.REGISTRY``; ``None`` turns metrics off), labelled by the guard's name only —
+a small, fixed label set, never per-input labels. Histograms, not per-index gauges, so that
+fractions over any threshold can be read in PromQL and aggregate across replicas.
+
+=========================================== ========= =======================================
+metric                                      type      labels
+=========================================== ========= =======================================
+``oodguard_inputs_total``                   counter   guard, verdict (``in`` / ``ood``)
+``oodguard_inputs_refused_total``           counter   guard, reason (dtype, rank, shape, …)
+``oodguard_score``                          histogram guard (buckets: calibration quantiles)
+``oodguard_p_value``                        histogram guard (buckets fine near 0)
+``oodguard_guard_duration_seconds``         histogram guard, stage (engine / scoring / total)
+``oodguard_model_duration_seconds``         histogram guard (the wrapped model)
+``oodguard_batch_size``                     histogram guard (samples per call)
+``oodguard_bundle_info``                    info      guard, sha256, schema, version, steps, alpha
+``oodguard_threshold_score``                gauge     guard
+``oodguard_guard_failures_total``           counter   guard, kind
+=========================================== ========= =======================================
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
+
+__all__ = ["DEFAULT_REGISTRY", "GuardMetrics", "P_VALUE_BUCKETS", "score_buckets"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REGISTRY = REGISTRY
+P_VALUE_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+LATENCY_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0, 2.5, 5.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+_SCORE_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.975, 0.99, 0.995, 0.999)
+
+
+def score_buckets(calibration_scores: np.ndarray, threshold: float) -> tuple[float, ...]:
+    """Score histogram buckets from the calibration scores' quantiles, the threshold, and a
+    geometric tail above the largest calibration score (OOD scores live there)."""
+    cal = np.asarray(calibration_scores, dtype=np.float64)
+    qs = np.quantile(cal, _SCORE_QUANTILES)
+    top = max(float(cal.max()), float(threshold), 1e-9)
+    tail = top * np.array([1.5, 2.0, 3.0, 5.0, 10.0, 100.0])
+    edges = np.unique(np.round(np.concatenate([qs, [threshold, top], tail]), 6))
+    return tuple(float(e) for e in edges if np.isfinite(e))
+
+
+def observe_many(child: Any, values: np.ndarray) -> None:
+    """Observe many values in one histogram child with one increment per bucket.
+
+    prometheus_client has no batch observe; looping ``observe`` costs about a microsecond per
+    value, which would dominate the guard at batch 256. This adds the same counts and sum
+    through the child's own value objects (which also back multiprocess mode). Infinite
+    values land in the ``+Inf`` bucket and are left out of ``_sum`` so that the sum stays
+    usable in ``rate()``.
+    """
+    bounds = getattr(child, "_upper_bounds", None)
+    buckets = getattr(child, "_buckets", None)
+    total = getattr(child, "_sum", None)
+    if bounds is None or buckets is None or total is None:  # another client version
+        for v in values.tolist():
+            child.observe(v)
+        return
+    idx = np.searchsorted(np.asarray(bounds, dtype=np.float64), values, side="left")
+    counts = np.bincount(idx, minlength=len(bounds))
+    for i in np.flatnonzero(counts).tolist():
+        buckets[i].inc(int(counts[i]))
+    finite = values[np.isfinite(values)]
+    if len(finite):
+        total.inc(float(finite.sum()))
+
+
+class _Families:
+    """The metric families of one registry, created once and shared by its guards."""
+
+    def __init__(self, registry: CollectorRegistry, score_edges: Sequence[float]) -> None:
+        kw: dict[str, Any] = {"registry": registry}
+        self.score_edges = tuple(score_edges)
+        self.inputs = Counter(
+            "oodguard_inputs", "Inputs scored by the guard, by verdict.", ["guard", "verdict"], **kw
+        )
+        self.refused = Counter(
+            "oodguard_inputs_refused",
+            "Inputs the guard refused before scoring, by reason.",
+            ["guard", "reason"],
+            **kw,
+        )
+        self.score = Histogram(
+            "oodguard_score",
+            "OOD score per input (higher = more OOD).",
+            ["guard"],
+            buckets=self.score_edges,
+            **kw,
+        )
+        self.p_value = Histogram(
+            "oodguard_p_value",
+            "Conformal p-value per input (small = unusual for in-distribution data).",
+            ["guard"],
+            buckets=P_VALUE_BUCKETS,
+            **kw,
+        )
+        self.duration = Histogram(
+            "oodguard_guard_duration_seconds",
+            "Time the guard spent per call, by stage.",
+            ["guard", "stage"],
+            buckets=LATENCY_BUCKETS,
+            **kw,
+        )
+        self.model_duration = Histogram(
+            "oodguard_model_duration_seconds",
+            "Time the wrapped model spent per call.",
+            ["guard"],
+            buckets=LATENCY_BUCKETS,
+            **kw,
+        )
+        self.batch = Histogram(
+            "oodguard_batch_size",
+            "Samples per guard call.",
+            ["guard"],
+            buckets=BATCH_BUCKETS,
+            **kw,
+        )
+        self.info = Info("oodguard_bundle", "The bundle a guard runs.", ["guard"], **kw)
+        self.threshold = Gauge(
+            "oodguard_threshold_score",
+            "Score above which an input is OOD at the guard's alpha.",
+            ["guard"],
+            **kw,
+        )
+        self.failures = Counter(
+            "oodguard_guard_failures",
+            "Failures of the guard itself (engine errors), by kind.",
+            ["guard", "kind"],
+            **kw,
+        )
+
+
+_families: weakref.WeakKeyDictionary[CollectorRegistry, _Families] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def _families_for(registry: CollectorRegistry, edges: Sequence[float]) -> _Families:
+    with _lock:
+        fam = _families.get(registry)
+        if fam is None:
+            fam = _families[registry] = _Families(registry, edges)
+        elif fam.score_edges != tuple(edges):
+            # A histogram family has one bucket layout; a second, differently calibrated guard
+            # in the same registry shares the first one's layout rather than failing.
+            log.info("oodguard_score buckets already set in this registry; reusing them")
+        return fam
+
+
+class GuardMetrics:
+    """Records one guard's calls. Thread-safe (prometheus_client metrics are)."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        guard: str,
+        *,
+        score_edges: Sequence[float],
+        threshold: float,
+        info: Mapping[str, str],
+    ) -> None:
+        fam = _families_for(registry, score_edges)
+        self._in = fam.inputs.labels(guard, "in")
+        self._ood = fam.inputs.labels(guard, "ood")
+        self._refused = fam.refused
+        self._score = fam.score.labels(guard)
+        self._p = fam.p_value.labels(guard)
+        self._engine = fam.duration.labels(guard, "engine")
+        self._scoring = fam.duration.labels(guard, "scoring")
+        self._total = fam.duration.labels(guard, "total")
+        self._model = fam.model_duration.labels(guard)
+        self._batch = fam.batch.labels(guard)
+        self._failures = fam.failures
+        self._guard = guard
+        fam.info.labels(guard).info(dict(info))
+        fam.threshold.labels(guard).set(threshold)
+
+    def observe_check(
+        self,
+        scores: np.ndarray,
+        p_values: np.ndarray,
+        n_ood: int,
+        *,
+        engine_s: float,
+        scoring_s: float,
+        total_s: float,
+    ) -> None:
+        n = len(scores)
+        self._batch.observe(n)
+        self._ood.inc(n_ood)
+        self._in.inc(n - n_ood)
+        observe_many(self._score, scores)
+        observe_many(self._p, p_values)
+        self._engine.observe(engine_s)
+        self._scoring.observe(scoring_s)
+        self._total.observe(total_s)
+
+    def observe_refused(self, reason: str, n: int = 1) -> None:
+        self._refused.labels(self._guard, reason).inc(n)
+
+    def observe_failure(self, kind: str) -> None:
+        self._failures.labels(self._guard, kind).inc()
+
+    def observe_model(self, seconds: float) -> None:
+        self._model.observe(seconds)

@@ -1,0 +1,255 @@
+"""The runtime scorer: features ▶ OOD score ▶ conformal p-value, in numpy alone.
+
+The calibrator (:mod:`oodguard.calibration`, scikit-learn) fits the parameters; this module
+rebuilds the scorer from the plain numbers in ``calibration.json`` — no pickle — so the runtime
+needs neither scikit-learn nor trust in executable files.
+
+Per used feature ``j`` the transform is
+
+1. ``log(f_j + offset_j)`` for non-negative features (norms spread over decades),
+2. robust standardisation ``(y − pre_center_j) / pre_scale_j``,
+3. the Yeo–Johnson power transform with ``lambda_j`` (as scikit-learn's ``PowerTransformer``),
+4. robust standardisation again, giving ``z_j``: about N(0, 1) on in-distribution data.
+
+Each used feature has a direction ``d_j``: ``+1`` (large is unusual), ``−1`` (small is
+unusual) or ``0`` (both tails, ``|z_j|``). A feature's direction under a shift is not known in
+advance (see DESIGN.md), so the calibrator learns it, or leaves the test two-sided.
+``combine="max"`` takes ``max_j d_j·z_j`` (Tippett's minimum p-value over per-feature Gaussian
+tests), ``"mahalanobis"`` the robust Mahalanobis distance of ``z`` turned into a Gaussian
+quantile (Wilson–Hilferty), ``"max_mahalanobis"`` the larger of the two. Higher score = more OOD. The p-value is conformal,
+``p = (1 + #{calibration scores ≥ s}) / (n + 1)``, so ``P(p ≤ alpha) ≤ alpha`` for an
+in-distribution input in finite samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from oodguard.errors import BundleError
+
+__all__ = [
+    "COMBINE_METHODS",
+    "Scorer",
+    "conformal_p_values",
+    "score_threshold",
+    "wilson_hilferty",
+    "yeo_johnson",
+]
+
+CALIBRATION_SCHEMA_VERSION = 1
+COMBINE_METHODS = ("max", "mahalanobis", "max_mahalanobis")
+_EPS = float(np.spacing(1.0))
+
+
+def yeo_johnson(x: np.ndarray, lambdas: np.ndarray) -> np.ndarray:
+    """Yeo–Johnson transform of each column of ``x [N, U]`` with its ``lambdas [U]``.
+
+    Matches ``sklearn.preprocessing.PowerTransformer(standardize=False).transform``.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    lam = np.broadcast_to(np.asarray(lambdas, dtype=np.float64), x.shape)
+    pos = x >= 0
+    xp = np.where(pos, x, 0.0)
+    xn = np.where(pos, 0.0, -x)
+    l0 = np.abs(lam) < _EPS
+    l2 = np.abs(lam - 2.0) < _EPS
+    lp = np.where(l0, 1.0, lam)
+    ln = np.where(l2, 1.0, 2.0 - lam)
+    with np.errstate(over="ignore", invalid="ignore"):
+        tp = np.where(l0, np.log1p(xp), (np.power(xp + 1.0, lp) - 1.0) / lp)
+        tn = np.where(l2, -np.log1p(xn), -(np.power(xn + 1.0, ln) - 1.0) / ln)
+    return np.where(pos, tp, tn)
+
+
+def wilson_hilferty(d2: np.ndarray, dof: int) -> np.ndarray:
+    """Map a chi-square(dof) statistic to an approximately standard normal quantile."""
+    k = float(dof)
+    c = 2.0 / (9.0 * k)
+    return (np.cbrt(np.maximum(d2, 0.0) / k) - (1.0 - c)) / np.sqrt(c)
+
+
+def conformal_p_values(calibration_scores: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """``p = (1 + #{c ≥ s}) / (n + 1)`` for each score, against sorted calibration scores."""
+    n = len(calibration_scores)
+    ge = n - np.searchsorted(calibration_scores, scores, side="left")
+    return (1.0 + ge) / (n + 1.0)
+
+
+def score_threshold(sorted_cal: np.ndarray, alpha: float) -> float:
+    """The score ``t`` with ``score > t ⇔ p ≤ alpha`` (for scores distinct from calibration)."""
+    n = len(sorted_cal)
+    m = int(np.floor(alpha * (n + 1) + 1e-9)) - 1  # largest allowed #{cal ≥ s}
+    if m >= n:
+        return -np.inf
+    return float(sorted_cal[n - m - 1])
+
+
+def _vec(d: Mapping[str, Any], key: str, n: int) -> np.ndarray:
+    a = np.asarray(d[key], dtype=np.float64)
+    if a.shape != (n,):
+        raise ValueError(f"{key} must have {n} values, got shape {a.shape}")
+    return a
+
+
+@dataclass(frozen=True, eq=False)
+class Scorer:
+    """A fitted scorer, rebuilt from ``calibration.json``.
+
+    Attributes end in their shapes: ``U`` used features, ``n`` calibration scores.
+    """
+
+    feature_names: tuple[str, ...]
+    used: np.ndarray  # int [U], indices into feature_names
+    log_offset: np.ndarray  # [U]; NaN where no logarithm is taken
+    pre_center: np.ndarray  # [U]
+    pre_scale: np.ndarray  # [U]
+    lambdas: np.ndarray  # [U]
+    post_center: np.ndarray  # [U]
+    post_scale: np.ndarray  # [U]
+    direction: np.ndarray  # [U]: +1, -1, or 0 (two-sided)
+    combine: str
+    maha_location: np.ndarray | None  # [U]
+    maha_precision: np.ndarray | None  # [U, U]
+    calibration_scores: np.ndarray  # [n], sorted ascending
+    alpha: float
+    threshold: float
+    info: Mapping[str, Any]
+
+    # -- building -------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], feature_names: Sequence[str]) -> Scorer:
+        """Rebuild from the ``calibration.json`` document; checks it against the bundle."""
+        try:
+            version = int(d["schema_version"])
+            if version > CALIBRATION_SCHEMA_VERSION:
+                raise BundleError(
+                    f"calibration.json has schema version {version}, newer than the "
+                    f"{CALIBRATION_SCHEMA_VERSION} this oodguard reads; upgrade oodguard"
+                )
+            names = tuple(d["feature_names"])
+            if names != tuple(feature_names):
+                raise BundleError(
+                    f"calibration.json was fitted on features {names}, but model.onnx computes "
+                    f"{tuple(feature_names)}: the calibration belongs to another model; "
+                    "re-run calibration on this bundle"
+                )
+            used_names = list(d["used_features"])
+            used = np.asarray([names.index(n) for n in used_names], dtype=np.intp)
+            u = len(used)
+            if u == 0:
+                raise ValueError("used_features is empty")
+            combine = str(d["combine"])
+            if combine not in COMBINE_METHODS:
+                raise ValueError(f"combine must be one of {COMBINE_METHODS}, got {combine!r}")
+            maha = d.get("mahalanobis")
+            loc = prec = None
+            if combine != "max":
+                if not maha:
+                    raise ValueError(f"combine={combine!r} needs the 'mahalanobis' block")
+                loc = _vec(maha, "location", u)
+                prec = np.asarray(maha["precision"], dtype=np.float64)
+                if prec.shape != (u, u):
+                    raise ValueError(f"mahalanobis.precision must be {u}x{u}, got {prec.shape}")
+            direction = _vec(d, "direction", u)
+            if not np.isin(direction, (-1.0, 0.0, 1.0)).all():
+                raise ValueError(f"direction values must be -1, 0 or 1, got {direction}")
+            cal = np.sort(np.asarray(d["calibration_scores"], dtype=np.float64))
+            if cal.ndim != 1 or len(cal) < 1 or not np.all(np.isfinite(cal)):
+                raise ValueError("calibration_scores must be a non-empty list of finite numbers")
+            alpha = float(d["alpha"])
+            if not 0.0 < alpha < 1.0:
+                raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+            offsets = np.asarray(
+                [np.nan if v is None else v for v in d["log_offset"]], dtype=np.float64
+            )
+            if offsets.shape != (u,):
+                raise ValueError(f"log_offset must have {u} values")
+            return cls(
+                feature_names=names,
+                used=used,
+                log_offset=offsets,
+                pre_center=_vec(d, "pre_center", u),
+                pre_scale=_vec(d, "pre_scale", u),
+                lambdas=_vec(d, "lambdas", u),
+                post_center=_vec(d, "post_center", u),
+                post_scale=_vec(d, "post_scale", u),
+                direction=direction,
+                combine=combine,
+                maha_location=loc,
+                maha_precision=prec,
+                calibration_scores=cal,
+                alpha=alpha,
+                threshold=float(d["threshold"]),
+                info=dict(d.get("info", {})),
+            )
+        except BundleError:
+            raise
+        except (KeyError, TypeError, ValueError) as err:
+            raise BundleError(
+                f"calibration.json is malformed ({type(err).__name__}: {err}); "
+                "re-run oodguard.calibration.calibrate"
+            ) from err
+
+    # -- scoring --------------------------------------------------------------------------
+    def standardize(self, features: np.ndarray) -> np.ndarray:
+        """``z [N, U]``: the used features transformed to about N(0, 1) on in-distribution data."""
+        f = np.asarray(features, dtype=np.float64)[:, self.used]
+        logged = ~np.isnan(self.log_offset)
+        if logged.any():
+            with np.errstate(divide="ignore", invalid="ignore"):
+                f[:, logged] = np.log(np.maximum(f[:, logged] + self.log_offset[logged], 0.0))
+        y = (f - self.pre_center) / self.pre_scale
+        y = yeo_johnson(y, self.lambdas)
+        return (y - self.post_center) / self.post_scale
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """OOD score per row of ``features [N, F]``; higher = more OOD. Non-finite ▶ +inf."""
+        z = self.standardize(features)
+        parts = []
+        if self.combine in ("max", "max_mahalanobis"):
+            signed = np.where(self.direction == 0, np.abs(z), self.direction * z)
+            parts.append(signed.max(axis=1))
+        if self.combine in ("mahalanobis", "max_mahalanobis"):
+            assert_ready = self.maha_location is not None and self.maha_precision is not None
+            if not assert_ready:  # guarded by from_dict; kept for type narrowing
+                raise BundleError("scorer has no Mahalanobis parameters")
+            c = z - self.maha_location
+            d2 = np.einsum("ij,jk,ik->i", c, self.maha_precision, c)
+            parts.append(wilson_hilferty(d2, len(self.used)))
+        s = parts[0] if len(parts) == 1 else np.maximum(parts[0], parts[1])
+        return np.where(np.isfinite(s), s, np.inf)
+
+    def p_value(self, scores: np.ndarray) -> np.ndarray:
+        """Conformal p-values of scores (small = unusual for in-distribution data)."""
+        return conformal_p_values(self.calibration_scores, scores)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``calibration.json`` document."""
+        d: dict[str, Any] = {
+            "schema_version": CALIBRATION_SCHEMA_VERSION,
+            "feature_names": list(self.feature_names),
+            "used_features": [self.feature_names[i] for i in self.used],
+            "log_offset": [None if np.isnan(v) else float(v) for v in self.log_offset],
+            "pre_center": self.pre_center.tolist(),
+            "pre_scale": self.pre_scale.tolist(),
+            "lambdas": self.lambdas.tolist(),
+            "post_center": self.post_center.tolist(),
+            "post_scale": self.post_scale.tolist(),
+            "direction": self.direction.tolist(),
+            "combine": self.combine,
+            "mahalanobis": None,
+            "calibration_scores": self.calibration_scores.tolist(),
+            "alpha": self.alpha,
+            "threshold": self.threshold,
+            "info": dict(self.info),
+        }
+        if self.maha_location is not None and self.maha_precision is not None:
+            d["mahalanobis"] = {
+                "location": self.maha_location.tolist(),
+                "precision": self.maha_precision.tolist(),
+            }
+        return d

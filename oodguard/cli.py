@@ -99,12 +99,6 @@ def _check(a: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # Import the subcommands that live in optional modules so they can register themselves.
-    for mod in ("oodguard.server_cli",):
-        try:
-            __import__(mod)
-        except ImportError:
-            pass
     parser = argparse.ArgumentParser(prog="oodguard", description=__doc__.splitlines()[0])
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True)

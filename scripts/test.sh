@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The tests: set up .venv (and Debian's prometheus/promtool when missing), lint, run pytest.
+# pytest's own exit status is kept: 5 (no test ran) fails this script like any failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "==> installing prometheus and promtool (Debian package)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+  else
+    echo "prometheus/promtool missing: apt-get install prometheus (as root)" >&2
+    exit 1
+  fi
+fi
+echo "==> ruff"
+.venv/bin/ruff check oodguard export calibration demo tests benchmarks
+echo "==> pytest"
+.venv/bin/python -m pytest -q "$@"

@@ -16,4 +16,4 @@ fi
 echo "==> ruff"
 .venv/bin/ruff check oodguard export calibration demo tests benchmarks
 echo "==> pytest"
-.venv/bin/python -m pytest -q "$@"
+.venv/bin/pytest -q "$@"

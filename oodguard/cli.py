@@ -35,6 +35,8 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=400, help="autoencoder training epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--resample", type=int, default=20,
+                   help="re-drawn validation/test splits for the variance check (0: skip)")
 
 
 @command("demo", _demo_args)
@@ -47,7 +49,7 @@ def _demo(a: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     run_demo(a.out, steps=a.steps, alpha=a.alpha, epochs=a.epochs, seed=a.seed,
-             plots=not a.no_plots)
+             plots=not a.no_plots, resample=a.resample)
     return 0
 
 

@@ -15,10 +15,20 @@ metric                                      type      labels
 ``oodguard_guard_duration_seconds``         histogram guard, stage (engine / scoring / total)
 ``oodguard_model_duration_seconds``         histogram guard (the wrapped model)
 ``oodguard_batch_size``                     histogram guard (samples per call)
-``oodguard_bundle_info``                    info      guard, sha256, schema, version, steps, alpha
+``oodguard_bundle_info``                    gauge (1) guard, sha256, schema, version, steps, alpha
 ``oodguard_threshold_score``                gauge     guard
 ``oodguard_guard_failures_total``           counter   guard, kind
 =========================================== ========= =======================================
+
+Non-finite input rows (``nonfinite="flag"``) are counted as ``verdict="ood"`` and as
+``reason="non_finite"`` refusals; their score (+inf) is left out of ``oodguard_score``, whose
+``_sum`` would otherwise stay infinite for the life of the process.
+
+Multiprocess mode: with ``PROMETHEUS_MULTIPROC_DIR`` set before ``prometheus_client`` is first
+imported, every value lives in per-process files; serve ``/metrics`` from
+:func:`multiprocess_registry`. The bundle info is a gauge set to 1 (``Info`` does not work in
+multiprocess mode) and both gauges aggregate with ``multiprocess_mode="max"``, so each series
+appears once instead of once per process.
 """
 
 from __future__ import annotations
@@ -30,13 +40,27 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
 
-__all__ = ["DEFAULT_REGISTRY", "GuardMetrics", "P_VALUE_BUCKETS", "score_buckets"]
+__all__ = [
+    "CONTENT_TYPE",
+    "DEFAULT_REGISTRY",
+    "GuardMetrics",
+    "P_VALUE_BUCKETS",
+    "multiprocess_registry",
+    "new_registry",
+    "observe_many",
+    "render_latest",
+    "score_buckets",
+]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_REGISTRY = REGISTRY
+# The classic text format, which every Prometheus 2.x parses; our names need none of 1.0.0's
+# UTF-8 escaping, so generate_latest's output is valid 0.0.4.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 P_VALUE_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 LATENCY_BUCKETS = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -58,14 +82,17 @@ def score_buckets(calibration_scores: np.ndarray, threshold: float) -> tuple[flo
 
 
 def observe_many(child: Any, values: np.ndarray) -> None:
-    """Observe many values in one histogram child with one increment per bucket.
+    """Observe many values in one histogram child; the same exposition as ``observe`` per value.
 
-    prometheus_client has no batch observe; looping ``observe`` costs about a microsecond per
-    value, which would dominate the guard at batch 256. This adds the same counts and sum
-    through the child's own value objects (which also back multiprocess mode). Infinite
-    values land in the ``+Inf`` bucket and are left out of ``_sum`` so that the sum stays
-    usable in ``rate()``.
+    prometheus_client has no batch observe, and looping ``observe`` costs about a microsecond
+    per value, which would dominate the guard at batch 256. This adds each bucket's count with
+    one increment and the sum in the same left-to-right order as repeated ``observe`` calls
+    (``np.cumsum`` is sequential, unlike ``np.sum``), so the exposition is identical bit for bit
+    (tested), including NaN (no bucket, NaN sum) and ±inf. It writes through the child's own
+    value objects, which also back multiprocess mode. The read-modify-write of the sum holds
+    this module's lock: only :func:`observe_many` writes the histograms it is used on.
     """
+    values = np.asarray(values, dtype=np.float64).ravel()
     bounds = getattr(child, "_upper_bounds", None)
     buckets = getattr(child, "_buckets", None)
     total = getattr(child, "_sum", None)
@@ -73,13 +100,18 @@ def observe_many(child: Any, values: np.ndarray) -> None:
         for v in values.tolist():
             child.observe(v)
         return
-    idx = np.searchsorted(np.asarray(bounds, dtype=np.float64), values, side="left")
+    if not len(values):
+        return
+    # observe() puts v in the first bucket with v <= bound; NaN compares false everywhere.
+    idx = np.searchsorted(np.asarray(bounds, dtype=np.float64), values[~np.isnan(values)],
+                          side="left")
     counts = np.bincount(idx, minlength=len(bounds))
+    with _sum_lock:
+        start = total.get()
+        new_sum = float(np.cumsum(np.concatenate(([start], values)))[-1])
+        total.set(new_sum)
     for i in np.flatnonzero(counts).tolist():
         buckets[i].inc(int(counts[i]))
-    finite = values[np.isfinite(values)]
-    if len(finite):
-        total.inc(float(finite.sum()))
 
 
 class _Families:
@@ -132,11 +164,20 @@ class _Families:
             buckets=BATCH_BUCKETS,
             **kw,
         )
-        self.info = Info("oodguard_bundle", "The bundle a guard runs.", ["guard"], **kw)
+        # A gauge set to 1 rather than Info: Info does not work in multiprocess mode. "max"
+        # keeps one series across processes (the mode is ignored in single-process mode).
+        self.info = Gauge(
+            "oodguard_bundle_info",
+            "The bundle a guard runs (always 1; the labels carry the information).",
+            ["guard", "sha256", "schema", "version", "steps", "alpha"],
+            multiprocess_mode="max",
+            **kw,
+        )
         self.threshold = Gauge(
             "oodguard_threshold_score",
             "Score above which an input is OOD at the guard's alpha.",
             ["guard"],
+            multiprocess_mode="max",
             **kw,
         )
         self.failures = Counter(
@@ -149,6 +190,8 @@ class _Families:
 
 _families: weakref.WeakKeyDictionary[CollectorRegistry, _Families] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
+_sum_lock = threading.Lock()
+_INFO_KEYS = ("sha256", "schema", "version", "steps", "alpha")
 
 
 def _families_for(registry: CollectorRegistry, edges: Sequence[float]) -> _Families:
@@ -188,7 +231,10 @@ class GuardMetrics:
         self._batch = fam.batch.labels(guard)
         self._failures = fam.failures
         self._guard = guard
-        fam.info.labels(guard).info(dict(info))
+        missing = [k for k in _INFO_KEYS if k not in info]
+        if missing:
+            raise ValueError(f"info must hold {_INFO_KEYS}; missing {missing}")
+        fam.info.labels(guard, *(str(info[k]) for k in _INFO_KEYS)).set(1)
         fam.threshold.labels(guard).set(threshold)
 
     def observe_check(
@@ -205,13 +251,17 @@ class GuardMetrics:
         self._batch.observe(n)
         self._ood.inc(n_ood)
         self._in.inc(n - n_ood)
-        observe_many(self._score, scores)
+        # +inf marks a non-finite input row (counted as a refusal); keep it out of the sum.
+        finite = np.isfinite(scores)
+        observe_many(self._score, scores if finite.all() else scores[finite])
         observe_many(self._p, p_values)
         self._engine.observe(engine_s)
         self._scoring.observe(scoring_s)
         self._total.observe(total_s)
 
     def observe_refused(self, reason: str, n: int = 1) -> None:
+        """Count ``n`` inputs refused before scoring; ``reason`` is a fixed token (for example
+        ``InvalidInputError.reason``, or the server's ``body_size``), never input data."""
         self._refused.labels(self._guard, reason).inc(n)
 
     def observe_failure(self, kind: str) -> None:
@@ -219,3 +269,23 @@ class GuardMetrics:
 
     def observe_model(self, seconds: float) -> None:
         self._model.observe(seconds)
+
+
+def new_registry() -> CollectorRegistry:
+    """A fresh, empty registry (for one server or one test)."""
+    return CollectorRegistry()
+
+
+def multiprocess_registry(path: str) -> CollectorRegistry:
+    """A registry that aggregates every process's values from ``path`` (the directory named
+    by ``PROMETHEUS_MULTIPROC_DIR``) at collection time; serve ``/metrics`` from it."""
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=path)
+    return registry
+
+
+def render_latest(registry: CollectorRegistry) -> tuple[bytes, str]:
+    """The text exposition of ``registry`` and its content type, for a ``/metrics`` route."""
+    return generate_latest(registry), CONTENT_TYPE

@@ -1,0 +1,205 @@
+"""Metrics: names and exposition (promtool), counts, bulk observe, multiprocess mode."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from oodguard import Guard, InvalidInputError
+from oodguard.metrics import multiprocess_registry, observe_many, render_latest
+
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.fail("promtool not found on PATH: apt-get install prometheus (scripts/test.sh does)")
+    return path
+
+
+def check_metrics(text: bytes) -> None:
+    """``promtool check metrics`` passes with no warning at all."""
+    out = subprocess.run([promtool(), "check", "metrics"], input=text, capture_output=True,
+                         timeout=30)
+    assert out.returncode == 0 and not out.stdout.strip() and not out.stderr.strip(), (
+        out.stdout.decode() + out.stderr.decode()
+    )
+
+
+def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = generate_latest(registry).decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+
+
+def without_created(text: bytes) -> list[str]:
+    return [ln for ln in text.decode().splitlines() if "_created" not in ln]
+
+
+# -- bulk observe ---------------------------------------------------------------------------
+BOUNDS = (-2.0, -0.5, 0.0, 0.001, 0.05, 1.0, 3.0, 1e6)
+values_st = st.lists(
+    st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True, width=64),
+        st.sampled_from(BOUNDS),  # exactly on an edge: le is inclusive
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(batches=st.lists(values_st, max_size=4), bounds=st.sampled_from([BOUNDS, BOUNDS[2:]]))
+def test_observe_many_gives_the_same_exposition_as_observe(batches, bounds) -> None:
+    bulk, loop = CollectorRegistry(), CollectorRegistry()
+    hb = Histogram("h", "h", ["g"], buckets=bounds, registry=bulk).labels("a")
+    hl = Histogram("h", "h", ["g"], buckets=bounds, registry=loop).labels("a")
+    for batch in batches:
+        observe_many(hb, np.asarray(batch, dtype=np.float64))
+        for v in batch:
+            hl.observe(v)
+    assert without_created(generate_latest(bulk)) == without_created(generate_latest(loop))
+
+
+def test_observe_many_sum_is_sequential_not_pairwise(registry) -> None:
+    # Values whose pairwise and sequential float sums differ: a sum done with np.sum would not
+    # match repeated observe() bit for bit.
+    vals = np.array([1e16, 1.0, -1e16, 1.0] * 50 + [0.1] * 37)
+    assert float(np.sum(vals)) != float(np.cumsum(vals)[-1])
+    loop = CollectorRegistry()
+    hb = Histogram("h", "h", buckets=(1.0,), registry=registry)
+    hl = Histogram("h", "h", buckets=(1.0,), registry=loop)
+    observe_many(hb, vals)
+    for v in vals.tolist():
+        hl.observe(v)
+    assert samples(registry)[("h_sum", ())] == samples(loop)[("h_sum", ())]
+
+
+# -- a guard's metrics ----------------------------------------------------------------------
+@pytest.fixture
+def traffic(bundle, data, registry):  # type: ignore[no-untyped-def]
+    guard = Guard.load(bundle, registry=registry, name="g1")
+    x = np.concatenate([data["test"][:40], data["noise"][:20]])
+    x[3, 0] = np.nan
+    result = guard.check(x)
+    with pytest.raises(InvalidInputError):
+        guard.check(x[:, :5])
+    with pytest.raises(InvalidInputError):
+        guard.check(np.zeros(x.shape, np.int32))
+    guard.wrap(lambda a: a.sum(axis=1))(x[:7])
+    guard.metrics.observe_failure("RuntimeError")
+    return guard, result
+
+
+def test_counts_by_verdict_refusal_and_stage(traffic, registry) -> None:
+    guard, r = traffic
+    s = samples(registry)
+    g = (("guard", "g1"),)
+    n_ood = int(r.is_ood.sum())
+    assert n_ood >= 15  # the noise rows and the NaN row
+    assert len(guard.check(np.empty((0, 16), np.float32))) == 0  # an empty batch: no record
+    total_ood = s[("oodguard_inputs_total", (("guard", "g1"), ("verdict", "ood")))]
+    total_in = s[("oodguard_inputs_total", (("guard", "g1"), ("verdict", "in")))]
+    assert total_in + total_ood == 60 + 7  # the wrapped call checked 7 more rows
+    assert total_ood >= n_ood
+    refused = {
+        dict(k[1])["reason"]: v for k, v in s.items() if k[0] == "oodguard_inputs_refused_total"
+    }
+    assert refused == {"non_finite": 2.0, "shape": 60.0, "dtype": 60.0}  # NaN row seen twice
+    # the NaN row's +inf score stays out of the score histogram; the p-value keeps all rows
+    assert s[("oodguard_score_count", g)] == 67 - 2
+    assert s[("oodguard_p_value_count", g)] == 67
+    assert s[("oodguard_p_value_bucket", g + (("le", "0.05"),))] == total_ood
+    assert s[("oodguard_batch_size_count", g)] == 2
+    assert s[("oodguard_batch_size_sum", g)] == 67
+    for stage in ("engine", "scoring", "total"):
+        key = ("oodguard_guard_duration_seconds_count", (("guard", "g1"), ("stage", stage)))
+        assert s[key] == 2
+    assert s[("oodguard_model_duration_seconds_count", g)] == 1
+    assert s[("oodguard_guard_failures_total", (("guard", "g1"), ("kind", "RuntimeError")))] == 1
+    assert s[("oodguard_threshold_score", g)] == pytest.approx(guard.threshold)
+    info = [k for k in s if k[0] == "oodguard_bundle_info"]
+    assert len(info) == 1 and s[info[0]] == 1.0
+    labels = dict(info[0][1])
+    assert labels["alpha"] == "0.05" and labels["steps"] == "8" and len(labels["sha256"]) == 64
+
+
+def test_exposition_passes_promtool_without_warnings(traffic, registry) -> None:
+    text, content_type = render_latest(registry)
+    assert content_type.startswith("text/plain; version=0.0.4")
+    check_metrics(text)
+
+
+def test_registry_none_records_nothing(bundle, data) -> None:
+    from prometheus_client import REGISTRY
+
+    before = generate_latest(REGISTRY)
+    guard = Guard.load(bundle, registry=None, name="off")
+    assert guard.metrics is None
+    guard.check(data["test"][:5])
+    assert b'guard="off"' not in generate_latest(REGISTRY)
+    assert b"oodguard_" not in before or b'guard="off"' not in before
+
+
+def test_score_buckets_follow_the_calibration(bundle, registry) -> None:
+    guard = Guard.load(bundle, registry=registry)
+    edges = guard.metrics._score._upper_bounds
+    cal = guard.scorer.calibration_scores
+    assert edges == sorted(edges) and edges[-1] == float("inf")
+    assert round(guard.threshold, 6) in edges
+    assert min(edges) <= np.quantile(cal, 0.1) + 1e-6 and max(edges[:-1]) > cal.max()
+
+
+# -- multiprocess mode ----------------------------------------------------------------------
+CHILD = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from oodguard import Guard
+
+    guard = Guard.load(sys.argv[1], name="mp")  # the default (global) registry
+    r = guard.check(np.load(sys.argv[2]))
+    print(int(r.is_ood.sum()))
+    """
+)
+
+
+def test_multiprocess_mode_aggregates_two_processes(bundle, data, tmp_path) -> None:
+    mpdir = tmp_path / "prom"
+    mpdir.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(mpdir)}
+    batches = [np.concatenate([data["test"][:30], data["noise"][:10]]),
+               np.concatenate([data["test"][30:55], data["noise"][10:30]])]
+    n_ood = []
+    for i, x in enumerate(batches):
+        np.save(tmp_path / f"x{i}.npy", x)
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, str(bundle), str(tmp_path / f"x{i}.npy")],
+            env=env, capture_output=True, text=True, timeout=60, check=True,
+        )
+        n_ood.append(int(out.stdout.strip()))
+    assert len(list(mpdir.glob("*.db"))) >= 2  # each process wrote its own files
+
+    reg = multiprocess_registry(str(mpdir))
+    s = samples(reg)
+    g = (("guard", "mp"),)
+    assert s[("oodguard_inputs_total", (("guard", "mp"), ("verdict", "ood")))] == sum(n_ood)
+    assert s[("oodguard_inputs_total", (("guard", "mp"), ("verdict", "in")))] == 85 - sum(n_ood)
+    assert s[("oodguard_p_value_count", g)] == 85
+    assert s[("oodguard_p_value_bucket", g + (("le", "0.05"),))] == sum(n_ood)
+    assert s[("oodguard_batch_size_count", g)] == 2
+    # gauges aggregate to one series (multiprocess_mode="max"), not one per pid
+    assert len([k for k in s if k[0] == "oodguard_bundle_info"]) == 1
+    assert len([k for k in s if k[0] == "oodguard_threshold_score"]) == 1
+    check_metrics(render_latest(reg)[0])

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from oodguard.bundle import CALIBRATION_FILE, MODEL_FILE, read_bundle, write_bundle
-from oodguard.engine import Engine
-from oodguard.errors import CalibrationError
 from oodguard.calibration.scorer import FittedTransform, fit_transform
 from oodguard.calibration.selection import PROXY_KINDS, make_proxies, select_features
+from oodguard.engine import Engine
+from oodguard.errors import CalibrationError
 from oodguard.scoring import Scorer, score_threshold
 from oodguard.validation import validate_batch
 
@@ -152,7 +152,7 @@ def fit_scorer(
         direction = sel.direction[keep]
         info["selection"] = {
             "reference_auroc": {
-                names[j]: round(float(a), 4) for j, a in zip(fitted.used, sel.aurocs)
+                names[j]: round(float(a), 4) for j, a in zip(fitted.used, sel.aurocs, strict=True)
             },
             "selected": [names[fitted.used[k]] for k in keep],
             "combined_reference_auroc": round(sel.combined_auroc, 4),

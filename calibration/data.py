@@ -58,7 +58,8 @@ def load_idx(path: str | os.PathLike[str]) -> np.ndarray:
             f"{p}: IDX header promises shape {shape} ({count * dtype.itemsize} bytes) but the "
             f"file holds {len(raw) - header} bytes of data"
         )
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    out = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+    return out.astype(dtype.newbyteorder("="))
 
 
 def load_image_folder(

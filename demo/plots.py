@@ -41,7 +41,7 @@ def plot_all(
     nrow = (len(sets) + 1) // 2
 
     fig, axes = plt.subplots(nrow, ncol, figsize=(10, 4.5 * nrow), squeeze=False)
-    for ax, name in zip(axes.flat, sets):
+    for ax, name in zip(axes.flat, sets, strict=False):
         for score in scores_in:
             fpr, tpr = roc_curve(scores_in[score], scores_out[name][score])
             main = score in ("combined", "recon_error")
@@ -61,7 +61,7 @@ def plot_all(
 
     fig, axes = plt.subplots(nrow, ncol, figsize=(10, 3.6 * nrow), squeeze=False)
     inside = scores_in["combined"]
-    for ax, name in zip(axes.flat, sets):
+    for ax, name in zip(axes.flat, sets, strict=False):
         outside = scores_out[name]["combined"]
         both = np.concatenate([inside, outside])
         hi = np.quantile(both[np.isfinite(both)], 0.99)
@@ -103,7 +103,7 @@ def plot_all(
     fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols, 1.3 * rows + 0.4), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, img in zip(axes.flat, decoded_attractors):
+    for ax, img in zip(axes.flat, decoded_attractors, strict=False):
         ax.imshow(img, cmap="gray_r", vmin=0, vmax=1)
     fig.suptitle(f"{k} attractors, decoded", fontsize=10)
     fig.tight_layout()

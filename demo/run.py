@@ -21,8 +21,8 @@ import torch
 from oodguard._version import __version__
 from oodguard.calibration import auroc, calibrate, fit_scorer, fpr_at_tpr
 from oodguard.calibration.calibrate import split_indices
-from oodguard.calibration.selection import make_proxies
 from oodguard.calibration.data import load_digits_data
+from oodguard.calibration.selection import make_proxies
 from oodguard.demo.train import train_autoencoder
 from oodguard.export import export_bundle
 from oodguard.guard import Guard

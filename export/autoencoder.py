@@ -38,7 +38,8 @@ def as_encoder_decoder(
     if model is not None:
         if encoder is not None or decoder is not None:
             raise ValueError("pass either model= or encoder= and decoder=, not both")
-        if not (callable(getattr(model, "encode", None)) and callable(getattr(model, "decode", None))):
+        methods = (getattr(model, "encode", None), getattr(model, "decode", None))
+        if not all(callable(m) for m in methods):
             raise ExportError(
                 f"model {type(model).__name__} has no encode/decode methods; pass "
                 "encoder= and decoder= modules instead"

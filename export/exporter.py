@@ -11,7 +11,6 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -73,7 +72,7 @@ def export_onnx(module: TrajectoryFeatures, example: torch.Tensor) -> bytes:
                 f"{err}); the encoder/decoder must be traceable by torch.export"
             ) from err
         finally:
-            for lg, lvl in zip(noisy, levels):
+            for lg, lvl in zip(noisy, levels, strict=True):
                 lg.setLevel(lvl)
         data = Path(path).read_bytes()
     model = onnx.load_from_string(data)

@@ -16,7 +16,8 @@ unusual) or ``0`` (both tails, ``|z_j|``). A feature's direction under a shift i
 advance (see DESIGN.md), so the calibrator learns it, or leaves the test two-sided.
 ``combine="max"`` takes ``max_j d_j·z_j`` (Tippett's minimum p-value over per-feature Gaussian
 tests), ``"mahalanobis"`` the robust Mahalanobis distance of ``z`` turned into a Gaussian
-quantile (Wilson–Hilferty), ``"max_mahalanobis"`` the larger of the two. Higher score = more OOD. The p-value is conformal,
+quantile (Wilson–Hilferty), ``"max_mahalanobis"`` the larger of the two. Higher score = more
+OOD. The p-value is conformal,
 ``p = (1 + #{calibration scores ≥ s}) / (n + 1)``, so ``P(p ≤ alpha) ≤ alpha`` for an
 in-distribution input in finite samples.
 """

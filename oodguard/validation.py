@@ -73,7 +73,8 @@ def validate_batch(
             f"shape {spec.shape}",
             reason="shape",
         )
-    x32 = np.ascontiguousarray(x, dtype=np.float32)
+    with np.errstate(over="ignore"):  # out-of-range float64 becomes inf, flagged below
+        x32 = np.ascontiguousarray(x, dtype=np.float32)
     if len(x32) == 0:
         return x32, None
     finite_rows = np.isfinite(x32.reshape(len(x32), -1)).all(axis=1)

@@ -1,0 +1,64 @@
+"""The command line: info, check, demo (small), and error exits."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from oodguard.cli import main
+
+
+def test_info(bundle, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["info", str(bundle)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["calibrated"] is True and doc["input"]["shape"] == [16]
+
+
+def test_check_prints_one_line_per_input(bundle, data, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    np.save(tmp_path / "x.npy", np.concatenate([data["test"][:3], data["noise"][:2]]))
+    assert main(["check", str(bundle), str(tmp_path / "x.npy")]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["index"] for r in rows] == [0, 1, 2, 3, 4]
+    assert rows[3]["is_ood"] and rows[4]["is_ood"]
+
+
+def test_tampered_bundle_exits_1_with_message(bundle, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    with open(copy / "calibration.json", "a") as fh:
+        fh.write(" ")
+    assert main(["info", str(copy)]) == 1
+    assert "changed or corrupted" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_small(tmp_path: Path) -> None:
+    """The README's demo path end to end, shortened (fewer epochs, T = 8, 2 resamples)."""
+    out = tmp_path / "demo"
+    p = subprocess.run(
+        [sys.executable, "-m", "oodguard.cli", "demo", "--out", str(out), "--epochs", "80",
+         "--steps", "8", "--resample", "2"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "combined − best single" in p.stdout and "[5/5] evaluation" in p.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert 0.0 <= report["in_distribution"]["fpr_at_threshold"] <= 0.2
+    for name, entry in report["ood_sets"].items():
+        assert entry["kind"] in ("near", "far")
+        for score in ["combined", "recon_error", "mean_attractor_distance"]:
+            assert 0.0 <= entry[score]["auroc"] <= 1.0 and 0.0 <= entry[score]["fpr95"] <= 1.0
+        if entry["kind"] == "far":
+            assert entry["combined"]["auroc"] > 0.9, name
+    assert {"roc.png", "histograms.png", "attractors.png", "feature_auroc.png"} <= {
+        f.name for f in out.iterdir()}
+    from oodguard import Guard
+
+    guard = Guard.load(out / "bundle", registry=None)
+    assert guard.manifest.steps == 8 and guard.input_spec.shape == (64,)

@@ -1,0 +1,214 @@
+"""The guard: every input outcome, the wrap policies, thread safety, metrics injection."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from oodguard import (
+    CheckResult,
+    Guard,
+    GuardFailure,
+    InvalidInputError,
+    NonFiniteInputError,
+    NotCalibratedError,
+    OODInputError,
+)
+
+
+@pytest.fixture(scope="module")
+def guard(bundle):  # type: ignore[no-untyped-def]
+    return Guard.load(bundle, registry=None)
+
+
+def test_check_returns_typed_result(guard, data) -> None:  # type: ignore[no-untyped-def]
+    r = guard.check(data["test"][:50])
+    assert isinstance(r, CheckResult) and len(r) == 50
+    assert r.score.shape == r.p_value.shape == r.is_ood.shape == (50,)
+    assert r.features.shape == (50, len(guard.feature_names))
+    np.testing.assert_array_equal(r.is_ood, r.p_value <= guard.alpha)
+    assert ((r.p_value > 0) & (r.p_value <= 1)).all()
+    assert r.feature("recon_error").shape == (50,)
+    with pytest.raises(KeyError, match="no feature 'nope'"):
+        r.feature("nope")
+
+
+def test_ood_scores_higher(guard, data) -> None:  # type: ignore[no-untyped-def]
+    inside, noise = guard.check(data["test"]), guard.check(data["noise"])
+    assert np.median(noise.score) > np.quantile(inside.score, 0.95)
+    assert noise.is_ood.mean() > 0.9
+    assert inside.is_ood.mean() < 0.12
+
+
+def test_wrong_dtype(guard, data) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InvalidInputError, match=r"got dtype int64. Scale the input") as e:
+        guard.check(np.zeros((2, 16), dtype=np.int64))
+    assert e.value.reason == "dtype"
+    with pytest.raises(InvalidInputError, match="dtype <U1") as e:
+        guard.check(np.array([["a"] * 16]))
+    assert e.value.reason == "dtype"
+
+
+def test_wrong_rank_and_single_sample_hint(guard, data) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InvalidInputError, match=r"rank 2\); got rank 1 .* add a batch axis") as e:
+        guard.check(data["test"][0])
+    assert e.value.reason == "rank"
+    with pytest.raises(InvalidInputError, match="got rank 3"):
+        guard.check(data["test"][None])
+
+
+def test_wrong_shape(guard) -> None:  # type: ignore[no-untyped-def]
+    msg = r"got shape \(3, 15\).*samples of shape \(16,\)"
+    with pytest.raises(InvalidInputError, match=msg) as e:
+        guard.check(np.zeros((3, 15), np.float32))
+    assert e.value.reason == "shape"
+
+
+def test_empty_batch_gives_empty_result(guard) -> None:  # type: ignore[no-untyped-def]
+    r = guard.check(np.zeros((0, 16), np.float32))
+    assert len(r) == 0 and r.features.shape == (0, len(guard.feature_names))
+    assert r.is_ood.dtype == bool
+
+
+def test_float64_and_lists_are_cast(guard, data) -> None:  # type: ignore[no-untyped-def]
+    x = data["test"][:5]
+    base = guard.check(x)
+    np.testing.assert_array_equal(guard.check(x.astype(np.float64)).score, base.score)
+    np.testing.assert_array_equal(guard.check(x.tolist()).score, base.score)
+    # non-contiguous views are accepted
+    xx = np.repeat(x, 2, axis=0)[::2]
+    np.testing.assert_array_equal(guard.check(xx).score, base.score)
+
+
+def test_non_finite_rows_are_flagged_others_unchanged(guard, data) -> None:  # type: ignore[no-untyped-def]
+    x = data["test"][:6].copy()
+    base = guard.check(x)
+    x[1, 3] = np.nan
+    x[4, 0] = np.inf
+    r = guard.check(x)
+    bad = np.array([False, True, False, False, True, False])
+    assert np.isinf(r.score[bad]).all() and (r.p_value[bad] == 0).all() and r.is_ood[bad].all()
+    assert np.isnan(r.features[bad]).all()
+    np.testing.assert_allclose(r.score[~bad], base.score[~bad], rtol=1e-6)
+    # float64 values beyond float32's range become inf and are flagged the same way
+    big = data["test"][:2].astype(np.float64)
+    big[0, 0] = 1e300
+    assert np.isinf(guard.check(big).score[0])
+
+
+def test_non_finite_raise_policy(bundle, data) -> None:  # type: ignore[no-untyped-def]
+    g = Guard.load(bundle, registry=None, nonfinite="raise")
+    x = data["test"][:3].copy()
+    x[2, 2] = -np.inf
+    with pytest.raises(NonFiniteInputError, match=r"1 of 3 rows hold NaN or infinity \(rows 2\)"):
+        g.check(x)
+    with pytest.raises(ValueError, match="nonfinite must be one of"):
+        Guard.load(bundle, registry=None, nonfinite="drop")
+
+
+def test_uncalibrated_bundle(raw_bundle) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(NotCalibratedError, match="calibrate it first"):
+        Guard.load(raw_bundle, registry=None)
+
+
+def test_alpha_override(bundle, data) -> None:  # type: ignore[no-untyped-def]
+    strict = Guard.load(bundle, registry=None, alpha=0.01)
+    loose = Guard.load(bundle, registry=None, alpha=0.2)
+    assert strict.threshold > loose.threshold
+    x = data["test"]
+    assert strict.check(x).n_ood <= loose.check(x).n_ood
+    with pytest.raises(ValueError, match=r"alpha must lie in \[1/\(n\+1\), 1\)"):
+        Guard.load(bundle, registry=None, alpha=1e-5)
+
+
+def test_thread_safe(guard, data) -> None:  # type: ignore[no-untyped-def]
+    batches = [data["test"][i : i + 7] for i in range(0, 140, 7)]
+    serial = [guard.check(b).score for b in batches]
+    with ThreadPoolExecutor(8) as pool:
+        parallel = list(pool.map(lambda b: guard.check(b).score, batches * 3))
+    for i, s in enumerate(parallel):
+        np.testing.assert_array_equal(s, serial[i % len(batches)])
+
+
+def _predict(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x).sum(axis=1, keepdims=True)
+
+
+def test_wrap_flag(guard, data) -> None:  # type: ignore[no-untyped-def]
+    x = np.concatenate([data["test"][:4], data["noise"][:2]])
+    out = guard.wrap(_predict)(x)
+    np.testing.assert_allclose(out.prediction, _predict(x))
+    assert out.result is not None and out.result.is_ood[4:].all()
+
+
+def test_wrap_raise(guard, data) -> None:  # type: ignore[no-untyped-def]
+    calls = []
+    model = guard.wrap(lambda x: calls.append(len(x)) or _predict(x), on_ood="raise")
+    inside = data["test"][guard.check(data["test"]).p_value > guard.alpha][:4]
+    with pytest.raises(OODInputError, match="2 of 6 inputs are out of distribution") as e:
+        model(np.concatenate([data["noise"][:2], inside]))
+    assert e.value.result.is_ood[:2].all() and calls == []  # the model never ran
+    inside = inside[:3]
+    assert model(inside).prediction.shape == (3, 1)
+
+
+def test_wrap_fallback_reassembles_rows(guard, data) -> None:  # type: ignore[no-untyped-def]
+    x = np.concatenate([data["test"][:2], data["noise"][:1], data["test"][2:3]])
+    model = guard.wrap(_predict, on_ood="fallback", fallback=lambda x: np.full((len(x), 1), -1.0))
+    out = model(x)
+    ood = out.result.is_ood
+    assert ood[2]
+    np.testing.assert_allclose(out.prediction[ood], -1.0)
+    np.testing.assert_allclose(out.prediction[~ood], _predict(x[~ood]))
+    with pytest.raises(ValueError, match="fallback= exactly when"):
+        guard.wrap(_predict, on_ood="fallback")
+
+
+def test_guard_failure_fail_open_and_closed(bundle, data, registry, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    g = Guard.load(bundle, registry=registry, name="g1")
+
+    def boom(x: np.ndarray) -> np.ndarray:
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(g.engine, "run", boom)
+    out = g.wrap(_predict, on_error="open")(data["test"][:3])
+    assert out.result is None and out.prediction.shape == (3, 1)
+    with pytest.raises(GuardFailure, match="guard 'g1' failed: RuntimeError: CUDA out of memory"):
+        g.wrap(_predict, on_error="closed")(data["test"][:3])
+    failures = registry.get_sample_value(
+        "oodguard_guard_failures_total", {"guard": "g1", "kind": "RuntimeError"})
+    assert failures == 2
+    # invalid input is the caller's error under either policy
+    with pytest.raises(InvalidInputError):
+        g.wrap(_predict, on_error="open")(np.zeros((2, 3), np.float32))
+
+
+def test_metrics_go_to_the_given_registry(bundle, data, registry) -> None:  # type: ignore[no-untyped-def]
+    g = Guard.load(bundle, registry=registry, name="m")
+    r = g.check(np.concatenate([data["test"][:20], data["noise"][:5]]))
+    get = registry.get_sample_value
+    assert get("oodguard_inputs_total", {"guard": "m", "verdict": "ood"}) == r.n_ood
+    assert get("oodguard_inputs_total", {"guard": "m", "verdict": "in"}) == 25 - r.n_ood
+    assert get("oodguard_score_count", {"guard": "m"}) == 25
+    # scores at or below the threshold bucket are exactly the in-distribution verdicts
+    at_thr = get("oodguard_score_bucket", {"guard": "m", "le": repr(round(g.threshold, 6))})
+    assert at_thr == int((r.score <= round(g.threshold, 6)).sum())
+    with pytest.raises(InvalidInputError):
+        g.check(np.zeros((4, 2), np.float32))
+    assert get("oodguard_inputs_refused_total", {"guard": "m", "reason": "shape"}) == 4
+
+
+def test_missing_onnxruntime_says_what_to_install(bundle) -> None:  # type: ignore[no-untyped-def]
+    code = (
+        "import sys; sys.modules['onnxruntime'] = None\n"
+        "import oodguard\n"
+        f"oodguard.Guard.load({str(bundle)!r}, registry=None)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0
+    assert "MissingDependencyError" in p.stderr
+    assert "pip install 'oodguard[cpu]'" in p.stderr and "'oodguard[gpu]'" in p.stderr

@@ -1,0 +1,124 @@
+"""The numpy runtime scorer against scikit-learn, and the conformal machinery."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.covariance import MinCovDet
+from sklearn.preprocessing import PowerTransformer
+
+from oodguard.calibration import fit_scorer, fit_transform
+from oodguard.errors import BundleError
+from oodguard.scoring import Scorer, conformal_p_values, score_threshold, yeo_johnson
+
+NAMES = ("recon_error", "first_step", "convergence_rate", "steps_to_converge")
+
+
+def _features(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.column_stack(
+        [
+            rng.lognormal(-4, 0.5, n),  # positive, skewed
+            rng.gamma(2.0, 0.1, n),
+            rng.normal(-0.3, 0.05, n),  # any sign
+            rng.integers(3, 9, n).astype(float),  # discrete
+        ]
+    )
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_yeo_johnson_matches_sklearn(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = np.column_stack([rng.normal(size=400), rng.exponential(size=400) - 0.5,
+                         -rng.exponential(size=400), rng.normal(3, 2, size=400)])
+    pt = PowerTransformer(method="yeo-johnson", standardize=False).fit(x)
+    np.testing.assert_allclose(yeo_johnson(x, pt.lambdas_), pt.transform(x), rtol=1e-10,
+                               atol=1e-12)
+
+
+def test_yeo_johnson_special_lambdas() -> None:
+    x = np.array([[-2.0, -2.0], [0.0, 0.0], [3.0, 3.0]])
+    out = yeo_johnson(x, np.array([0.0, 2.0]))
+    np.testing.assert_allclose(out[:, 0], [-((3.0**2 - 1) / 2), 0.0, np.log1p(3.0)])
+    np.testing.assert_allclose(out[:, 1], [-np.log1p(2.0), 0.0, (4.0**2 - 1) / 2])
+
+
+def test_runtime_scorer_matches_sklearn_pipeline() -> None:
+    """The scorer rebuilt from plain JSON numbers equals the scikit-learn objects it came from."""
+    fit, cal = _features(300, 0), _features(300, 1)
+    test = _features(200, 2)
+    scorer, _ = fit_scorer(fit, cal, NAMES, combine="max_mahalanobis")
+    scorer = Scorer.from_dict(json.loads(json.dumps(scorer.to_dict())), NAMES)
+    # Rebuild the same transform with scikit-learn, step by step.
+    fitted = fit_transform(fit, NAMES, combine="max_mahalanobis")
+    y = test[:, fitted.used].copy()
+    logged = ~np.isnan(fitted.log_offset)
+    y[:, logged] = np.log(y[:, logged] + fitted.log_offset[logged])
+    y = (y - fitted.pre_center) / fitted.pre_scale
+    yf = fit[:, fitted.used].copy()
+    yf[:, logged] = np.log(yf[:, logged] + fitted.log_offset[logged])
+    yf = (yf - fitted.pre_center) / fitted.pre_scale
+    pt = PowerTransformer(method="yeo-johnson", standardize=False).fit(yf)
+    z = (pt.transform(y) - fitted.post_center) / fitted.post_scale
+    np.testing.assert_allclose(scorer.standardize(test), z, rtol=1e-9, atol=1e-9)
+    zf = (pt.transform(yf) - fitted.post_center) / fitted.post_scale
+    mcd = MinCovDet(random_state=0).fit(zf)
+    c = z - scorer.maha_location
+    d2 = np.einsum("ij,jk,ik->i", c, scorer.maha_precision, c)
+    np.testing.assert_allclose(d2, mcd.mahalanobis(z), rtol=1e-8)
+
+
+def test_conformal_p_values_formula() -> None:
+    cal = np.sort(np.array([1.0, 2.0, 3.0, 4.0]))
+    p = conformal_p_values(cal, np.array([0.0, 2.0, 2.5, 4.0, 9.0]))
+    np.testing.assert_allclose(p, [5 / 5, 4 / 5, 3 / 5, 2 / 5, 1 / 5])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    cal=st.lists(st.floats(-50, 50, allow_nan=False), min_size=1, max_size=60, unique=True),
+    alpha=st.floats(0.01, 0.99),
+    s=st.floats(-60, 60, allow_nan=False),
+)
+def test_threshold_agrees_with_p_values(cal: list[float], alpha: float, s: float) -> None:
+    """``score > threshold ⇔ p ≤ alpha`` for scores that are not calibration scores."""
+    c = np.sort(np.asarray(cal))
+    if alpha < 1 / (len(c) + 1) or s in cal:
+        return
+    t = score_threshold(c, alpha)
+    p = conformal_p_values(c, np.array([s]))[0]
+    assert (s > t) == (p <= alpha)
+
+
+def test_non_finite_features_score_as_most_ood() -> None:
+    scorer, _ = fit_scorer(_features(200, 0), _features(200, 1), NAMES)
+    f = _features(3, 5)
+    f[1, 0] = np.nan
+    s = scorer.score(f)
+    assert np.isinf(s[1]) and np.isfinite(s[[0, 2]]).all()
+    assert scorer.p_value(s)[1] == pytest.approx(1 / 201)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.update(feature_names=["a", "b", "c", "d"]), "belongs to another model"),
+        (lambda d: d.update(schema_version=99), "newer"),
+        (lambda d: d.update(combine="sum"), "combine must be one of"),
+        (lambda d: d.update(lambdas=[1.0]), "lambdas must have"),
+        (lambda d: d.update(direction=[2.0] * len(d["direction"])), "direction values"),
+        (lambda d: d.update(calibration_scores=[]), "calibration_scores"),
+        (lambda d: d.pop("alpha"), "malformed"),
+        (lambda d: d.update(used_features=["nope"]), "malformed"),
+    ],
+)
+def test_malformed_calibration_is_refused(edit, message: str) -> None:  # type: ignore[no-untyped-def]
+    scorer, _ = fit_scorer(_features(200, 0), _features(200, 1), NAMES)
+    doc = json.loads(json.dumps(scorer.to_dict()))
+    edit(doc)
+    with pytest.raises(BundleError, match=message):
+        Scorer.from_dict(doc, NAMES)

@@ -1,4 +1,4 @@
-"""The ``oodguard`` command line: ``demo``, ``info``, ``check``.
+"""The ``oodguard`` command line: ``demo``, ``info``, ``check``, ``serve``.
 
 Environment variables are read here (the edge), never inside the library.
 """
@@ -18,7 +18,9 @@ Handler = Callable[[argparse.Namespace], int]
 _COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Handler]] = {}
 
 
-def command(name: str, setup: Callable[[argparse.ArgumentParser], None]) -> Callable[[Handler], Handler]:
+def command(
+    name: str, setup: Callable[[argparse.ArgumentParser], None]
+) -> Callable[[Handler], Handler]:
     """Register a subcommand: ``setup`` adds its arguments, the decorated function runs it."""
 
     def register(fn: Handler) -> Handler:
@@ -97,6 +99,61 @@ def _check(a: argparse.Namespace) -> int:
     for i in range(len(r)):
         print(json.dumps({"index": i, "score": float(r.score[i]), "p_value": float(r.p_value[i]),
                           "is_ood": bool(r.is_ood[i])}))
+    return 0
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed)")
+    p.add_argument("--name", default="default", help="guard and v2 model name")
+    p.add_argument("--max-batch", type=int, default=64, help="most rows per coalesced call")
+    p.add_argument("--max-wait-ms", type=float, default=2.0,
+                   help="longest a request waits for others to join its batch")
+    p.add_argument("--no-batching", action="store_true", help="score each request on its own")
+    p.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024)
+    p.add_argument("--max-request-rows", type=int, default=4096)
+    p.add_argument("--token-env", metavar="VAR",
+                   help="require 'Authorization: Bearer $VAR' on /v2/models/* routes")
+    p.add_argument("--providers", default="auto")
+    p.add_argument("--alpha", type=float, help="target false-positive rate (default: calibrated)")
+
+
+@command("serve", _serve_args)
+def _serve(a: argparse.Namespace) -> int:
+    """Serve a bundle over HTTP (Open Inference Protocol v2, /metrics) until SIGTERM."""
+    import os
+
+    try:
+        from oodguard.server import ServeConfig, serve
+    except ImportError as err:
+        print(f"oodguard serve needs the serve extra: pip install 'oodguard[serve,cpu]' ({err})",
+              file=sys.stderr)
+        return 2
+    from oodguard.guard import Guard
+    from oodguard.metrics import DEFAULT_REGISTRY, multiprocess_registry
+
+    token = None
+    if a.token_env:
+        token = os.environ.get(a.token_env, "")
+        if not token.strip():
+            print(f"oodguard serve: --token-env {a.token_env}: that variable is unset or empty",
+                  file=sys.stderr)
+            return 2
+    try:
+        config = ServeConfig(host=a.host, port=a.port, model_name=a.name,
+                             batching=not a.no_batching, max_batch=a.max_batch,
+                             max_wait_ms=a.max_wait_ms, max_body_bytes=a.max_body_bytes,
+                             max_request_rows=a.max_request_rows, token=token)
+    except ValueError as err:
+        print(f"oodguard serve: {err}", file=sys.stderr)
+        return 2
+    # prometheus_client reads PROMETHEUS_MULTIPROC_DIR itself when first imported; /metrics
+    # then aggregates every process's files instead of this process's registry.
+    mp_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    registry = multiprocess_registry(mp_dir) if mp_dir else DEFAULT_REGISTRY
+    guard = Guard.load(a.bundle, providers=a.providers, name=a.name, alpha=a.alpha)
+    serve(guard, config, registry=registry, announce=lambda msg: print(msg, flush=True))
     return 0
 
 

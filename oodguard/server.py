@@ -1,0 +1,319 @@
+"""The HTTP guard service: Open Inference Protocol v2 routes and ``/metrics`` (``serve`` extra).
+
+Routes (``{name}`` is the model name, by default the guard's name; ``/versions/1`` may follow it):
+
+=================================== ====== ============================================
+route                               method answer
+=================================== ====== ============================================
+``/v2``                             GET    server metadata
+``/v2/health/live``                 GET    200 while the process serves
+``/v2/health/ready``                GET    200 when ready, 503 while starting/draining
+``/v2/models/{name}``               GET    model metadata (input, outputs)
+``/v2/models/{name}/ready``         GET    200 / 503
+``/v2/models/{name}/infer``         POST   score, p_value, is_ood (+ features)
+``/metrics``                        GET    Prometheus text exposition
+=================================== ====== ============================================
+
+Every refused request gets a 4xx JSON body ``{"error": "...", "reason": "..."}`` and, on the
+infer route, counts in ``oodguard_inputs_refused_total{reason=...}``; see ``docs/serving.md``.
+Environment variables are read by the CLI (the edge), not here.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import signal
+import socket
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from oodguard._version import __version__
+from oodguard.batching import Batcher
+from oodguard.errors import InvalidInputError
+from oodguard.guard import Guard
+from oodguard.protocol import HEADER_LENGTH, ProtocolError, encode_response, model_metadata
+from oodguard.protocol import parse_infer as _parse_infer
+from oodguard.validation import validate_batch
+
+__all__ = ["ServeConfig", "create_app", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeConfig:
+    """How the service runs.
+
+    Parameters
+    ----------
+    host, port : where to listen (loopback by default; port 0 picks a free one)
+    model_name : the v2 model name; default the guard's name
+    batching : coalesce concurrent requests (dynamic batching)
+    max_batch : most rows per coalesced guard call
+    max_wait_ms : longest a request waits for others to join its batch
+    max_body_bytes : larger request bodies get 413
+    max_request_rows : requests with more rows get 413
+    token : bearer token required on ``/v2/models/...`` (health and ``/metrics`` stay open)
+    graceful_timeout_s : how long SIGTERM waits for in-flight requests
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model_name: str | None = None
+    batching: bool = True
+    max_batch: int = 64
+    max_wait_ms: float = 2.0
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_request_rows: int = 4096
+    token: str | None = field(default=None, repr=False)
+    graceful_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in [0, 65535]. Got {self.port}")
+        for name in ("max_batch", "max_body_bytes", "max_request_rows"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive int. Got {getattr(self, name)!r}")
+        if not 0 <= self.max_wait_ms <= 10_000:
+            raise ValueError(f"max_wait_ms must be in [0, 10000]. Got {self.max_wait_ms}")
+        if not self.graceful_timeout_s > 0:
+            raise ValueError(f"graceful_timeout_s must be > 0. Got {self.graceful_timeout_s}")
+        if self.token is not None and not self.token.strip():
+            raise ValueError("token must be a non-empty string or None")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["token"] = None if self.token is None else "***"
+        return d
+
+
+def _error(status: int, message: str, reason: str, headers: dict[str, str] | None = None
+           ) -> JSONResponse:
+    return JSONResponse({"error": message, "reason": reason}, status_code=status,
+                        headers=headers)
+
+
+class _Service:
+    """The routes' shared state: the guard, the batcher, readiness."""
+
+    def __init__(self, guard: Guard, config: ServeConfig, registry: Any) -> None:
+        self.guard, self.config, self.registry = guard, config, registry
+        self.name = config.model_name or guard.name
+        self.batcher = Batcher(guard.check, max_batch=config.max_batch,
+                               max_wait_s=config.max_wait_ms / 1000.0, enabled=config.batching)
+        self.ready = False
+        self._token = None if config.token is None else f"Bearer {config.token}".encode()
+
+    def refuse(self, err: ProtocolError | InvalidInputError, rows: int = 1) -> JSONResponse:
+        if self.guard.metrics is not None:
+            self.guard.metrics.observe_refused(err.reason, max(1, rows))
+        status = getattr(err, "status", 400)
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return _error(status, str(err), err.reason, headers)
+
+    def authorize(self, request: Request) -> None:
+        if self._token is None:
+            return
+        got = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(got, self._token):
+            raise ProtocolError("missing or wrong bearer token: send 'Authorization: Bearer "
+                                "<token>'", status=401, reason="unauthorized")
+
+    def model(self, request: Request) -> None:
+        name = request.path_params["name"]
+        version = request.path_params.get("version", "1")
+        if name != self.name or version != "1":
+            raise ProtocolError(f"no model {name!r} version {version!r}; this server has "
+                                f"{self.name!r} version '1'", status=404, reason="model")
+
+    async def body(self, request: Request) -> bytes:
+        limit = self.config.max_body_bytes
+        enc = request.headers.get("content-encoding", "identity").strip().lower()
+        if enc not in ("", "identity"):
+            raise ProtocolError(f"Content-Encoding {enc!r} is not supported; send the body "
+                                "uncompressed", status=415, reason="encoding")
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            raise ProtocolError(f"the body may hold at most {limit} bytes; Content-Length is "
+                                f"{declared}", status=413, reason="body_size")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ProtocolError(f"the body may hold at most {limit} bytes", status=413,
+                                    reason="body_size")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    # -- routes ----------------------------------------------------------------------------
+    async def server_metadata(self, request: Request) -> Response:
+        return JSONResponse({"name": "oodguard", "version": __version__,
+                             "extensions": ["binary_tensor_data"]})
+
+    async def live(self, request: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def server_ready(self, request: Request) -> Response:
+        return JSONResponse({"ready": self.ready}, status_code=200 if self.ready else 503)
+
+    async def model_metadata(self, request: Request) -> Response:
+        try:
+            self.authorize(request)
+            self.model(request)
+        except ProtocolError as err:
+            return _error(err.status, str(err), err.reason)
+        return JSONResponse(model_metadata(self.name, self.guard.input_spec,
+                                           len(self.guard.feature_names)))
+
+    async def model_ready(self, request: Request) -> Response:
+        try:
+            self.authorize(request)
+            self.model(request)
+        except ProtocolError as err:
+            return _error(err.status, str(err), err.reason)
+        return JSONResponse({"name": self.name, "ready": self.ready},
+                            status_code=200 if self.ready else 503)
+
+    async def infer(self, request: Request) -> Response:
+        try:
+            self.authorize(request)
+            self.model(request)
+            body = await self.body(request)
+            req = _parse_infer(body, header_length=request.headers.get(HEADER_LENGTH),
+                               spec=self.guard.input_spec,
+                               max_rows=self.config.max_request_rows)
+        except ProtocolError as err:
+            return self.refuse(err, err.rows)
+        try:  # per request, so that one bad request never fails a coalesced batch
+            validate_batch(req.x, self.guard.input_spec, nonfinite=self.guard.nonfinite)
+        except InvalidInputError as err:
+            return self.refuse(err, len(req.x))
+        try:
+            result = await self.batcher.submit(req.x)
+        except Exception as err:  # the engine failed: the server's fault, counted as such
+            kind = type(err).__name__
+            log.exception("guard failed on a batch")
+            if self.guard.metrics is not None:
+                self.guard.metrics.observe_failure(kind)
+            return _error(500, f"the guard failed: {kind}", "guard_failure")
+        content, headers = encode_response(self.name, req, result)
+        return Response(content, headers=headers)
+
+    async def metrics(self, request: Request) -> Response:
+        if self.registry is None:
+            return _error(404, "metrics are off (the guard has no registry)", "metrics")
+        from oodguard.metrics import render_latest
+
+        content, content_type = render_latest(self.registry)
+        return Response(content, headers={"content-type": content_type})
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, HTTPException):
+        return _error(exc.status_code, str(exc.detail), "route", exc.headers)
+    return _error(500, "internal error", "internal")
+
+
+def create_app(guard: Guard, config: ServeConfig | None = None, *, registry: Any = None
+               ) -> Starlette:
+    """The ASGI application.
+
+    Parameters
+    ----------
+    guard : the guard to serve (its ``check`` is called from a worker thread)
+    config : limits, batching and token (``host``/``port`` are used by :func:`serve` only)
+    registry : what ``/metrics`` exposes: the guard's registry, or
+        :func:`oodguard.metrics.multiprocess_registry` under a pre-fork server; None: 404
+    """
+    svc = _Service(guard, config or ServeConfig(), registry)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await svc.batcher.start()
+        svc.ready = True
+        log.info("serving model %r (%s)", svc.name, svc.config)
+        try:
+            yield
+        finally:
+            svc.ready = False
+            await svc.batcher.stop()
+
+    model = "/v2/models/{name}"
+    version = "/v2/models/{name}/versions/{version}"
+    routes = [
+        Route("/v2", svc.server_metadata, methods=["GET"]),
+        Route("/v2/health/live", svc.live, methods=["GET"]),
+        Route("/v2/health/ready", svc.server_ready, methods=["GET"]),
+        Route("/metrics", svc.metrics, methods=["GET"]),
+    ]
+    for base in (model, version):
+        routes += [
+            Route(base, svc.model_metadata, methods=["GET"]),
+            Route(base + "/ready", svc.model_ready, methods=["GET"]),
+            Route(base + "/infer", svc.infer, methods=["POST"]),
+        ]
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={HTTPException: _http_error, Exception: _http_error})
+    app.state.service = svc
+    return app
+
+
+def serve(guard: Guard, config: ServeConfig, *, registry: Any = None,
+          announce: Any = print) -> None:
+    """Serve until SIGTERM/SIGINT, then finish in-flight requests and return.
+
+    The socket is bound before ``announce`` is called with the URL, so with ``port=0`` the
+    printed port is the real one and connections made right after it queue until served.
+    """
+    import uvicorn
+
+    app = create_app(guard, config, registry=registry)
+    svc: _Service = app.state.service
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((config.host, config.port))
+    sock.listen(2048)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            svc.ready = False  # readiness fails at once while in-flight requests finish
+            super().handle_exit(sig, frame)
+
+    server = _Server(uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="on",
+        timeout_graceful_shutdown=int(config.graceful_timeout_s) or 1,
+    ))
+    announce(f"oodguard serve: listening on http://{shown}:{port} (model {svc.name!r}, "
+             f"v2 routes under /v2, metrics at /metrics)")
+    # uvicorn re-raises the signal it drained on once it has shut down; with the default
+    # handlers that kills the process (exit 143). The shutdown is done by then, so the
+    # handlers it restores and re-raises into are no-ops and serve() returns normally.
+    main = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, _ignore) for s in _SIGNALS} if main else {}
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    announce("oodguard serve: stopped")
+
+
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _ignore(sig: int, frame: Any) -> None:
+    log.debug("signal %d after shutdown ignored", sig)

@@ -12,6 +12,7 @@ import gzip
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,7 @@ __all__ = [
     "sample_image_patches",
 ]
 
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype[Any]] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),
@@ -75,11 +76,11 @@ def load_image_folder(
         raise ValueError(f"{path} holds no images ({', '.join(sorted(_IMAGE_SUFFIXES))})")
     out = []
     for f in files:
-        with Image.open(f) as im:
-            im = im.convert("L" if grayscale else "RGB")
-            if size is not None and im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            out.append(np.asarray(im, dtype=np.float32) / 255.0)
+        with Image.open(f) as src:
+            im = src.convert("L" if grayscale else "RGB")
+        if size is not None and im.size != (size[1], size[0]):
+            im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        out.append(np.asarray(im, dtype=np.float32) / 255.0)
     shapes = {a.shape for a in out}
     if len(shapes) > 1:
         raise ValueError(f"{path} holds images of several sizes {sorted(shapes)}; pass size=(H, W)")

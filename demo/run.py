@@ -55,7 +55,9 @@ def resampled_check(
     names = guard.feature_names
     feats = guard.engine.run(pool)
     ood_feats = {k: guard.engine.run(v) for k, v in ood.items()}
-    fprs, combined, best = [], {k: [] for k in ood}, {k: [] for k in ood}
+    fprs: list[float] = []
+    combined: dict[str, list[float]] = {k: [] for k in ood}
+    best: dict[str, list[float]] = {k: [] for k in ood}
     rng = np.random.default_rng(seed + 1)
     for _ in range(splits):
         perm = rng.permutation(len(pool))

@@ -215,11 +215,11 @@ class Scorer:
             signed = np.where(self.direction == 0, np.abs(z), self.direction * z)
             parts.append(signed.max(axis=1))
         if self.combine in ("mahalanobis", "max_mahalanobis"):
-            assert_ready = self.maha_location is not None and self.maha_precision is not None
-            if not assert_ready:  # guarded by from_dict; kept for type narrowing
+            loc, prec = self.maha_location, self.maha_precision
+            if loc is None or prec is None:  # excluded by from_dict; narrows the types
                 raise BundleError("scorer has no Mahalanobis parameters")
-            c = z - self.maha_location
-            d2 = np.einsum("ij,jk,ik->i", c, self.maha_precision, c)
+            c = z - loc
+            d2 = np.einsum("ij,jk,ik->i", c, prec, c)
             parts.append(wilson_hilferty(d2, len(self.used)))
         s = parts[0] if len(parts) == 1 else np.maximum(parts[0], parts[1])
         return np.where(np.isfinite(s), s, np.inf)

@@ -88,4 +88,4 @@ def validate_batch(
             "created with nonfinite='raise'. Clean the input, or use nonfinite='flag' to mark "
             "such rows OOD"
         )
-    return x32, finite_rows
+    return x32, np.asarray(finite_rows, dtype=bool)

@@ -212,3 +212,33 @@ def test_missing_onnxruntime_says_what_to_install(bundle) -> None:  # type: igno
     assert p.returncode != 0
     assert "MissingDependencyError" in p.stderr
     assert "pip install 'oodguard[cpu]'" in p.stderr and "'oodguard[gpu]'" in p.stderr
+
+
+def _rewrite(bundle, tmp_path, *, shape=None, model=None):  # type: ignore[no-untyped-def]
+    """A copy of the bundle, re-written (so hashes are valid) with a changed manifest/model."""
+    from oodguard.bundle import MODEL_FILE, InputSpec, Manifest, read_bundle, write_bundle
+
+    b = read_bundle(bundle)
+    doc = b.manifest.to_dict()
+    if shape is not None:
+        doc["input"] = InputSpec(name="x", shape=shape).__dict__ | {"shape": list(shape)}
+    files = dict(b.files)
+    if model is not None:
+        files[MODEL_FILE] = model
+    return write_bundle(tmp_path / "b", Manifest.from_dict(doc), files)
+
+
+def test_onnx_signature_must_match_manifest(bundle, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from oodguard import BundleError
+
+    path = _rewrite(bundle, tmp_path, shape=(15,))
+    with pytest.raises(BundleError, match=r"input shape \['batch', 16\] does not match .* \[15\]"):
+        Guard.load(path, registry=None)
+
+
+def test_valid_hash_but_garbage_model(bundle, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from oodguard import BundleError
+
+    path = _rewrite(bundle, tmp_path, model=b"\x08\x07not a model")
+    with pytest.raises(BundleError, match="ONNX Runtime could not load model.onnx"):
+        Guard.load(path, registry=None)

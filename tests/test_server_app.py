@@ -1,0 +1,181 @@
+"""The service in process: protocol parsing, the batcher, token, failures, configuration."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import warnings
+
+import numpy as np
+import pytest
+from _serving import metric_value
+
+from oodguard import Guard
+from oodguard.batching import Batcher
+from oodguard.bundle import InputSpec
+from oodguard.guard import CheckResult
+from oodguard.protocol import HEADER_LENGTH, ProtocolError, encode_response, parse_infer
+from oodguard.server import ServeConfig, create_app
+
+with warnings.catch_warnings():  # starlette 1.x prefers httpx2; httpx is what we ship
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+SPEC = InputSpec(name="x", shape=(4,))
+
+
+def body(x: np.ndarray, **extra: object) -> bytes:
+    return json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape),
+                                   "data": x.ravel().tolist()}], **extra}).encode()
+
+
+# -- protocol -------------------------------------------------------------------------------
+def test_parse_binary_and_json_requests_agree() -> None:
+    x = np.arange(12, dtype=np.float32).reshape(3, 4) / 7
+    head = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [3, 4],
+                                   "parameters": {"binary_data_size": 48}}],
+                       "outputs": [{"name": "features", "parameters": {"binary_data": True}},
+                                   {"name": "score"}], "id": "a"}).encode()
+    req = parse_infer(head + x.tobytes(), header_length=str(len(head)), spec=SPEC, max_rows=10)
+    np.testing.assert_array_equal(req.x, x)
+    assert req.outputs == (("features", True), ("score", False)) and req.id == "a"
+    req2 = parse_infer(body(x), header_length=None, spec=SPEC, max_rows=10)
+    np.testing.assert_array_equal(req2.x, x)
+    assert req2.outputs == (("score", False), ("p_value", False), ("is_ood", False))
+
+
+@pytest.mark.parametrize(
+    ("doc", "status", "reason", "message"),
+    [
+        (b"\xff", 400, "json", "not valid JSON"),
+        ({"inputs": []}, 400, "protocol", "exactly one tensor"),
+        ({"inputs": [{"name": "x", "datatype": "FP16", "shape": [1, 4], "data": [0] * 4}]},
+         400, "dtype", "must be 'FP32'; got 'FP16'"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, -4], "data": [0] * 4}]},
+         400, "shape", "non-negative integers"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 4], "data": [[0] * 4, [0]]}]},
+         400, "type", "rectangular"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [True] * 4}]},
+         400, "type", "only numbers"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [11, 4], "data": [0] * 44}]},
+         413, "batch_size", "at most 10 rows"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4]}]},
+         400, "protocol", "needs 'data'"),
+    ],
+)
+def test_parse_refusals(doc, status, reason, message) -> None:
+    raw = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+    with pytest.raises(ProtocolError, match=message) as info:
+        parse_infer(raw, header_length=None, spec=SPEC, max_rows=10)
+    assert (info.value.status, info.value.reason) == (status, reason)
+
+
+def test_binary_response_layout() -> None:
+    r = CheckResult(np.array([1.5, np.inf]), np.array([0.5, 0.0]), np.array([False, True]),
+                    np.zeros((2, 3), np.float32), ("a", "b", "c"), 0.05, 2.0)
+    req = parse_infer(body(np.zeros((2, 4)), parameters={"binary_data_output": True}),
+                      header_length=None, spec=SPEC, max_rows=10)
+    content, headers = encode_response("m", req, r)
+    n = int(headers[HEADER_LENGTH])
+    doc = json.loads(content[:n])
+    sizes = [o["parameters"]["binary_data_size"] for o in doc["outputs"]]
+    assert sizes == [16, 16, 2] and len(content) == n + 34
+    assert np.frombuffer(content[n : n + 16], "<f8").tolist() == [1.5, np.inf]
+    assert content[-2:] == b"\x00\x01"
+
+
+# -- batcher --------------------------------------------------------------------------------
+def fake_check(calls: list[int]):  # type: ignore[no-untyped-def]
+    def check(x: np.ndarray) -> CheckResult:
+        calls.append(len(x))
+        s = x[:, 0].astype(np.float64)
+        return CheckResult(s, s, s > 0, x, ("f",) * x.shape[1], 0.05, 1.0)
+
+    return check
+
+
+@pytest.mark.parametrize(("enabled", "max_batch", "want"),
+                         [(True, 64, [10]), (True, 4, [4, 4, 2]), (False, 64, [1] * 10)])
+def test_batcher_coalesces_up_to_max_batch(enabled, max_batch, want) -> None:
+    calls: list[int] = []
+
+    async def run() -> list[CheckResult]:
+        b = Batcher(fake_check(calls), max_batch=max_batch, max_wait_s=0.5, enabled=enabled)
+        await b.start()
+        try:
+            return await asyncio.gather(*(b.submit(np.full((1, 2), i, np.float32))
+                                          for i in range(10)))
+        finally:
+            await b.stop()
+
+    results = asyncio.run(run())
+    assert sorted(calls) == sorted(want)
+    assert [r.score.tolist() for r in results] == [[float(i)] for i in range(10)]
+
+
+def test_batcher_validates_its_parameters() -> None:
+    with pytest.raises(ValueError, match="max_batch must be >= 1. Got 0"):
+        Batcher(fake_check([]), max_batch=0, max_wait_s=0)
+    with pytest.raises(ValueError, match="max_wait_s must be >= 0"):
+        Batcher(fake_check([]), max_batch=1, max_wait_s=-1)
+
+
+# -- the app --------------------------------------------------------------------------------
+@pytest.fixture
+def guard(bundle, registry):  # type: ignore[no-untyped-def]
+    return Guard.load(bundle, registry=registry, name="t")
+
+
+def test_bearer_token_guards_model_routes_only(guard, registry, data) -> None:
+    app = create_app(guard, ServeConfig(token="s3cret", max_wait_ms=0), registry=registry)
+    good = body(data["test"][:2])
+    with TestClient(app) as client:
+        assert client.get("/v2/health/ready").status_code == 200
+        assert client.get("/metrics").status_code == 200
+        for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "s3cret"}):
+            r = client.post("/v2/models/t/infer", content=good, headers=headers)
+            assert r.status_code == 401 and r.json()["reason"] == "unauthorized"
+            assert r.headers["www-authenticate"] == "Bearer"
+        assert client.get("/v2/models/t").status_code == 401
+        ok = {"Authorization": "Bearer s3cret"}
+        assert client.get("/v2/models/t", headers=ok).status_code == 200
+        r = client.post("/v2/models/t/infer", content=good, headers=ok)
+        assert r.status_code == 200, r.text
+        text = client.get("/metrics").text
+    assert metric_value(text, "oodguard_inputs_refused_total", reason="unauthorized") == 3
+    assert metric_value(text, "oodguard_inputs_total", guard="t") == 2
+
+
+def test_engine_failure_is_a_json_500_counted_as_guard_failure(guard, registry, data,
+                                                               monkeypatch) -> None:
+    def broken(x: np.ndarray) -> np.ndarray:
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(guard.engine, "run", broken)
+    app = create_app(guard, ServeConfig(max_wait_ms=0), registry=registry)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        x = data["test"][:2]
+        r = client.post("/v2/models/t/infer", content=body(x))
+        assert r.status_code == 500 and r.json() == {
+            "error": "the guard failed: RuntimeError", "reason": "guard_failure"}
+        assert client.get("/v2/health/live").status_code == 200
+        text = client.get("/metrics").text
+    assert metric_value(text, "oodguard_guard_failures_total", kind="RuntimeError") == 1
+
+
+def test_not_ready_before_startup_and_no_metrics_without_registry(guard) -> None:
+    client = TestClient(create_app(guard, ServeConfig()))  # no `with`: lifespan never ran
+    assert client.get("/v2/health/ready").status_code == 503
+    assert client.get("/v2/health/live").status_code == 200
+    assert client.get("/metrics").status_code == 404
+
+
+def test_serve_config_is_validated_and_hides_the_token() -> None:
+    with pytest.raises(ValueError, match="max_batch must be a positive int. Got 0"):
+        ServeConfig(max_batch=0)
+    with pytest.raises(ValueError, match="port must be in"):
+        ServeConfig(port=70000)
+    with pytest.raises(TypeError):
+        ServeConfig("127.0.0.1")  # type: ignore[misc]  # keyword-only
+    c = ServeConfig(token="s3cret")
+    assert "s3cret" not in repr(c) and c.to_dict()["token"] == "***"

@@ -1,0 +1,107 @@
+"""deploy/: promtool checks the config and the alert rules (with their unit tests); the
+dashboard's and rules' PromQL parse and name only metrics the guard exports; the manifests
+probe routes the server has."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _serving import tool
+
+from oodguard.metrics import GuardMetrics, new_registry, render_latest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    tomllib = pytest.importorskip("tomli")
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+
+
+def promtool(*args: str | Path) -> str:
+    out = subprocess.run([tool("promtool"), *map(str, args)], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout + out.stderr
+
+
+def test_prometheus_config_and_rules_pass_promtool() -> None:
+    assert "SUCCESS" in promtool("check", "config", DEPLOY / "prometheus" / "prometheus.yml")
+    assert "SUCCESS: 6 rules found" in promtool("check", "rules",
+                                                 DEPLOY / "prometheus" / "alerts.yml")
+
+
+def test_alert_rules_unit_tests_pass() -> None:
+    assert "SUCCESS" in promtool("test", "rules", DEPLOY / "prometheus" / "alerts_test.yml")
+
+
+def exported_names() -> set[str]:
+    """Every sample name one guard's metrics expose (after one call, so all series exist)."""
+    reg = new_registry()
+    m = GuardMetrics(reg, "g", score_edges=(0.0, 1.0), threshold=1.0,
+                     info={"sha256": "0" * 64, "schema": "1", "version": "0", "steps": "8",
+                           "alpha": "0.05"})
+    m.observe_check(np.array([0.5]), np.array([0.5]), 0, engine_s=0.001, scoring_s=0.001,
+                    total_s=0.002)
+    m.observe_refused("shape")
+    m.observe_failure("RuntimeError")
+    m.observe_model(0.01)
+    text = render_latest(reg)[0].decode()
+    return {ln.split("{")[0].split(" ")[0] for ln in text.splitlines() if not ln.startswith("#")}
+
+
+def dashboard_exprs() -> list[str]:
+    dash = json.loads((DEPLOY / "grafana" / "oodguard.json").read_text())
+    assert dash["uid"] == "oodguard" and {v["name"] for v in dash["templating"]["list"]} == {
+        "datasource", "guard"}
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    return [t["expr"] for p in dash["panels"] for t in p["targets"]]
+
+
+def test_dashboard_and_rules_use_only_exported_metrics() -> None:
+    names = exported_names()
+    rules = (DEPLOY / "prometheus" / "alerts.yml").read_text()
+    exprs = dashboard_exprs()
+    used = set(re.findall(r"\boodguard_[a-z_]+", rules + "\n".join(exprs)))
+    used -= {"oodguard_ood_fraction"}  # the recording rule's own name
+    assert used and used <= names, used - names
+
+
+def test_dashboard_promql_parses(tmp_path: Path) -> None:
+    # promtool parses PromQL in rule files, so each panel query becomes a recording rule
+    # (Grafana's variables replaced by what Grafana would substitute).
+    lines = ["groups:", "  - name: dashboard", "    rules:"]
+    for i, expr in enumerate(dashboard_exprs()):
+        concrete = expr.replace("$__rate_interval", "1m").replace("$guard", ".*")
+        lines += [f"      - record: dashboard:panel_{i}", f"        expr: {json.dumps(concrete)}"]
+    path = tmp_path / "dashboard_rules.yml"
+    path.write_text("\n".join(lines) + "\n")
+    assert f"SUCCESS: {len(dashboard_exprs())} rules found" in promtool("check", "rules", path)
+
+
+def test_manifests_probe_server_routes_and_image_installs_existing_extras() -> None:
+    from oodguard.server import ServeConfig, create_app
+
+    class _Guard:  # create_app only reads these to build routes
+        name = "default"
+        check = staticmethod(lambda x: x)
+
+    app = create_app(_Guard(), ServeConfig())  # type: ignore[arg-type]
+    paths = {getattr(r, "path", None) for r in app.routes}
+    k8s = (DEPLOY / "kubernetes" / "oodguard.yaml").read_text()
+    probes = re.findall(r"path: (\S+)", k8s)
+    assert probes == ["/v2/health/live", "/v2/health/ready"] and set(probes) <= paths
+    assert "containerPort: 8000" in k8s and "--token-env" in k8s
+    docker = (DEPLOY / "docker" / "Dockerfile").read_text()
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert re.search(r"\[cpu,serve\]", docker) and {"cpu", "serve"} <= set(extras)
+    assert '"--port", "8000"' in docker and "EXPOSE 8000" in docker

@@ -111,6 +111,7 @@ def fit_scorer(
     *,
     alpha: float = 0.05,
     reference_features: np.ndarray | None = None,
+    reference_groups: Sequence[np.ndarray] | None = None,
     combine: str = "max",
     use: Sequence[str] | None = None,
     seed: int = 0,
@@ -125,6 +126,8 @@ def fit_scorer(
         Features of OOD or synthetic-outlier inputs: features and their directions are
         selected on them (see :mod:`oodguard.calibration.selection`). ``None``: every
         feature, two-sided.
+    reference_groups : index arrays into ``reference_features``, one per kind of reference
+        input (e.g. one per proxy kind); no kind may lose AUROC when a feature is added.
 
     Returns
     -------
@@ -145,9 +148,10 @@ def fit_scorer(
     direction = np.zeros(len(fitted.used))
     if reference_features is not None:
         ref = np.asarray(reference_features, dtype=np.float64)
-        ref = ref[np.isfinite(ref).all(axis=1)]
+        ok = np.isfinite(ref).all(axis=1)
         probe = _scorer(fitted, keep, direction, names, "max", alpha)
-        sel = select_features(probe.standardize(fit), probe.standardize(ref))
+        sel = select_features(probe.standardize(fit), probe.standardize(ref[ok]),
+                              groups=_regroup(reference_groups, ok))
         keep = np.asarray(sel.selected, dtype=np.intp)
         direction = sel.direction[keep]
         info["selection"] = {
@@ -178,6 +182,15 @@ def fit_scorer(
     # Round-trip through the plain-number document so the caller gets exactly what the
     # runtime will rebuild.
     return Scorer.from_dict(json.loads(json.dumps(doc)), feature_names), info
+
+
+def _regroup(groups: Sequence[np.ndarray] | None, ok: np.ndarray) -> list[np.ndarray] | None:
+    """Re-index groups after dropping the non-finite reference rows (``ok`` False)."""
+    if groups is None:
+        return None
+    new_index = np.cumsum(ok) - 1
+    out = [new_index[g[ok[g]]] for g in groups]
+    return [g for g in out if len(g)]
 
 
 def _scorer(
@@ -255,17 +268,21 @@ def calibrate(
     features = engine.run(x32)
     fit_idx, cal_idx = split_indices(len(x32), fit_fraction, seed)
     reference = None
+    groups: list[np.ndarray] | None = None
     if select == "auto":
         if x_ood is not None:
             ref_x, _ = validate_batch(x_ood, spec, nonfinite="raise")
         else:
             ref_x = make_proxies(x32[fit_idx], seed=seed)
+            n_fit = len(fit_idx)
+            groups = [np.arange(i * n_fit, (i + 1) * n_fit) for i in range(len(PROXY_KINDS))]
         log.info("selecting features on %d %s inputs", len(ref_x),
                  "OOD validation" if x_ood is not None else "synthetic-outlier")
         reference = engine.run(np.ascontiguousarray(ref_x))
     scorer, info = fit_scorer(
         features[fit_idx], features[cal_idx], source.manifest.feature_names, alpha=alpha,
-        reference_features=reference, combine=combine, use=use, seed=seed,
+        reference_features=reference, reference_groups=groups, combine=combine, use=use,
+        seed=seed,
     )
     if "selection" in info:
         info["selection"]["reference"] = "x_ood" if x_ood is not None else list(PROXY_KINDS)

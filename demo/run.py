@@ -22,7 +22,7 @@ from oodguard._version import __version__
 from oodguard.calibration import auroc, calibrate, fit_scorer, fpr_at_tpr
 from oodguard.calibration.calibrate import split_indices
 from oodguard.calibration.data import load_digits_data
-from oodguard.calibration.selection import make_proxies
+from oodguard.calibration.selection import PROXY_KINDS, make_proxies
 from oodguard.demo.train import train_autoencoder
 from oodguard.export import export_bundle
 from oodguard.guard import Guard
@@ -64,8 +64,9 @@ def resampled_check(
         val, test = perm[:n_val], perm[n_val:]
         fit, cal = split_indices(n_val, 0.4, seed)
         ref = guard.engine.run(make_proxies(pool[val[fit]], seed=seed))
+        groups = [np.arange(i * len(fit), (i + 1) * len(fit)) for i in range(len(PROXY_KINDS))]
         scorer, _ = fit_scorer(feats[val[fit]], feats[val[cal]], names, alpha=alpha,
-                               reference_features=ref, seed=seed)
+                               reference_features=ref, reference_groups=groups, seed=seed)
         s_test = scorer.score(feats[test])
         fprs.append(float((scorer.p_value(s_test) <= alpha).mean()))
         for k, f in ood_feats.items():
@@ -94,6 +95,7 @@ def run_demo(
     seed: int = 0,
     plots: bool = True,
     resample: int = 20,
+    corruption: str = "noise",
 ) -> dict[str, Any]:
     """Run the demo; returns the report (also written to ``out/report.json``)."""
     out = Path(out)
@@ -108,9 +110,10 @@ def run_demo(
              len(data.val), len(data.test),
              ", ".join(f"{k} ({v[0]}, {len(v[1])})" for k, v in data.ood.items()))
 
-    log.info("[2/5] training the autoencoder (%d epochs, weight decay, denoising)", epochs)
+    log.info("[2/5] training the autoencoder (%d epochs, weight decay, %s corruption)", epochs,
+             corruption)
     t = time.perf_counter()
-    model = train_autoencoder(data.train, epochs=epochs, seed=seed)
+    model = train_autoencoder(data.train, epochs=epochs, seed=seed, corruption=corruption)
     timings["train_s"] = time.perf_counter() - t
 
     log.info("[3/5] attractors, ONNX export (T=%d) and parity check", steps)
@@ -176,6 +179,7 @@ def run_demo(
         "alpha": alpha,
         "steps": steps,
         "epochs": epochs,
+        "corruption": corruption,
         "data": {"train": len(data.train), "validation": len(data.val), "test": len(data.test)},
         "attractors": {
             "count": len(exported.attractors.attractors),

@@ -48,10 +48,19 @@ def train_autoencoder(
     lr: float = 3e-3,
     weight_decay: float = 1e-4,
     noise: float = 0.1,
+    corruption: str = "noise",
+    mask_fraction: float = 0.5,
     seed: int = 0,
     progress: bool = True,
 ) -> MLPAutoencoder:
-    """Train a denoising MLP autoencoder on ``x [N, dim]`` (values in [0, 1]). Seeded."""
+    """Train a denoising MLP autoencoder on ``x [N, dim]`` (values in [0, 1]). Seeded.
+
+    ``corruption="noise"`` adds Gaussian noise of s.d. ``noise`` to the inputs; ``"mask"`` zeroes
+    a random ``mask_fraction`` of each input's values (MAE-like), which DESIGN.md reports flips
+    the direction of the trajectory features.
+    """
+    if corruption not in ("noise", "mask"):
+        raise ValueError(f"corruption must be 'noise' or 'mask'. Got {corruption!r}")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     data = torch.as_tensor(x, dtype=torch.float32)
@@ -64,7 +73,11 @@ def train_autoencoder(
         total = 0.0
         for i in range(0, len(data), batch_size):
             batch = data[perm[i : i + batch_size]]
-            noisy = (batch + noise * torch.randn(batch.shape, generator=gen)).clamp(0, 1)
+            if corruption == "noise":
+                noisy = (batch + noise * torch.randn(batch.shape, generator=gen)).clamp(0, 1)
+            else:
+                keep = torch.rand(batch.shape, generator=gen) >= mask_fraction
+                noisy = batch * keep
             loss = nn.functional.mse_loss(model(noisy), batch)
             opt.zero_grad()
             loss.backward()

@@ -36,6 +36,8 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, default=0.05, help="target false-positive rate")
     p.add_argument("--epochs", type=int, default=400, help="autoencoder training epochs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--corruption", choices=("noise", "mask"), default="noise",
+                   help="training corruption: Gaussian noise (denoising) or MAE-like masking")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--resample", type=int, default=20,
                    help="re-drawn validation/test splits for the variance check (0: skip)")
@@ -51,7 +53,7 @@ def _demo(a: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     run_demo(a.out, steps=a.steps, alpha=a.alpha, epochs=a.epochs, seed=a.seed,
-             plots=not a.no_plots, resample=a.resample)
+             plots=not a.no_plots, resample=a.resample, corruption=a.corruption)
     return 0
 
 

@@ -14,6 +14,6 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
   fi
 fi
 echo "==> ruff"
-.venv/bin/ruff check oodguard export calibration demo tests benchmarks
+.venv/bin/ruff check .
 echo "==> pytest"
 .venv/bin/pytest -q "$@"

@@ -115,3 +115,18 @@ def test_calibrate_with_user_ood_and_all_features(raw_bundle, data, tmp_path) ->
     assert (r2.scorer.direction == 0).all()  # two-sided without a reference set
     with pytest.raises(CalibrationError, match="at least"):
         calibrate(raw_bundle, data["val"][:30], out=tmp_path / "c")
+
+
+def test_selection_does_not_add_a_feature_that_hurts_one_kind() -> None:
+    """Feature 1 separates group B strongly but *reverses* on group A: adding it to feature 0
+    would raise the pooled AUROC while costing group A, so it stays out."""
+    rng = np.random.default_rng(1)
+    n = 600
+    z_id = rng.normal(size=(n, 2))
+    a = rng.normal(size=(n, 2)) + [2.0, -1.5]
+    b = rng.normal(size=(n, 2)) + [1.2, 4.0]
+    z_ref = np.concatenate([a, b])
+    groups = [np.arange(n), np.arange(n, 2 * n)]
+    assert select_features(z_id, z_ref, groups=groups).selected == (0,)
+    # pooled alone (one group) takes it
+    assert select_features(z_id, z_ref).selected[:2] in ((0, 1), (1, 0))

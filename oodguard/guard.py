@@ -227,7 +227,7 @@ class Guard:
             x32, finite = validate_batch(x, self.input_spec, nonfinite=self.nonfinite)
         except InvalidInputError as err:
             if self.metrics is not None:
-                self.metrics.observe_refused(err.reason, len(x) if hasattr(x, "__len__") else 1)
+                self.metrics.observe_refused(err.reason, _rows(x, len(self.input_spec.shape)))
             raise
         n = len(x32)
         nf = len(self.feature_names)
@@ -270,6 +270,15 @@ class Guard:
     ) -> GuardedModel[P]:
         """Guard a model's inference; see :class:`GuardedModel` for the policies."""
         return GuardedModel(self, predict, on_ood=on_ood, fallback=fallback, on_error=on_error)
+
+
+def _rows(x: Any, sample_rank: int) -> int:
+    """How many inputs a refused batch held: its first axis when its rank is right, else 1
+    (a wrong-rank array has no trustworthy batch axis)."""
+    shape = getattr(x, "shape", None)
+    if shape is not None and len(shape) == sample_rank + 1:
+        return max(int(shape[0]), 1)
+    return 1
 
 
 class GuardedModel(Generic[P]):
@@ -343,9 +352,11 @@ class GuardedModel(Generic[P]):
             ood = result.is_ood
             parts_in = self._timed(self.predict, xa[~ood]) if (~ood).any() else None
             parts_ood = np.asarray(assert_fallback(xa[ood]))
-            merged = np.empty((len(xa), *parts_ood.shape[1:]), dtype=parts_ood.dtype)
+            pred_in = None if parts_in is None else np.asarray(parts_in)
+            dtype = parts_ood.dtype if pred_in is None else np.result_type(parts_ood, pred_in)
+            merged = np.empty((len(xa), *parts_ood.shape[1:]), dtype=dtype)
             merged[ood] = parts_ood
-            if parts_in is not None:
-                merged[~ood] = np.asarray(parts_in)
+            if pred_in is not None:
+                merged[~ood] = pred_in
             return GuardedOutput(merged, result)  # type: ignore[arg-type]
         return GuardedOutput(self._timed(self.predict, x), result)

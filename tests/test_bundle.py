@@ -121,3 +121,15 @@ def test_input_spec_validation() -> None:
         InputSpec(name="x", shape=(0, 3))
     with pytest.raises(ValueError, match="dtype"):
         InputSpec(name="x", shape=(3,), dtype="int8")
+
+
+GOLDEN = Path(__file__).parent / "golden" / "manifest_v1.json"
+
+
+def test_golden_manifest_v1_still_reads_and_round_trips() -> None:
+    """The schema-1 manifest format is a contract: a file written by this version must keep
+    loading, and re-serialising it must give the same document."""
+    doc = json.loads(GOLDEN.read_text())
+    m = Manifest.from_dict(doc)
+    assert m.input.shape == (8, 8) and m.steps == 32 and m.attractor_count == 15
+    assert m.to_dict() == doc

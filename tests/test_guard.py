@@ -242,3 +242,22 @@ def test_valid_hash_but_garbage_model(bundle, tmp_path) -> None:  # type: ignore
     path = _rewrite(bundle, tmp_path, model=b"\x08\x07not a model")
     with pytest.raises(BundleError, match="ONNX Runtime could not load model.onnx"):
         Guard.load(path, registry=None)
+
+
+def test_refusal_counts_rows_only_when_the_batch_axis_is_trustworthy(bundle, registry) -> None:  # type: ignore[no-untyped-def]
+    g = Guard.load(bundle, registry=registry, name="r")
+    for bad in (np.zeros((5, 3), np.float32), np.zeros(16, np.float32), np.zeros((2, 16), int)):
+        with pytest.raises(InvalidInputError):
+            g.check(bad)
+    get = registry.get_sample_value
+    assert get("oodguard_inputs_refused_total", {"guard": "r", "reason": "shape"}) == 5
+    assert get("oodguard_inputs_refused_total", {"guard": "r", "reason": "rank"}) == 1
+    assert get("oodguard_inputs_refused_total", {"guard": "r", "reason": "dtype"}) == 2
+
+
+def test_fallback_merges_dtypes(guard, data) -> None:  # type: ignore[no-untyped-def]
+    x = np.concatenate([data["test"][:2], data["noise"][:1]])
+    model = guard.wrap(lambda x: np.ones((len(x), 1), np.float32), on_ood="fallback",
+                       fallback=lambda x: np.full((len(x), 1), 7, np.int64))
+    out = model(x).prediction
+    assert out.dtype == np.float64 and out[2, 0] == 7

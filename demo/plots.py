@@ -22,6 +22,13 @@ def _plt() -> Any:
     return plt
 
 
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_all(
     out: Path,
     scores_in: Mapping[str, np.ndarray],
@@ -55,10 +62,7 @@ def plot_all(
         ax.legend(fontsize=6.5, loc="lower right")
     for ax in axes.flat[len(sets):]:
         ax.axis("off")
-    fig.tight_layout()
-    paths.append(out / "roc.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(plt, fig, out / "roc.png"))
 
     fig, axes = plt.subplots(nrow, ncol, figsize=(10, 3.6 * nrow), squeeze=False)
     inside = scores_in["combined"]
@@ -75,10 +79,7 @@ def plot_all(
         ax.legend(fontsize=7)
     for ax in axes.flat[len(sets):]:
         ax.axis("off")
-    fig.tight_layout()
-    paths.append(out / "histograms.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(plt, fig, out / "histograms.png"))
 
     scores = list(scores_in)
     fig, ax = plt.subplots(figsize=(11, 4))
@@ -93,10 +94,7 @@ def plot_all(
     ax.set_ylim(0, 1.02)
     ax.set_title("What each score separates")
     ax.legend(fontsize=7, ncol=len(sets))
-    fig.tight_layout()
-    paths.append(out / "feature_auroc.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(plt, fig, out / "feature_auroc.png"))
 
     k = len(decoded_attractors)
     cols = min(k, 10)
@@ -107,8 +105,5 @@ def plot_all(
     for ax, img in zip(axes.flat, decoded_attractors, strict=False):
         ax.imshow(img, cmap="gray_r", vmin=0, vmax=1)
     fig.suptitle(f"{k} attractors, decoded", fontsize=10)
-    fig.tight_layout()
-    paths.append(out / "attractors.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(plt, fig, out / "attractors.png"))
     return paths

@@ -229,6 +229,7 @@ class Guard:
             if self.metrics is not None:
                 self.metrics.observe_refused(err.reason, _rows(x, len(self.input_spec.shape)))
             raise
+        tv = time.perf_counter()
         n = len(x32)
         nf = len(self.feature_names)
         if n == 0:
@@ -255,7 +256,7 @@ class Guard:
         t2 = time.perf_counter()
         if self.metrics is not None:
             self.metrics.observe_check(
-                score, p, int(is_ood.sum()), engine_s=t1 - t0, scoring_s=t2 - t1, total_s=t2 - t0
+                score, p, int(is_ood.sum()), engine_s=t1 - tv, scoring_s=t2 - t1, total_s=t2 - t0
             )
         return CheckResult(score, p, is_ood, features, self.feature_names, self.alpha,
                            self.threshold)

@@ -110,8 +110,9 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed)")
     p.add_argument("--name", default="default", help="guard and v2 model name")
     p.add_argument("--max-batch", type=int, default=64, help="most rows per coalesced call")
-    p.add_argument("--max-wait-ms", type=float, default=2.0,
-                   help="longest a request waits for others to join its batch")
+    p.add_argument("--max-wait-ms", type=float, default=0.0,
+                   help="longest a request waits for others to join its batch (0: batch "
+                        "only what queued while the previous batch ran)")
     p.add_argument("--no-batching", action="store_true", help="score each request on its own")
     p.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024)
     p.add_argument("--max-request-rows", type=int, default=4096)

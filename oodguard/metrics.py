@@ -108,7 +108,8 @@ def observe_many(child: Any, values: np.ndarray) -> None:
     counts = np.bincount(idx, minlength=len(bounds))
     with _sum_lock:
         start = total.get()
-        new_sum = float(np.cumsum(np.concatenate(([start], values)))[-1])
+        with np.errstate(over="ignore", invalid="ignore"):  # inf - inf is NaN, as in observe
+            new_sum = float(np.cumsum(np.concatenate(([start], values)))[-1])
         total.set(new_sum)
     for i in np.flatnonzero(counts).tolist():
         buckets[i].inc(int(counts[i]))

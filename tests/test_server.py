@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 import time
@@ -202,3 +203,20 @@ def test_sigterm_finishes_in_flight_requests(bundle) -> None:
         assert code == 0, proc.output
         assert time.monotonic() - t0 < 10
         assert proc.lines[-1] == "oodguard serve: stopped"
+
+
+def test_serve_aggregates_metrics_in_multiprocess_mode(bundle, data, tmp_path) -> None:
+    mpdir = tmp_path / "mp"
+    mpdir.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(mpdir)}
+    with serving(bundle, "--name", "mp", env=env) as (url, _):
+        x = np.concatenate([data["test"][:6], data["noise"][:4]])
+        r = httpx.post(url + "/v2/models/mp/infer", content=infer_body(x), timeout=10)
+        assert r.status_code == 200
+        n_ood = sum(r.json()["outputs"][2]["data"])
+        text = metrics(url)
+    assert list(mpdir.glob("counter_*.db"))  # values went through the multiprocess files
+    assert metric_value(text, "oodguard_inputs_total", guard="mp", verdict="ood") == n_ood
+    assert metric_value(text, "oodguard_inputs_total", guard="mp") == 10
+    assert 'pid="' not in text  # gauges aggregated (max), not one series per process
+    assert text.count("oodguard_bundle_info{") == 1

@@ -112,7 +112,7 @@ class Batcher:
                     break
                 try:
                     nxt = await asyncio.wait_for(queue.get(), left)
-                except TimeoutError:
+                except asyncio.TimeoutError:  # not the builtin before Python 3.11
                     break
             if nxt is None:
                 return items, None, True

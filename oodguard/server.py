@@ -223,7 +223,7 @@ class _Service:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, HTTPException):
-        return _error(exc.status_code, str(exc.detail), "route", exc.headers)
+        return _error(exc.status_code, str(exc.detail), "route", dict(exc.headers or {}))
     return _error(500, "internal error", "internal")
 
 

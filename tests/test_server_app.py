@@ -179,3 +179,22 @@ def test_serve_config_is_validated_and_hides_the_token() -> None:
         ServeConfig("127.0.0.1")  # type: ignore[misc]  # keyword-only
     c = ServeConfig(token="s3cret")
     assert "s3cret" not in repr(c) and c.to_dict()["token"] == "***"
+
+
+def test_serve_without_the_extra_or_with_an_empty_token_env_says_why(bundle) -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['starlette'] = None\n"
+            "from oodguard.cli import main\n"
+            f"sys.exit(main(['serve', {str(bundle)!r}]))\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2
+    assert "needs the serve extra: pip install 'oodguard[serve,cpu]'" in p.stderr
+    env = {k: v for k, v in os.environ.items() if k != "OODGUARD_TEST_TOKEN"}
+    p = subprocess.run([sys.executable, "-m", "oodguard.cli", "serve", str(bundle),
+                        "--token-env", "OODGUARD_TEST_TOKEN"], capture_output=True, text=True,
+                       timeout=60, env=env)
+    assert p.returncode == 2
+    assert "--token-env OODGUARD_TEST_TOKEN: that variable is unset or empty" in p.stderr

@@ -21,6 +21,7 @@ Environment variables are read by the CLI (the edge), not here.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import signal
@@ -32,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -48,6 +50,8 @@ from oodguard.validation import validate_batch
 __all__ = ["ServeConfig", "create_app", "serve"]
 
 log = logging.getLogger(__name__)
+
+_INLINE_PARSE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -192,9 +196,12 @@ class _Service:
             self.authorize(request)
             self.model(request)
             body = await self.body(request)
-            req = _parse_infer(body, header_length=request.headers.get(HEADER_LENGTH),
-                               spec=self.guard.input_spec,
-                               max_rows=self.config.max_request_rows)
+            parse = functools.partial(
+                _parse_infer, body, header_length=request.headers.get(HEADER_LENGTH),
+                spec=self.guard.input_spec, max_rows=self.config.max_request_rows)
+            # Decoding megabytes of JSON takes milliseconds: off the event loop, so that
+            # other requests (and health probes) are not held up meanwhile.
+            req = parse() if len(body) < _INLINE_PARSE_BYTES else await run_in_threadpool(parse)
         except ProtocolError as err:
             return self.refuse(err, err.rows)
         try:  # per request, so that one bad request never fails a coalesced batch

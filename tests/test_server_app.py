@@ -198,3 +198,15 @@ def test_serve_without_the_extra_or_with_an_empty_token_env_says_why(bundle) -> 
                        timeout=60, env=env)
     assert p.returncode == 2
     assert "--token-env OODGUARD_TEST_TOKEN: that variable is unset or empty" in p.stderr
+
+
+def test_a_large_json_request_is_parsed_off_the_loop_and_scored(guard, registry, data) -> None:
+    x = np.concatenate([data["test"], data["noise"]])  # 900 rows, ~300 KB of JSON
+    content = body(x)
+    assert len(content) > 64 * 1024
+    with TestClient(create_app(guard, ServeConfig(), registry=registry)) as client:
+        r = client.post("/v2/models/t/infer", content=content)
+    assert r.status_code == 200, r.text
+    score = r.json()["outputs"][0]["data"]
+    np.testing.assert_array_equal(score, Guard.load(guard.bundle.path, registry=None)
+                                  .check(x).score)

@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
@@ -73,34 +74,83 @@ def _info(a: argparse.Namespace) -> int:
     return 0
 
 
-def _check_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("bundle", type=Path)
+def _inputs_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", type=Path, help=".npy, .npz, IDX file or image folder")
     p.add_argument("--key", help="array name inside an .npz")
+    p.add_argument("--scale", type=float, default=None,
+                   help="divide the values by this (e.g. 255 for uint8 images), as in training")
+
+
+def _load_inputs(a: argparse.Namespace, shape: tuple[int, ...]) -> Any:
+    """Load the inputs file; scale; reshape flat rows to the bundle's sample shape.
+
+    Integer data without ``--scale`` is refused by the guard's dtype check, on purpose: the
+    autoencoder was trained on scaled floats.
+    """
+    import numpy as np
+
+    if a.inputs.suffix == ".npy":
+        x = np.load(a.inputs, allow_pickle=False)
+    else:  # .npz, IDX files and image folders (the image loader needs Pillow)
+        from oodguard.calibration.data import load_array
+
+        x = load_array(a.inputs, key=a.key)
+    if a.scale is not None:
+        x = np.asarray(x, dtype=np.float32) / np.float32(a.scale)
+    if x.ndim >= 1 and x.shape[1:] != shape and int(np.prod(x.shape[1:])) == int(np.prod(shape)):
+        x = x.reshape(len(x), *shape)
+    return x
+
+
+def _check_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", type=Path)
+    _inputs_args(p)
     p.add_argument("--providers", default="auto")
 
 
 @command("check", _check_args)
 def _check(a: argparse.Namespace) -> int:
     """Score a file of inputs; print one JSON line per input."""
-    import numpy as np
-
     from oodguard.guard import Guard
 
-    if a.inputs.suffix in (".npy", ".npz"):
-        x = np.load(a.inputs, allow_pickle=False)
-        if a.inputs.suffix == ".npz":
-            x = x[a.key] if a.key else x[next(iter(x.keys()))]
-    else:
-        from oodguard.calibration.data import load_array
-
-        x = load_array(a.inputs, key=a.key)
     guard = Guard.load(a.bundle, providers=a.providers, registry=None)
-    x = np.asarray(x, dtype=np.float32).reshape(len(x), *guard.input_spec.shape)
-    r = guard.check(x)
+    r = guard.check(_load_inputs(a, guard.input_spec.shape))
     for i in range(len(r)):
         print(json.dumps({"index": i, "score": float(r.score[i]), "p_value": float(r.p_value[i]),
                           "is_ood": bool(r.is_ood[i])}))
+    return 0
+
+
+def _calibrate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", type=Path)
+    _inputs_args(p)
+    p.add_argument("--alpha", type=float, default=0.05, help="target false-positive rate")
+    p.add_argument("--ood", type=Path, help="optional OOD validation inputs (feature selection)")
+    p.add_argument("--select", choices=("auto", "all"), default="auto")
+    p.add_argument("--out", type=Path, help="write the calibrated bundle here (default: in place)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+@command("calibrate", _calibrate_args)
+def _calibrate(a: argparse.Namespace) -> int:
+    """Calibrate a bundle on in-distribution validation inputs from a file."""
+    try:
+        from oodguard.calibration import calibrate
+    except ImportError as err:
+        print(f"oodguard calibrate needs: pip install 'oodguard[calibrate]' ({err})",
+              file=sys.stderr)
+        return 2
+    from oodguard.bundle import read_bundle
+
+    shape = read_bundle(a.bundle).manifest.input.shape
+    x_ood = None
+    if a.ood is not None:
+        x_ood = _load_inputs(argparse.Namespace(**{**vars(a), "inputs": a.ood}), shape)
+    report = calibrate(a.bundle, _load_inputs(a, shape), alpha=a.alpha, x_ood=x_ood,
+                       select=a.select, out=a.out, seed=a.seed)
+    used = [report.scorer.feature_names[i] for i in report.scorer.used]
+    print(json.dumps({"bundle": str(report.path), "alpha": a.alpha, "threshold": report.threshold,
+                      "n_fit": report.n_fit, "n_cal": report.n_cal, "features": used}))
     return 0
 
 
@@ -176,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return _COMMANDS[args.command][1](args)
-    except (OODGuardError, FileNotFoundError) as err:
+    except (OODGuardError, OSError, ValueError) as err:
         print(f"oodguard {args.command}: {err}", file=sys.stderr)
         return 1
 

@@ -62,3 +62,30 @@ def test_demo_small(tmp_path: Path) -> None:
 
     guard = Guard.load(out / "bundle", registry=None)
     assert guard.manifest.steps == 8 and guard.input_spec.shape == (64,)
+
+
+def test_calibrate_from_files(raw_bundle, data, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    np.save(tmp_path / "val.npy", data["val"])
+    np.savez(tmp_path / "ood.npz", x=data["noise"][:100])
+    out = tmp_path / "cal"
+    assert main(["calibrate", str(raw_bundle), str(tmp_path / "val.npy"), "--alpha", "0.1",
+                 "--ood", str(tmp_path / "ood.npz"), "--out", str(out)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["n_cal"] == 360 and doc["alpha"] == 0.1 and doc["features"]
+    assert main(["check", str(out), str(tmp_path / "val.npy")]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == len(data["val"])
+
+
+def test_integer_inputs_need_scale(bundle, data, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    ints = np.round(data["test"][:4] * 255).astype(np.uint8).reshape(4, 4, 4)  # flat rows reshaped
+    np.save(tmp_path / "u8.npy", ints)
+    assert main(["check", str(bundle), str(tmp_path / "u8.npy")]) == 1
+    assert "got dtype uint8" in capsys.readouterr().err
+    assert main(["check", str(bundle), str(tmp_path / "u8.npy"), "--scale", "255"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 4
+
+
+def test_unreadable_input_file_exits_1(bundle, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "x.idx").write_bytes(b"junk")
+    assert main(["check", str(bundle), str(tmp_path / "x.idx")]) == 1
+    assert "not an IDX file" in capsys.readouterr().err

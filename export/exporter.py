@@ -24,7 +24,7 @@ from oodguard.export.autoencoder import as_encoder_decoder
 from oodguard.export.parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityReport, check_parity
 from oodguard.export.trajectory import TrajectoryFeatures
 
-__all__ = ["ExportReport", "export_bundle", "export_onnx"]
+__all__ = ["ExportReport", "export_bundle", "export_onnx", "rewrite_elu_nodes"]
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,15 @@ class ExportReport:
     export_seconds: float
 
 
-def export_onnx(module: TrajectoryFeatures, example: torch.Tensor) -> bytes:
+def export_onnx(
+    module: TrajectoryFeatures, example: torch.Tensor, *, rewrite_elu: bool = True
+) -> bytes:
     """Export the trajectory module with a dynamic batch axis; returns the model bytes,
-    checked by ``onnx.checker`` (full check, with shape inference)."""
+    checked by ``onnx.checker`` (full check, with shape inference).
+
+    ``rewrite_elu`` replaces ``Elu`` nodes by an equal, faster expression (see
+    :func:`rewrite_elu_nodes`).
+    """
     batch = torch.export.Dim("batch", min=1)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -76,11 +82,60 @@ def export_onnx(module: TrajectoryFeatures, example: torch.Tensor) -> bytes:
                 lg.setLevel(lvl)
         data = Path(path).read_bytes()
     model = onnx.load_from_string(data)
+    if rewrite_elu and rewrite_elu_nodes(model):
+        data = model.SerializeToString()
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as err:
         raise ExportError(f"onnx.checker rejected the exported graph: {err}") from err
     return data
+
+
+def rewrite_elu_nodes(model: onnx.ModelProto) -> int:
+    """Replace each ``Elu(x; alpha ≤ 1)`` of the main graph by
+    ``Max(x, alpha·(Exp(Min(x, 0)) − 1))``.
+
+    The two are equal for ``0 < alpha ≤ 1`` (``alpha·(eˣ − 1) ≥ x`` for ``x ≤ 0`` and
+    ``= 0 < x`` otherwise), but ONNX Runtime's CPU ``Elu`` kernel evaluates the exponential
+    one element at a time (1.9 ns/element against 0.7 ns for the four vectorised ops, measured
+    on [4096, 32]); in the demo autoencoder's graph ``Elu`` took as long as every ``Gemm``
+    together. Returns the number of nodes replaced; the model is changed in place.
+    """
+    graph = model.graph
+    nodes: list[onnx.NodeProto] = []
+    replaced = 0
+    consts: dict[float, str] = {}
+
+    def const(value: float) -> str:
+        if value not in consts:
+            name = f"_elu_const_{len(consts)}"
+            graph.initializer.append(onnx.helper.make_tensor(name, onnx.TensorProto.FLOAT, [],
+                                                             [value]))
+            consts[value] = name
+        return consts[value]
+
+    for node in graph.node:
+        alpha = next((a.f for a in node.attribute if a.name == "alpha"), 1.0)
+        if node.op_type != "Elu" or node.domain not in ("", "ai.onnx") or not 0 < alpha <= 1:
+            nodes.append(node)
+            continue
+        x, y = node.input[0], node.output[0]
+        t = f"{node.name or y}_elu"
+        mk = onnx.helper.make_node
+        nodes += [
+            mk("Min", [x, const(0.0)], [f"{t}_neg"], name=f"{t}_min"),
+            mk("Exp", [f"{t}_neg"], [f"{t}_exp"], name=f"{t}_exp"),
+            mk("Sub", [f"{t}_exp", const(1.0)], [f"{t}_em1"], name=f"{t}_sub"),
+        ]
+        if alpha != 1.0:
+            nodes.append(mk("Mul", [f"{t}_em1", const(alpha)], [f"{t}_scaled"], name=f"{t}_mul"))
+        nodes.append(mk("Max", [x, f"{t}_scaled" if alpha != 1.0 else f"{t}_em1"], [y],
+                        name=f"{t}_max"))
+        replaced += 1
+    if replaced:
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return replaced
 
 
 def _onnx_features(data: bytes, x: np.ndarray) -> np.ndarray:

@@ -8,7 +8,11 @@ latent steps, the attractor bank and every feature live inside it.
 from __future__ import annotations
 
 import logging
+import os
+import threading
+import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -27,6 +31,15 @@ _INSTALL_HINT = (
 # Working memory the attractor-distance block may take per engine call; batches that would
 # exceed it are cut into chunks so that memory stays bounded whatever the caller sends.
 _CHUNK_BUDGET_BYTES = 256 << 20
+# A batch is split over the batch threads when it is expected to take at least
+# _PARALLEL_MIN_SECONDS single-threaded, in chunks of at least _MIN_CHUNK_SECONDS and
+# _MIN_CHUNK_ROWS: below that, the hand-off between threads costs more than it saves. The
+# expectation comes from the engine's own single-threaded calls (seconds per row), so the
+# rule fits a 64-input autoencoder and a 784-input one alike without knowing their FLOPs.
+_PARALLEL_MIN_SECONDS = 4e-3
+_MIN_CHUNK_SECONDS = 1e-3
+_MIN_CHUNK_ROWS = 16
+_POOL_LOCK = threading.Lock()
 
 
 def _ort() -> Any:
@@ -86,13 +99,35 @@ class Engine:
     providers : "auto", "cpu", "cuda" or list of str
         Execution providers (see :func:`resolve_providers`).
     intra_op_threads, inter_op_threads : int, optional
-        ONNX Runtime thread pool sizes; ``None`` leaves ONNX Runtime's default (all cores).
+        ONNX Runtime thread pool sizes (>= 1). ``intra_op_threads`` defaults to 1: the
+        trajectory graph is a long chain of small matrix products, and splitting each one over
+        threads cost more than it gained (see ``docs/performance.md``); large batches are
+        parallelised by ``batch_threads`` instead.
+    batch_threads : int, optional
+        Threads that run chunks of one large batch concurrently, each chunk a ``session.run``
+        (a batch is split once the engine's own timings say it takes >= 4 ms on one thread).
+        Default: the CPU count divided by ``intra_op_threads`` (1 on a GPU). On a machine
+        shared with the host model, give the guard fewer threads.
     max_batch : int, optional
-        Largest batch sent to one ``session.run``; larger batches are chunked. ``None`` derives
-        it from the graph size so that the attractor-distance block stays under 256 MiB.
+        Largest batch sent to one ``session.run``; larger batches are cut into chunks whose
+        features are written straight into one output array, so the graph's working memory is
+        that of the chunks in flight. ``None`` derives it from the graph size (about 256 MiB
+        of intermediates for all chunks in flight together).
+    spinning : bool, optional
+        Whether idle intra-op threads spin (``None``: ONNX Runtime's default, spinning). Turn
+        it off where the guard shares cores with other busy processes.
+    io_binding : bool, optional
+        Bind the input and a preallocated output buffer (``run_with_iobinding``), so features
+        are written into the array returned (and, chunked, into its rows) without an extra
+        copy, and on a GPU the input crosses to the device once per call. ``None``: on for
+        CUDA, off for CPU (measured no faster there).
+    cuda_graph_batch : int, optional
+        With CUDA, capture the graph for this exact batch size as a CUDA graph (one replay per
+        call instead of one launch per kernel); calls of that size use it, other sizes the
+        ordinary session. Needs every node on the GPU.
 
     Thread safety: :meth:`run` may be called from many threads at once (ONNX Runtime sessions
-    are thread-safe for ``run``).
+    are thread-safe for ``run``; the CUDA-graph path holds a lock around its fixed buffers).
     """
 
     def __init__(
@@ -103,32 +138,70 @@ class Engine:
         providers: str | Sequence[str] = "auto",
         intra_op_threads: int | None = None,
         inter_op_threads: int | None = None,
+        batch_threads: int | None = None,
         max_batch: int | None = None,
+        spinning: bool | None = None,
+        io_binding: bool | None = None,
+        cuda_graph_batch: int | None = None,
     ) -> None:
         ort = _ort()
         self.manifest = manifest
-        opts = ort.SessionOptions()
+        for key, value in (("intra_op_threads", intra_op_threads),
+                           ("inter_op_threads", inter_op_threads),
+                           ("batch_threads", batch_threads),
+                           ("max_batch", max_batch), ("cuda_graph_batch", cuda_graph_batch)):
+            if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+                raise ValueError(f"{key} must be a positive int or None. Got {value!r}")
+        self.session_options = opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if intra_op_threads is not None:
-            opts.intra_op_num_threads = int(intra_op_threads)
+        opts.intra_op_num_threads = int(intra_op_threads or 1)
         if inter_op_threads is not None:
             opts.inter_op_num_threads = int(inter_op_threads)
+        if spinning is not None:
+            flag = "1" if spinning else "0"
+            opts.add_session_config_entry("session.intra_op.allow_spinning", flag)
+            opts.add_session_config_entry("session.inter_op.allow_spinning", flag)
         opts.log_severity_level = 3
         chosen = resolve_providers(providers)
+        self._session = self._make_session(ort, model, chosen)
+        self._check_signature()
+        self.providers: list[str] = list(self._session.get_providers())
+        on_cuda = self.providers[0] == "CUDAExecutionProvider"
+        self.io_binding = on_cuda if io_binding is None else bool(io_binding)
+        self._n_features = len(manifest.feature_names)
+        if on_cuda:
+            self.batch_threads = 1
+        else:
+            default = max(1, (os.cpu_count() or 1) // int(intra_op_threads or 1))
+            self.batch_threads = int(batch_threads or default)
+        per_sample = _bytes_per_sample(manifest) * self.batch_threads
+        self.max_batch = int(max_batch) if max_batch else max(1, _CHUNK_BUDGET_BYTES // per_sample)
+        self._pool: ThreadPoolExecutor | None = None
+        self._row_seconds = 0.0  # running estimate from single-threaded calls; 0 = unknown
+        self._graph: _CudaGraph | None = None
+        if cuda_graph_batch is not None:
+            if not on_cuda:
+                raise ValueError(
+                    f"cuda_graph_batch={cuda_graph_batch} needs the CUDA execution provider; "
+                    f"this engine runs on {self.providers}"
+                )
+            if cuda_graph_batch > self.max_batch:
+                raise ValueError(
+                    f"cuda_graph_batch={cuda_graph_batch} exceeds max_batch={self.max_batch}"
+                )
+            self._graph = _CudaGraph(ort, self, model, chosen, int(cuda_graph_batch))
+        log.debug("engine ready: providers=%s max_batch=%d batch_threads=%d io_binding=%s",
+                  self.providers, self.max_batch, self.batch_threads, self.io_binding)
+
+    def _make_session(self, ort: Any, model: bytes, providers: Sequence[Any]) -> Any:
         try:
-            self._session = ort.InferenceSession(model, sess_options=opts, providers=chosen)
+            return ort.InferenceSession(model, sess_options=self.session_options,
+                                        providers=providers)
         except Exception as err:  # onnxruntime raises its own exception types
             raise BundleError(
                 f"ONNX Runtime could not load model.onnx ({type(err).__name__}: {err}); "
                 "the file is not a valid model for this onnxruntime — re-export the bundle"
             ) from err
-        self._check_signature()
-        self.providers: list[str] = list(self._session.get_providers())
-        per_sample = (manifest.steps + 1) * max(manifest.attractor_count, 1) * 4 * 2
-        self.max_batch = int(max_batch) if max_batch else max(1, _CHUNK_BUDGET_BYTES // per_sample)
-        if self.max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1. Got {max_batch}")
-        log.debug("engine ready: providers=%s max_batch=%d", self.providers, self.max_batch)
 
     def _check_signature(self) -> None:
         m = self.manifest
@@ -165,11 +238,109 @@ class Engine:
         -------
         ndarray of float32, shape (N, F)
         """
-        name = self.manifest.input.name
-        if len(x) <= self.max_batch:
-            return self._session.run(None, {name: x})[0]  # type: ignore[no-any-return]
-        parts = [
-            self._session.run(None, {name: x[i : i + self.max_batch]})[0]
-            for i in range(0, len(x), self.max_batch)
+        n = len(x)
+        if self._graph is not None and n == self._graph.batch:
+            return self._graph.run(x)
+        workers = self._workers_for(n)
+        if workers == 1 and n <= self.max_batch:
+            t0 = time.perf_counter()
+            out = self._run_chunk(x, None)
+            if n >= _MIN_CHUNK_ROWS:
+                per_row = (time.perf_counter() - t0) / n
+                old = self._row_seconds
+                self._row_seconds = per_row if old == 0.0 else 0.8 * old + 0.2 * per_row
+            return out
+        chunk = self.max_batch
+        if workers > 1:
+            # Several chunks per worker balance the load when other processes hold some cores.
+            rows = max(_MIN_CHUNK_ROWS, int(_MIN_CHUNK_SECONDS / self._row_seconds) + 1)
+            chunk = min(self.max_batch, max(rows, -(-n // (4 * workers))))
+        out = np.empty((n, self._n_features), dtype=np.float32)
+        starts = range(0, n, chunk)
+        if workers == 1 or len(starts) == 1:
+            for i in starts:
+                self._run_chunk(x[i : i + chunk], out[i : i + chunk])
+            return out
+        if self._pool is None:
+            with _POOL_LOCK:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(workers, thread_name_prefix="oodguard")
+        for _ in self._pool.map(lambda i: self._run_chunk(x[i : i + chunk], out[i : i + chunk]),
+                                starts):
+            pass
+        return out
+
+    def _workers_for(self, n: int) -> int:
+        if self.batch_threads == 1 or self._row_seconds == 0.0:
+            return 1
+        if n < 2 * _MIN_CHUNK_ROWS or n * self._row_seconds < _PARALLEL_MIN_SECONDS:
+            return 1
+        return self.batch_threads
+
+    def close(self) -> None:
+        """Stop the batch threads (if any were started); the engine stays usable."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def _run_chunk(self, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+        name, out_name = self.manifest.input.name, self.manifest.output_name
+        if not self.io_binding:
+            features = self._session.run(None, {name: x})[0]
+            if out is None:
+                return features  # type: ignore[no-any-return]
+            out[...] = features
+            return out
+        if out is None:
+            out = np.empty((len(x), self._n_features), dtype=np.float32)
+        binding = self._session.io_binding()
+        binding.bind_cpu_input(name, x)
+        binding.bind_output(out_name, "cpu", 0, np.float32, out.shape, out.ctypes.data)
+        self._session.run_with_iobinding(binding)
+        return out
+
+
+def _bytes_per_sample(m: Manifest) -> int:
+    """Working memory of one sample in the graph: the trajectory and its differences
+    ``(T+1)·d``, the attractor products ``(T+1)·K`` (and their argmin), the input and its
+    reconstruction; float32, doubled for the allocator's slack."""
+    k = max(m.attractor_count, 1)
+    d = max(m.latent_dim, 1)
+    return 4 * 2 * ((m.steps + 1) * (2 * k + 4 * d) + 3 * m.input.size)
+
+
+class _CudaGraph:
+    """A second session captured as a CUDA graph for one batch size, with fixed device
+    buffers: each call copies the input in, replays the graph and copies the features out."""
+
+    def __init__(self, ort: Any, engine: Engine, model: bytes, providers: list[str],
+                 batch: int) -> None:
+        m = engine.manifest
+        provs: list[Any] = [
+            ("CUDAExecutionProvider", {"enable_cuda_graph": "1"}) if p == "CUDAExecutionProvider"
+            else p
+            for p in providers
         ]
-        return np.concatenate(parts, axis=0)
+        self.batch = batch
+        self._lock = threading.Lock()
+        self._session = engine._make_session(ort, model, provs)
+        self._x = ort.OrtValue.ortvalue_from_shape_and_type(
+            (batch, *m.input.shape), np.float32, "cuda", 0)
+        self._y = ort.OrtValue.ortvalue_from_shape_and_type(
+            (batch, len(m.feature_names)), np.float32, "cuda", 0)
+        self._binding = self._session.io_binding()
+        self._binding.bind_ortvalue_input(m.input.name, self._x)
+        self._binding.bind_ortvalue_output(m.output_name, self._y)
+        try:
+            self._session.run_with_iobinding(self._binding)  # the first run captures
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise BundleError(
+                f"CUDA graph capture failed for batch {batch} ({type(err).__name__}: {err}); "
+                "every node must run on the GPU — create the engine without cuda_graph_batch"
+            ) from err
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self._x.update_inplace(x)
+            self._session.run_with_iobinding(self._binding)
+            return self._y.numpy()  # type: ignore[no-any-return]

@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -101,6 +101,7 @@ class Guard:
         intra_op_threads: int | None = None,
         inter_op_threads: int | None = None,
         max_batch: int | None = None,
+        engine_options: Mapping[str, Any] | None = None,
     ) -> None:
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}. Got {nonfinite!r}")
@@ -134,6 +135,7 @@ class Guard:
             intra_op_threads=intra_op_threads,
             inter_op_threads=inter_op_threads,
             max_batch=max_batch,
+            **dict(engine_options or {}),
         )
         self.metrics = self._make_metrics(registry)
 
@@ -151,6 +153,8 @@ class Guard:
         alpha : target false-positive rate; default the calibrated one
         nonfinite : "flag" (NaN/inf rows are OOD) or "raise"
         intra_op_threads, inter_op_threads, max_batch : engine options (see ``Engine``)
+        engine_options : further ``Engine`` keywords (``batch_threads``, ``spinning``,
+            ``io_binding``, ``cuda_graph_batch``)
 
         Raises
         ------

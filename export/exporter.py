@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import os
@@ -11,6 +12,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -21,7 +23,14 @@ from oodguard.bundle import MODEL_FILE, InputSpec, Manifest, write_bundle
 from oodguard.errors import ExportError
 from oodguard.export.attractors import AttractorReport, discover_attractors
 from oodguard.export.autoencoder import as_encoder_decoder
-from oodguard.export.parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityReport, check_parity
+from oodguard.export.parity import (
+    DEFAULT_ATOL,
+    DEFAULT_RTOL,
+    FP16_ATOL,
+    FP16_RTOL,
+    ParityReport,
+    check_parity,
+)
 from oodguard.export.trajectory import TrajectoryFeatures
 
 __all__ = ["ExportReport", "export_bundle", "export_onnx", "rewrite_elu_nodes"]
@@ -102,33 +111,41 @@ def rewrite_elu_nodes(model: onnx.ModelProto) -> int:
     together. Returns the number of nodes replaced; the model is changed in place.
     """
     graph = model.graph
+    if not any(n.op_type == "Elu" for n in graph.node):
+        return 0
+    # The constants must have the element type of each Elu's input (float16 exports).
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    elem = {v.name: v.type.tensor_type.elem_type
+            for v in [*inferred.value_info, *inferred.input, *inferred.output]}
     nodes: list[onnx.NodeProto] = []
     replaced = 0
-    consts: dict[float, str] = {}
+    consts: dict[tuple[float, int], str] = {}
 
-    def const(value: float) -> str:
-        if value not in consts:
+    def const(value: float, dtype: int) -> str:
+        if (value, dtype) not in consts:
             name = f"_elu_const_{len(consts)}"
-            graph.initializer.append(onnx.helper.make_tensor(name, onnx.TensorProto.FLOAT, [],
-                                                             [value]))
-            consts[value] = name
-        return consts[value]
+            graph.initializer.append(onnx.helper.make_tensor(name, dtype, [], [value]))
+            consts[value, dtype] = name
+        return consts[value, dtype]
 
     for node in graph.node:
         alpha = next((a.f for a in node.attribute if a.name == "alpha"), 1.0)
-        if node.op_type != "Elu" or node.domain not in ("", "ai.onnx") or not 0 < alpha <= 1:
+        dtype = elem.get(node.input[0], onnx.TensorProto.UNDEFINED) if node.input else 0
+        if (node.op_type != "Elu" or node.domain not in ("", "ai.onnx") or not 0 < alpha <= 1
+                or dtype not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)):
             nodes.append(node)
             continue
         x, y = node.input[0], node.output[0]
         t = f"{node.name or y}_elu"
         mk = onnx.helper.make_node
         nodes += [
-            mk("Min", [x, const(0.0)], [f"{t}_neg"], name=f"{t}_min"),
+            mk("Min", [x, const(0.0, dtype)], [f"{t}_neg"], name=f"{t}_min"),
             mk("Exp", [f"{t}_neg"], [f"{t}_exp"], name=f"{t}_exp"),
-            mk("Sub", [f"{t}_exp", const(1.0)], [f"{t}_em1"], name=f"{t}_sub"),
+            mk("Sub", [f"{t}_exp", const(1.0, dtype)], [f"{t}_em1"], name=f"{t}_sub"),
         ]
         if alpha != 1.0:
-            nodes.append(mk("Mul", [f"{t}_em1", const(alpha)], [f"{t}_scaled"], name=f"{t}_mul"))
+            nodes.append(mk("Mul", [f"{t}_em1", const(alpha, dtype)], [f"{t}_scaled"],
+                            name=f"{t}_mul"))
         nodes.append(mk("Max", [x, f"{t}_scaled" if alpha != 1.0 else f"{t}_em1"], [y],
                         name=f"{t}_max"))
         replaced += 1
@@ -158,10 +175,11 @@ def export_bundle(
     rel_merge_radius: float = 0.05,
     n_noise: int = 256,
     max_attractors: int = 1024,
-    parity_rtol: float = DEFAULT_RTOL,
-    parity_atol: float = DEFAULT_ATOL,
+    parity_rtol: float | None = None,
+    parity_atol: float | None = None,
     overwrite: bool = False,
     seed: int = 0,
+    precision: str = "float32",
 ) -> ExportReport:
     """Export a trained autoencoder to an (uncalibrated) bundle directory.
 
@@ -177,9 +195,17 @@ def export_bundle(
     x_check : ndarray, optional
         Inputs for the parity check; default up to 256 training inputs and 64 uniform-noise
         inputs over the training range (so off-distribution paths are checked too).
-    parity_rtol, parity_atol : float
+    parity_rtol, parity_atol : float, optional
         Parity tolerance (see :mod:`oodguard.export.parity`). The bundle is not written when
-        any feature differs beyond it.
+        any feature differs beyond it. Default ``DEFAULT_RTOL``/``DEFAULT_ATOL``, or
+        ``FP16_RTOL``/``FP16_ATOL`` with ``precision="float16"``.
+    precision : "float32" or "float16"
+        ``"float16"`` runs the encoder and decoder in half precision inside the graph (for
+        GPUs with fast fp16); inputs, the trajectory between steps and the features stay
+        float32, so the bundle's signature is unchanged. Parity is then checked against the
+        same half-precision module in torch, with the looser fp16 tolerance, and the worst
+        deviation from the float32 features is recorded in the manifest
+        (``parity.fp16_max_abs_diff_vs_fp32``).
 
     Raises
     ------
@@ -204,9 +230,20 @@ def export_bundle(
         enc, dec, x_train, n_noise=n_noise, rel_tol=rel_tol,
         rel_merge_radius=rel_merge_radius, max_attractors=max_attractors, seed=seed,
     )
+    if precision not in ("float32", "float16"):
+        raise ValueError(f"precision must be 'float32' or 'float16'. Got {precision!r}")
+    half = precision == "float16"
+    parity_rtol = parity_rtol if parity_rtol is not None else (FP16_RTOL if half else DEFAULT_RTOL)
+    parity_atol = parity_atol if parity_atol is not None else (FP16_ATOL if half else DEFAULT_ATOL)
     module = TrajectoryFeatures(
         enc, dec, torch.from_numpy(report.attractors), steps=steps, tol=report.tol
     ).eval()
+    module32 = module
+    if half:
+        module = TrajectoryFeatures(
+            _Half(enc), _Half(dec), torch.from_numpy(report.attractors), steps=steps,
+            tol=report.tol,
+        ).eval()
     if x_check is None:
         rng = np.random.default_rng(seed)
         lo, hi = float(x_train.min()), float(x_train.max())
@@ -215,8 +252,8 @@ def export_bundle(
     x_check = np.ascontiguousarray(x_check, dtype=np.float32)
     log.info("exporting the trajectory graph (T=%d, K=%d)", steps, len(report.attractors))
     data = export_onnx(module, torch.from_numpy(x_check[: min(len(x_check), 4)]))
-    parity = check_parity(module, _onnx_features(data, x_check), x_check, rtol=parity_rtol,
-                          atol=parity_atol)
+    onnx_features = _onnx_features(data, x_check)
+    parity = check_parity(module, onnx_features, x_check, rtol=parity_rtol, atol=parity_atol)
     if not parity.ok:
         worst = {k: v for k, v in parity.failures.items() if v}
         raise ExportError(
@@ -234,11 +271,36 @@ def export_bundle(
         attractor_count=len(report.attractors),
         latent_dim=int(report.attractors.shape[1]),
         convergence_tol=report.tol,
-        parity=parity.to_dict(),
+        parity=_parity_doc(parity, module32 if half else None, onnx_features, x_check),
         versions=_versions(data),
     )
     out = write_bundle(path, manifest, {MODEL_FILE: data}, overwrite=overwrite)
     return ExportReport(out, report, parity, len(data), time.perf_counter() - t0)
+
+
+class _Half(nn.Module):
+    """Runs a float32 module in float16: casts in, half weights, casts out."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = copy.deepcopy(module).half()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x.half()).float()  # type: ignore[no-any-return]
+
+
+def _parity_doc(parity: ParityReport, module32: TrajectoryFeatures | None,
+                onnx_features: np.ndarray, x: np.ndarray) -> dict[str, Any]:
+    doc = dict(parity.to_dict())
+    if module32 is not None:
+        doc["precision"] = "float16"
+        with torch.inference_mode():
+            ref = module32(torch.from_numpy(x)).numpy()
+        diff = np.abs(onnx_features.astype(np.float64) - ref)
+        names = module32.feature_names
+        doc["fp16_max_abs_diff_vs_fp32"] = {n: float(diff[:, j].max()) for j, n in
+                                            enumerate(names)}
+    return doc
 
 
 def _versions(data: bytes) -> dict[str, str]:

@@ -9,12 +9,23 @@ import torch
 
 from oodguard.export.trajectory import TrajectoryFeatures
 
-__all__ = ["DEFAULT_ATOL", "DEFAULT_RTOL", "ParityReport", "check_parity"]
+__all__ = [
+    "DEFAULT_ATOL", "DEFAULT_RTOL", "FP16_ATOL", "FP16_RTOL", "ParityReport", "check_parity"
+]
 
 # Stated tolerance: |onnx − torch| ≤ atol·(1 + median|torch feature|) + rtol·|torch| per value.
 # float32 kernels reorder sums differently, and T contractive steps do not amplify that.
 DEFAULT_RTOL = 1e-3
 DEFAULT_ATOL = 1e-4
+# float16 exports (encoder and decoder in half precision, see export_bundle(precision=)) are
+# checked against the same half-precision module in torch: the two round fp16 products
+# differently and fp16's relative step is 1e-3, so the stated tolerance is 20× the float32 one.
+# Near an attractor the fp16 map can settle on a slightly different fixed point, so
+# steps_to_converge and the attractor distances may still differ beyond it (measured on the
+# demo autoencoder, T=32: up to 3 steps and 0.05); the export then refuses, and a user who
+# accepts that passes a looser parity_atol deliberately and calibrates the fp16 bundle itself.
+FP16_RTOL = 2e-2
+FP16_ATOL = 2e-3
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,135 @@
+"""The engine: chunking, batch threads, session options, io-binding, providers (no timings)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from oodguard.bundle import MODEL_FILE, read_bundle
+from oodguard.engine import Engine, resolve_providers
+
+ort = pytest.importorskip("onnxruntime")
+HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
+needs_gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs onnxruntime-gpu and a CUDA device")
+
+
+@pytest.fixture(scope="module")
+def parts(raw_bundle):  # type: ignore[no-untyped-def]
+    b = read_bundle(raw_bundle)
+    return b.files[MODEL_FILE], b.manifest
+
+
+@pytest.fixture(scope="module")
+def x(data) -> np.ndarray:  # type: ignore[no-untyped-def]
+    return np.ascontiguousarray(np.concatenate([data["test"], data["noise"]]))
+
+
+def _engine(parts, **kw):  # type: ignore[no-untyped-def]
+    model, manifest = parts
+    return Engine(model, manifest, providers="cpu", **kw)
+
+
+def test_chunking_gives_the_features_of_one_call(parts, x) -> None:  # type: ignore[no-untyped-def]
+    whole = _engine(parts, batch_threads=1).run(x)
+    for max_batch in (1, 7, 64, len(x) - 1):
+        chunked = _engine(parts, max_batch=max_batch, batch_threads=1).run(x)
+        assert chunked.shape == whole.shape and chunked.dtype == np.float32
+        # Rows are independent; only the kernel's blocking may round differently.
+        np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_batch_threads_split_large_batches_and_agree(parts, x) -> None:  # type: ignore[no-untyped-def]
+    serial = _engine(parts, batch_threads=1).run(x)
+    eng = _engine(parts, batch_threads=2, max_batch=100)
+    eng.run(x[:64])  # the first single-threaded call gives the per-row estimate
+    eng._row_seconds = 1.0  # pretend rows are slow so that the batch is split
+    calls: list[int] = []
+    run_chunk = eng._run_chunk
+
+    def spy(xc, out):  # type: ignore[no-untyped-def]
+        calls.append(len(xc))
+        return run_chunk(xc, out)
+
+    eng._run_chunk = spy  # type: ignore[method-assign]
+    got = eng.run(x)
+    eng.close()
+    assert len(calls) > 1 and sum(calls) == len(x) and max(calls) <= 100
+    assert eng._pool is None
+    np.testing.assert_allclose(got, serial, rtol=1e-5, atol=1e-6)
+
+
+def test_small_batches_stay_on_the_calling_thread(parts, x) -> None:  # type: ignore[no-untyped-def]
+    eng = _engine(parts, batch_threads=4)
+    eng.run(x[:1])
+    assert eng._pool is None  # batch 1 never hands off to a thread
+    eng.run(x[:64])
+    assert eng._row_seconds > 0
+
+
+def test_thread_and_session_options_are_applied(parts) -> None:  # type: ignore[no-untyped-def]
+    eng = _engine(parts, intra_op_threads=3, inter_op_threads=2, spinning=False)
+    opts = eng.session_options
+    assert opts.intra_op_num_threads == 3 and opts.inter_op_num_threads == 2
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert eng.batch_threads >= 1
+    default = _engine(parts)
+    assert default.session_options.intra_op_num_threads == 1
+    assert _engine(parts, batch_threads=3).batch_threads == 3
+
+
+@pytest.mark.parametrize("key", ["intra_op_threads", "inter_op_threads", "batch_threads",
+                                 "max_batch", "cuda_graph_batch"])
+@pytest.mark.parametrize("bad", [0, -1, 2.5, "2"])
+def test_bad_engine_options_are_refused(parts, key, bad) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match=f"{key} must be a positive int or None. Got"):
+        _engine(parts, **{key: bad})
+
+
+def test_io_binding_on_cpu_matches_run(parts, x) -> None:  # type: ignore[no-untyped-def]
+    plain = _engine(parts, io_binding=False, batch_threads=1).run(x)
+    eng = _engine(parts, io_binding=True, batch_threads=1, max_batch=50)
+    assert eng.io_binding
+    bound = eng.run(x)
+    np.testing.assert_array_equal(eng.run(x[:50]), plain[:50])
+    np.testing.assert_allclose(bound, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_cuda_graph_needs_cuda(parts) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match="cuda_graph_batch=8 needs the CUDA execution provider"):
+        _engine(parts, cuda_graph_batch=8)
+
+
+def test_guard_forwards_engine_options(bundle) -> None:  # type: ignore[no-untyped-def]
+    from oodguard import Guard
+
+    g = Guard.load(bundle, registry=None, engine_options={"batch_threads": 1, "io_binding": True})
+    assert g.engine.batch_threads == 1 and g.engine.io_binding
+    assert len(g.check(np.full((3, 16), 0.5, np.float32))) == 3
+
+
+def test_provider_resolution_on_this_machine() -> None:
+    assert resolve_providers("cpu") == ["CPUExecutionProvider"]
+    auto = resolve_providers("auto")
+    assert auto[-1] == "CPUExecutionProvider"
+    assert (auto[0] == "CUDAExecutionProvider") == HAS_CUDA
+
+
+@needs_gpu
+def test_cuda_engine_matches_cpu(parts, x) -> None:  # type: ignore[no-untyped-def]
+    model, manifest = parts
+    cpu = Engine(model, manifest, providers="cpu").run(x)
+    gpu = Engine(model, manifest, providers="cuda")
+    assert gpu.providers[0] == "CUDAExecutionProvider" and gpu.io_binding
+    assert gpu.batch_threads == 1
+    np.testing.assert_allclose(gpu.run(x), cpu, rtol=1e-3, atol=1e-4)
+
+
+@needs_gpu
+def test_cuda_graph_replays_fixed_batches(parts, x) -> None:  # type: ignore[no-untyped-def]
+    model, manifest = parts
+    cpu = Engine(model, manifest, providers="cpu").run(x[:32])
+    eng = Engine(model, manifest, providers="cuda", cuda_graph_batch=32)
+    for _ in range(3):  # replays reuse the captured buffers
+        np.testing.assert_allclose(eng.run(x[:32]), cpu, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(eng.run(x[:5]), cpu[:5], rtol=1e-3, atol=1e-4)  # other sizes

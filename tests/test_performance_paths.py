@@ -1,0 +1,121 @@
+"""Graph rewrites and export options made for speed keep the features (no timings)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from oodguard.export.exporter import export_onnx, rewrite_elu_nodes  # noqa: E402
+from oodguard.export.trajectory import TrajectoryFeatures  # noqa: E402
+
+HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def _run(data: bytes, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})[0]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.5, 2.0])
+def test_elu_rewrite_is_exact(alpha: float) -> None:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Elu", ["x"], ["y"], alpha=alpha)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    before = model.SerializeToString()
+    replaced = rewrite_elu_nodes(model)
+    assert replaced == (1 if alpha <= 1 else 0)  # alpha > 1 is not a max of the two branches
+    onnx.checker.check_model(model, full_check=True)
+    x = np.linspace(-30, 30, 1000, dtype=np.float32).reshape(200, 5)
+    x[0] = [0.0, -0.0, 1e-8, -1e-8, -88.0]
+    np.testing.assert_allclose(_run(model.SerializeToString(), x), _run(before, x),
+                               rtol=1e-6, atol=2e-7)
+    ops = [n.op_type for n in model.graph.node]
+    assert ("Elu" in ops) == (alpha > 1)
+
+
+def test_exported_graph_has_no_elu_and_matches_torch(autoencoder, data) -> None:  # type: ignore[no-untyped-def]
+    from oodguard.export.autoencoder import as_encoder_decoder
+
+    enc, dec = as_encoder_decoder(model=autoencoder)
+    module = TrajectoryFeatures(enc, dec, torch.randn(5, 3), steps=6, tol=1e-3).eval()
+    x = np.ascontiguousarray(np.concatenate([data["test"][:64], data["noise"][:32]]))
+    fast = export_onnx(module, torch.from_numpy(x[:4]))
+    plain = export_onnx(module, torch.from_numpy(x[:4]), rewrite_elu=False)
+    assert "Elu" not in {n.op_type for n in onnx.load_from_string(fast).graph.node}
+    assert "Elu" in {n.op_type for n in onnx.load_from_string(plain).graph.node}
+    with torch.inference_mode():
+        ref = module(torch.from_numpy(x)).numpy()
+    for data_ in (fast, plain):
+        np.testing.assert_allclose(_run(data_, x), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_time_major_trajectory_is_the_batch_first_one_transposed(autoencoder, data) -> None:  # type: ignore[no-untyped-def]
+    from oodguard.export.autoencoder import as_encoder_decoder
+
+    enc, dec = as_encoder_decoder(model=autoencoder)
+    module = TrajectoryFeatures(enc, dec, torch.randn(4, 3), steps=5, tol=1e-3).eval()
+    x = torch.from_numpy(data["test"][:10])
+    with torch.inference_mode():
+        tm, _ = module.time_major(x)
+        bf, _ = module.trajectory(x)
+        z = enc(x)
+    assert tm.shape == (6, 10, 3) and bf.shape == (10, 6, 3)
+    torch.testing.assert_close(bf, tm.transpose(0, 1))
+    torch.testing.assert_close(tm[0], z)
+
+
+def test_float16_export_records_its_deviation(autoencoder, data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from oodguard.bundle import MODEL_FILE, read_bundle
+    from oodguard.engine import Engine
+    from oodguard.export import export_bundle
+
+    # Loose tolerance on purpose: fp16 trajectories may settle on slightly different fixed
+    # points (see FP16_RTOL in oodguard.export.parity); the deviation is recorded instead.
+    export_bundle(tmp_path / "b16", model=autoencoder, x_train=data["train"], steps=8,
+                  precision="float16", parity_rtol=0.5, parity_atol=0.5)
+    b = read_bundle(tmp_path / "b16")
+    parity = b.manifest.parity
+    assert parity["precision"] == "float16"
+    dev = parity["fp16_max_abs_diff_vs_fp32"]
+    assert set(dev) == set(b.manifest.feature_names)
+    assert dev["recon_error"] < 1e-2
+    types = {i.data_type for i in onnx.load_from_string(
+        b.files[MODEL_FILE]).graph.initializer}
+    assert onnx.TensorProto.FLOAT16 in types
+    feats = Engine(b.files[MODEL_FILE], b.manifest, providers="cpu").run(data["test"][:16])
+    assert feats.dtype == np.float32 and np.isfinite(feats).all()
+    json.dumps(dict(parity))  # the manifest stays plain JSON
+
+
+def test_float16_is_the_only_other_precision(autoencoder, data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from oodguard.export import export_bundle
+
+    with pytest.raises(ValueError, match="precision must be 'float32' or 'float16'. Got 'int8'"):
+        export_bundle(tmp_path / "b", model=autoencoder, x_train=data["train"], steps=4,
+                      precision="int8")
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs onnxruntime-gpu and a CUDA device")
+def test_float16_bundle_on_cuda_matches_cpu(autoencoder, data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from oodguard.bundle import MODEL_FILE, read_bundle
+    from oodguard.engine import Engine
+    from oodguard.export import export_bundle
+
+    export_bundle(tmp_path / "b16", model=autoencoder, x_train=data["train"], steps=8,
+                  precision="float16", parity_rtol=0.5, parity_atol=0.5)
+    b = read_bundle(tmp_path / "b16")
+    x = data["test"][:64]
+    cpu = Engine(b.files[MODEL_FILE], b.manifest, providers="cpu").run(x)
+    gpu = Engine(b.files[MODEL_FILE], b.manifest, providers="cuda").run(x)
+    np.testing.assert_allclose(gpu, cpu, rtol=5e-2, atol=5e-2)

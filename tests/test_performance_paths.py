@@ -44,20 +44,27 @@ def test_elu_rewrite_is_exact(alpha: float) -> None:
     assert ("Elu" in ops) == (alpha > 1)
 
 
-def test_exported_graph_has_no_elu_and_matches_torch(autoencoder, data) -> None:  # type: ignore[no-untyped-def]
+def test_exported_graph_switches_to_the_fast_elu_for_large_batches(autoencoder, data) -> None:  # type: ignore[no-untyped-def]
     from oodguard.export.autoencoder import as_encoder_decoder
 
     enc, dec = as_encoder_decoder(model=autoencoder)
     module = TrajectoryFeatures(enc, dec, torch.randn(5, 3), steps=6, tol=1e-3).eval()
-    x = np.ascontiguousarray(np.concatenate([data["test"][:64], data["noise"][:32]]))
+    x = np.ascontiguousarray(np.concatenate([data["test"][:300], data["noise"][:32]]))
     fast = export_onnx(module, torch.from_numpy(x[:4]))
     plain = export_onnx(module, torch.from_numpy(x[:4]), rewrite_elu=False)
-    assert "Elu" not in {n.op_type for n in onnx.load_from_string(fast).graph.node}
+    graph = onnx.load_from_string(fast).graph
+    switch = next(n for n in graph.node if n.op_type == "If")
+    branches = {a.name: {n.op_type for n in a.g.node} for a in switch.attribute}
+    assert "Elu" not in branches["then_branch"] and "Elu" in branches["else_branch"]
+    min_rows = next(onnx.numpy_helper.to_array(i) for i in graph.initializer
+                    if i.name == "_switch_min_rows")[0]
+    assert 1 < min_rows < len(x)  # the fixture's Elu is 16 wide: 1024 / 16 = 64 rows
     assert "Elu" in {n.op_type for n in onnx.load_from_string(plain).graph.node}
     with torch.inference_mode():
         ref = module(torch.from_numpy(x)).numpy()
     for data_ in (fast, plain):
-        np.testing.assert_allclose(_run(data_, x), ref, rtol=1e-4, atol=1e-5)
+        for rows in (1, int(min_rows) - 1, int(min_rows), len(x)):  # both branches
+            np.testing.assert_allclose(_run(data_, x[:rows]), ref[:rows], rtol=1e-4, atol=1e-5)
 
 
 def test_time_major_trajectory_is_the_batch_first_one_transposed(autoencoder, data) -> None:  # type: ignore[no-untyped-def]

@@ -87,15 +87,15 @@ def build_bundle(root: Path, *, steps: int, epochs: int) -> tuple[Path, np.ndarr
 
 
 def overhead(
-    bundle: Path, x: np.ndarray, batches: list[int], budget: float
+    bundle: Path, x: np.ndarray, batches: list[int], budget: float, providers: str = "auto"
 ) -> list[dict[str, Any]]:
     from prometheus_client import CollectorRegistry
 
     from oodguard import Guard
     from oodguard.validation import validate_batch
 
-    guard = Guard.load(bundle, registry=CollectorRegistry())
-    bare = Guard.load(bundle, registry=None)
+    guard = Guard.load(bundle, registry=CollectorRegistry(), providers=providers)
+    bare = Guard.load(bundle, registry=None, providers=providers)
     rows = []
     for n in batches:
         xb = np.ascontiguousarray(np.resize(x, (n, *x.shape[1:])))
@@ -172,6 +172,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--budget", type=float, default=4.0, help="seconds of timing per batch size")
     p.add_argument("--starts", type=int, default=5, help="fresh processes to time")
+    p.add_argument("--providers", default="auto", help="auto, cpu or cuda (overhead rows)")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     t0 = time.perf_counter()
@@ -187,7 +188,7 @@ def main() -> None:
             bundle, x = build_bundle(root, steps=args.steps, epochs=args.epochs)
         x_path = root / "x.npy"
         np.save(x_path, x[:512])
-        rows = overhead(bundle, x, [1, 256], args.budget)
+        rows = overhead(bundle, x, [1, 256], args.budget, args.providers)
         starts = [child(bundle, x_path) for _ in range(args.starts)]
         small = child(bundle, x_path, max_batch=1024, rows=1024)
         large = child(bundle, x_path, max_batch=1024, rows=64 * 1024)

@@ -252,7 +252,7 @@ class _Half(nn.Module):
         self.module = copy.deepcopy(module).half()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x.half()).float()  # type: ignore[no-any-return]
+        return self.module(x.half()).float()
 
 
 def _parity_doc(parity: ParityReport, module32: TrajectoryFeatures | None,

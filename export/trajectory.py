@@ -44,6 +44,12 @@ class TrajectoryFeatures(nn.Module):
     """
 
     feature_names = FEATURE_NAMES
+    attractors: torch.Tensor
+    attractors_t: torch.Tensor
+    attractor_sq: torch.Tensor
+    attractor_half_sq: torch.Tensor
+    slope_w: torch.Tensor
+    t_index: torch.Tensor
 
     def __init__(
         self,

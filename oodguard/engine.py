@@ -221,9 +221,9 @@ class Engine:
         if len(outputs) != 1 or outputs[0].name != m.output_name or (
             isinstance(width, int) and width != f
         ):
-            got = [(o.name, o.shape) for o in outputs]
+            got_out = [(o.name, o.shape) for o in outputs]
             raise BundleError(
-                f"model.onnx outputs {got} do not match the manifest's {m.output_name!r} "
+                f"model.onnx outputs {got_out} do not match the manifest's {m.output_name!r} "
                 f"with {f} features; re-export the bundle"
             )
 
@@ -288,7 +288,7 @@ class Engine:
         if not self.io_binding:
             features = self._session.run(None, {name: x})[0]
             if out is None:
-                return features  # type: ignore[no-any-return]
+                return features
             out[...] = features
             return out
         if out is None:
@@ -343,4 +343,4 @@ class _CudaGraph:
         with self._lock:
             self._x.update_inplace(x)
             self._session.run_with_iobinding(self._binding)
-            return self._y.numpy()  # type: ignore[no-any-return]
+            return self._y.numpy()

@@ -148,7 +148,7 @@ def fit_scorer(
     direction = np.zeros(len(fitted.used))
     if reference_features is not None:
         ref = np.asarray(reference_features, dtype=np.float64)
-        ok = np.isfinite(ref).all(axis=1)
+        ok = np.asarray(np.isfinite(ref).all(axis=1), dtype=bool)
         probe = _scorer(fitted, keep, direction, names, "max", alpha)
         sel = select_features(probe.standardize(fit), probe.standardize(ref[ok]),
                               groups=_regroup(reference_groups, ok))

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The tests: set up .venv (and Debian's prometheus/promtool when missing), lint, run pytest.
+# The tests: set up .venv (and Debian's prometheus/promtool when missing), ruff, mypy, pytest.
 # pytest's own exit status is kept: 5 (no test ran) fails this script like any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,5 +15,7 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
 fi
 echo "==> ruff"
 .venv/bin/ruff check .
+echo "==> mypy"
+.venv/bin/mypy oodguard export calibration demo
 echo "==> pytest"
 .venv/bin/pytest -q "$@"

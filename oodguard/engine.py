@@ -243,13 +243,7 @@ class Engine:
             return self._graph.run(x)
         workers = self._workers_for(n)
         if workers == 1 and n <= self.max_batch:
-            t0 = time.perf_counter()
-            out = self._run_chunk(x, None)
-            if n >= _MIN_CHUNK_ROWS:
-                per_row = (time.perf_counter() - t0) / n
-                old = self._row_seconds
-                self._row_seconds = per_row if old == 0.0 else 0.8 * old + 0.2 * per_row
-            return out
+            return self._run_timed(x, None)
         chunk = self.max_batch
         if workers > 1:
             # Several chunks per worker balance the load when other processes hold some cores.
@@ -259,7 +253,7 @@ class Engine:
         starts = range(0, n, chunk)
         if workers == 1 or len(starts) == 1:
             for i in starts:
-                self._run_chunk(x[i : i + chunk], out[i : i + chunk])
+                self._run_timed(x[i : i + chunk], out[i : i + chunk])
             return out
         if self._pool is None:
             with _POOL_LOCK:
@@ -268,6 +262,16 @@ class Engine:
         for _ in self._pool.map(lambda i: self._run_chunk(x[i : i + chunk], out[i : i + chunk]),
                                 starts):
             pass
+        return out
+
+    def _run_timed(self, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+        """A single-threaded run that also updates the seconds-per-row estimate."""
+        t0 = time.perf_counter()
+        out = self._run_chunk(x, out)
+        if len(x) >= _MIN_CHUNK_ROWS:
+            per_row = (time.perf_counter() - t0) / len(x)
+            old = self._row_seconds
+            self._row_seconds = per_row if old == 0.0 else 0.8 * old + 0.2 * per_row
         return out
 
     def _workers_for(self, n: int) -> int:

@@ -133,3 +133,10 @@ def test_cuda_graph_replays_fixed_batches(parts, x) -> None:  # type: ignore[no-
     for _ in range(3):  # replays reuse the captured buffers
         np.testing.assert_allclose(eng.run(x[:32]), cpu, rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(eng.run(x[:5]), cpu[:5], rtol=1e-3, atol=1e-4)  # other sizes
+
+
+def test_a_first_call_above_max_batch_still_learns_the_row_cost(parts, x) -> None:  # type: ignore[no-untyped-def]
+    eng = _engine(parts, batch_threads=2, max_batch=100)
+    assert eng._row_seconds == 0.0
+    eng.run(x)  # chunked, serial: the timings of the chunks give the estimate
+    assert eng._row_seconds > 0

@@ -340,7 +340,8 @@ class _CudaGraph:
         except Exception as err:  # onnxruntime raises its own exception types
             raise BundleError(
                 f"CUDA graph capture failed for batch {batch} ({type(err).__name__}: {err}); "
-                "every node must run on the GPU — create the engine without cuda_graph_batch"
+                "every node must run on the GPU and the graph must hold no If/Loop (export the "
+                "bundle with rewrite_elu=False), or create the engine without cuda_graph_batch"
             ) from err
 
     def run(self, x: np.ndarray) -> np.ndarray:

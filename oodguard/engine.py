@@ -3,6 +3,11 @@
 This is the only runtime module that imports onnxruntime. The graph maps a batch
 ``x [N, *input_shape]`` (float32) to ``features [N, F]`` in a single ``session.run``: the ``T``
 latent steps, the attractor bank and every feature live inside it.
+
+On the CPU each run is single-threaded and large batches are cut into chunks run concurrently
+by a few threads (measured faster than ONNX Runtime's per-operator threading on this graph's
+chain of small matrix products; see ``docs/performance.md``). With CUDA the input crosses to the
+device once per call (I/O binding) and a fixed batch size may be replayed as a CUDA graph.
 """
 
 from __future__ import annotations
@@ -28,8 +33,8 @@ _INSTALL_HINT = (
     "oodguard needs ONNX Runtime to run a bundle: install exactly one of "
     "pip install 'oodguard[cpu]'  (onnxruntime) or  pip install 'oodguard[gpu]'  (onnxruntime-gpu)"
 )
-# Working memory the attractor-distance block may take per engine call; batches that would
-# exceed it are cut into chunks so that memory stays bounded whatever the caller sends.
+# Working memory the graph's intermediates may take for all chunks in flight; batches that
+# would exceed it are cut into chunks so that memory stays bounded whatever the caller sends.
 _CHUNK_BUDGET_BYTES = 256 << 20
 # A batch is split over the batch threads when it is expected to take at least
 # _PARALLEL_MIN_SECONDS single-threaded, in chunks of at least _MIN_CHUNK_SECONDS and
@@ -150,7 +155,8 @@ class Engine:
                            ("inter_op_threads", inter_op_threads),
                            ("batch_threads", batch_threads),
                            ("max_batch", max_batch), ("cuda_graph_batch", cuda_graph_batch)):
-            if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, (int, np.integer)) or value < 1):
                 raise ValueError(f"{key} must be a positive int or None. Got {value!r}")
         self.session_options = opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -172,7 +178,7 @@ class Engine:
         if on_cuda:
             self.batch_threads = 1
         else:
-            default = max(1, (os.cpu_count() or 1) // int(intra_op_threads or 1))
+            default = max(1, _usable_cores() // int(intra_op_threads or 1))
             self.batch_threads = int(batch_threads or default)
         per_sample = _bytes_per_sample(manifest) * self.batch_threads
         self.max_batch = int(max_batch) if max_batch else max(1, _CHUNK_BUDGET_BYTES // per_sample)
@@ -302,6 +308,13 @@ class Engine:
         binding.bind_output(out_name, "cpu", 0, np.float32, out.shape, out.ctypes.data)
         self._session.run_with_iobinding(binding)
         return out
+
+
+def _usable_cores() -> int:
+    """Cores this process may run on (the affinity mask, not the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def _bytes_per_sample(m: Manifest) -> int:

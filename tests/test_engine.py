@@ -80,7 +80,7 @@ def test_thread_and_session_options_are_applied(parts) -> None:  # type: ignore[
 
 @pytest.mark.parametrize("key", ["intra_op_threads", "inter_op_threads", "batch_threads",
                                  "max_batch", "cuda_graph_batch"])
-@pytest.mark.parametrize("bad", [0, -1, 2.5, "2"])
+@pytest.mark.parametrize("bad", [0, -1, 2.5, "2", True])
 def test_bad_engine_options_are_refused(parts, key, bad) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match=f"{key} must be a positive int or None. Got"):
         _engine(parts, **{key: bad})

@@ -132,6 +132,20 @@ def measure_sgemm(threads: int, *, n: int = 2048, budget_s: float = 2.0) -> dict
         fns["torch"] = lambda: torch.mm(ta, tb, out=tc)
     except ImportError:
         pass
+    try:
+        import torch
+
+        if torch.cuda.is_available():  # the GPU rows are compared with the GPU's rate
+            ga, gb = torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda()
+
+            def gpu_mm() -> Any:
+                out = torch.mm(ga, gb)
+                torch.cuda.synchronize()
+                return out
+
+            fns["cuda_torch"] = gpu_mm
+    except ImportError:
+        pass
     lat = time_interleaved(fns, budget_s=budget_s, rounds=3, min_calls=2)
     flops = 2.0 * n**3
     return {f"{k}_gflops": float(flops / np.median(v) / 1e9) for k, v in lat.items()}

@@ -81,36 +81,37 @@ def score_buckets(calibration_scores: np.ndarray, threshold: float) -> tuple[flo
     return tuple(float(e) for e in edges if np.isfinite(e))
 
 
+_LOOP_MAX = 8  # below this many values, plain observe() beats numpy's fixed cost
+_INF = float("inf")
+
+
 def observe_many(child: Any, values: np.ndarray) -> None:
     """Observe many values in one histogram child; the same exposition as ``observe`` per value.
 
     prometheus_client has no batch observe, and looping ``observe`` costs about a microsecond
-    per value, which would dominate the guard at batch 256. This adds each bucket's count with
-    one increment and the sum in the same left-to-right order as repeated ``observe`` calls
-    (``np.cumsum`` is sequential, unlike ``np.sum``), so the exposition is identical bit for bit
-    (tested), including NaN (no bucket, NaN sum) and ±inf. It writes through the child's own
-    value objects, which also back multiprocess mode. The read-modify-write of the sum holds
-    this module's lock: only :func:`observe_many` writes the histograms it is used on.
+    per value, which would dominate the guard at batch 256, while numpy's fixed cost dominates
+    at batch 1. Up to ``_LOOP_MAX`` values are observed one by one; more are counted per bucket
+    with one increment each, and the batch's sum (added left to right, as ``observe`` would:
+    ``np.cumsum`` is sequential, unlike ``np.sum``) is added to the running sum with one atomic
+    ``inc``. So counts are identical to per-value ``observe`` and the sum equal up to float
+    rounding of the running total (tested), including NaN (no bucket, NaN sum) and ±inf, and
+    concurrent callers never lose an update. It writes through the child's own value objects,
+    which also back multiprocess mode.
     """
     values = np.asarray(values, dtype=np.float64).ravel()
     bounds = getattr(child, "_upper_bounds", None)
     buckets = getattr(child, "_buckets", None)
     total = getattr(child, "_sum", None)
-    if bounds is None or buckets is None or total is None:  # another client version
+    if len(values) <= _LOOP_MAX or bounds is None or buckets is None or total is None:
         for v in values.tolist():
             child.observe(v)
-        return
-    if not len(values):
         return
     # observe() puts v in the first bucket with v <= bound; NaN compares false everywhere.
     idx = np.searchsorted(np.asarray(bounds, dtype=np.float64), values[~np.isnan(values)],
                           side="left")
     counts = np.bincount(idx, minlength=len(bounds))
-    with _sum_lock:
-        start = total.get()
-        with np.errstate(over="ignore", invalid="ignore"):  # inf - inf is NaN, as in observe
-            new_sum = float(np.cumsum(np.concatenate(([start], values)))[-1])
-        total.set(new_sum)
+    with np.errstate(over="ignore", invalid="ignore"):  # inf - inf is NaN, as in observe
+        total.inc(float(np.cumsum(values)[-1]))
     for i in np.flatnonzero(counts).tolist():
         buckets[i].inc(int(counts[i]))
 
@@ -191,7 +192,6 @@ class _Families:
 
 _families: weakref.WeakKeyDictionary[CollectorRegistry, _Families] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
-_sum_lock = threading.Lock()
 _INFO_KEYS = ("sha256", "schema", "version", "steps", "alpha")
 
 
@@ -253,8 +253,13 @@ class GuardMetrics:
         self._ood.inc(n_ood)
         self._in.inc(n - n_ood)
         # +inf marks a non-finite input row (counted as a refusal); keep it out of the sum.
-        finite = np.isfinite(scores)
-        observe_many(self._score, scores if finite.all() else scores[finite])
+        if n <= _LOOP_MAX:
+            for s in scores.tolist():
+                if s != _INF:
+                    self._score.observe(s)
+        else:
+            finite = np.isfinite(scores)
+            observe_many(self._score, scores if finite.all() else scores[finite])
         observe_many(self._p, p_values)
         self._engine.observe(engine_s)
         self._scoring.observe(scoring_s)

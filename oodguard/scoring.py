@@ -24,8 +24,10 @@ in-distribution input in finite samples.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -44,6 +46,9 @@ __all__ = [
 CALIBRATION_SCHEMA_VERSION = 1
 COMBINE_METHODS = ("max", "mahalanobis", "max_mahalanobis")
 _EPS = float(np.spacing(1.0))
+_INF = float("inf")
+_NAN = float("nan")
+_SCALAR_ROWS = 4
 
 
 def yeo_johnson(x: np.ndarray, lambdas: np.ndarray) -> np.ndarray:
@@ -87,6 +92,98 @@ def score_threshold(sorted_cal: np.ndarray, alpha: float) -> float:
     if m >= n:
         return -np.inf
     return float(sorted_cal[n - m - 1])
+
+
+class _Plan:
+    """The scorer's transform with every constant precomputed: the guard's batch-1 overhead is
+    a count of numpy calls, so the hot path does each step in one or two of them."""
+
+    def __init__(self, s: Scorer) -> None:
+        self.used = s.used
+        logged = ~np.isnan(s.log_offset)
+        self.log_idx = np.flatnonzero(logged)
+        self.log_off = s.log_offset[logged]
+        self.pre_mul = 1.0 / s.pre_scale
+        self.pre_add = -s.pre_center / s.pre_scale
+        self.post_mul = 1.0 / s.post_scale
+        self.post_add = -s.post_center / s.post_scale
+        self.lambdas = s.lambdas
+        self.lam_pos = s.lambdas
+        self.lam_neg = 2.0 - s.lambdas
+        # lambda exactly 0 or 2 takes the logarithmic branch: use the general formula then.
+        self.general = bool(((np.abs(self.lam_pos) < _EPS) | (np.abs(self.lam_neg) < _EPS)).any())
+        self.all_one_sided = bool((s.direction != 0).all())
+        # The same transform as plain Python floats, for batches of a few rows, where numpy's
+        # per-call cost is most of the work (tested equal to the numpy path).
+        self.scalar = s.combine == "max" and not self.general
+        self.rows = [
+            (
+                int(s.used[k]),
+                None if np.isnan(s.log_offset[k]) else float(s.log_offset[k]),
+                float(self.pre_mul[k]),
+                float(self.pre_add[k]),
+                float(self.lam_pos[k]),
+                float(self.lam_neg[k]),
+                float(self.post_mul[k]),
+                float(self.post_add[k]),
+                float(s.direction[k]),
+            )
+            for k in range(len(s.used))
+        ]
+
+    def score_rows(self, features: np.ndarray) -> list[float]:
+        """``combine="max"`` scores of a few rows in plain Python (non-finite ▶ +inf)."""
+        out = []
+        for row in features.tolist():
+            best = -_INF
+            for j, off, pm, pa, lp, ln, qm, qa, d in self.rows:
+                v = row[j]
+                if off is not None:
+                    v += off
+                    v = math.log(v) if v > 0.0 else (-_INF if v == 0.0 else _NAN)
+                y = v * pm + pa
+                if y != y or y in (_INF, -_INF):
+                    best = _INF  # NaN or ±inf anywhere makes the row OOD, as in the numpy path
+                    break
+                try:
+                    if y >= 0.0:
+                        t = ((y + 1.0) ** lp - 1.0) / lp
+                    else:
+                        t = -((1.0 - y) ** ln - 1.0) / ln
+                except OverflowError:
+                    best = _INF
+                    break
+                z = t * qm + qa
+                z = abs(z) if d == 0.0 else d * z
+                if z > best:
+                    best = z
+            out.append(best if best == best and best != -_INF else _INF)
+        return out
+
+    def standardize(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(z [N, U], bad [N])``: bad rows have a non-finite (pre-power) value somewhere."""
+        f = np.take(features, self.used, axis=1).astype(np.float64)
+        if len(self.log_idx) == f.shape[1]:
+            f += self.log_off
+            np.log(f, out=f)
+        elif len(self.log_idx):
+            f[:, self.log_idx] = np.log(f[:, self.log_idx] + self.log_off)
+        y = f * self.pre_mul + self.pre_add
+        bad = ~np.isfinite(y).all(axis=1)
+        if self.general:
+            t = yeo_johnson(y, self.lambdas)
+        else:
+            # Yeo–Johnson: ((|y|+1)^e − 1)/e with e = λ for y ≥ 0 and 2 − λ (negated) below.
+            e = np.where(y >= 0, self.lam_pos, self.lam_neg)
+            t = np.abs(y)
+            t += 1.0
+            np.power(t, e, out=t)
+            t -= 1.0
+            t /= e
+            np.copysign(t, y, out=t)
+        t *= self.post_mul
+        t += self.post_add
+        return t, bad
 
 
 def _vec(d: Mapping[str, Any], key: str, n: int) -> np.ndarray:
@@ -196,23 +293,31 @@ class Scorer:
             ) from err
 
     # -- scoring --------------------------------------------------------------------------
+    @cached_property
+    def _plan(self) -> _Plan:
+        return _Plan(self)
+
     def standardize(self, features: np.ndarray) -> np.ndarray:
         """``z [N, U]``: the used features transformed to about N(0, 1) on in-distribution data."""
-        f = np.asarray(features, dtype=np.float64)[:, self.used]
-        logged = ~np.isnan(self.log_offset)
-        if logged.any():
-            with np.errstate(divide="ignore", invalid="ignore"):
-                f[:, logged] = np.log(np.maximum(f[:, logged] + self.log_offset[logged], 0.0))
-        y = (f - self.pre_center) / self.pre_scale
-        y = yeo_johnson(y, self.lambdas)
-        return (y - self.post_center) / self.post_scale
+        with np.errstate(all="ignore"):  # non-finite features become a +inf score downstream
+            return self._plan.standardize(features)[0]
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """OOD score per row of ``features [N, F]``; higher = more OOD. Non-finite ▶ +inf."""
-        z = self.standardize(features)
+        with np.errstate(all="ignore"):
+            return self._score(features)
+
+    def _score(self, features: np.ndarray) -> np.ndarray:
+        plan = self._plan
+        if plan.scalar and len(features) <= _SCALAR_ROWS:
+            return np.asarray(plan.score_rows(np.asarray(features)), dtype=np.float64)
+        z, bad = plan.standardize(features)
         parts = []
         if self.combine in ("max", "max_mahalanobis"):
-            signed = np.where(self.direction == 0, np.abs(z), self.direction * z)
+            if plan.all_one_sided:
+                signed = z * self.direction
+            else:
+                signed = np.where(self.direction == 0, np.abs(z), self.direction * z)
             parts.append(signed.max(axis=1))
         if self.combine in ("mahalanobis", "max_mahalanobis"):
             loc, prec = self.maha_location, self.maha_precision
@@ -222,7 +327,8 @@ class Scorer:
             d2 = np.einsum("ij,jk,ik->i", c, prec, c)
             parts.append(wilson_hilferty(d2, len(self.used)))
         s = parts[0] if len(parts) == 1 else np.maximum(parts[0], parts[1])
-        return np.where(np.isfinite(s), s, np.inf)
+        s[bad | ~np.isfinite(s)] = np.inf  # an infinite feature can map to a finite z
+        return s
 
     def p_value(self, scores: np.ndarray) -> np.ndarray:
         """Conformal p-values of scores (small = unusual for in-distribution data)."""

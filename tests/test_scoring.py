@@ -122,3 +122,30 @@ def test_malformed_calibration_is_refused(edit, message: str) -> None:  # type: 
     edit(doc)
     with pytest.raises(BundleError, match=message):
         Scorer.from_dict(doc, NAMES)
+
+
+@pytest.fixture(scope="module")
+def two_sided_and_one_sided() -> list[Scorer]:
+    fit, cal = _features(300, 0), _features(300, 1)
+    rng = np.random.default_rng(3)
+    ref = _features(300, 2) * rng.uniform(0.5, 3.0, size=(1, 4))
+    a, _ = fit_scorer(fit, cal, NAMES)
+    b, _ = fit_scorer(fit, cal, NAMES, reference_features=ref)
+    return [a, b]
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=st.lists(st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32),
+                                        st.floats(-1e3, 1e3)), min_size=4, max_size=4),
+                     min_size=1, max_size=4))
+def test_scalar_path_equals_numpy_path(two_sided_and_one_sided, rows) -> None:  # type: ignore[no-untyped-def]
+    """Batches of up to 4 rows are scored in plain Python; the numpy path must agree exactly in
+    verdict-relevant terms (equal up to 1e-9, +inf for the same rows)."""
+    f = np.asarray(rows, dtype=np.float32)
+    for scorer in two_sided_and_one_sided:
+        small = scorer.score(f)
+        big = scorer.score(np.concatenate([f] * 3))[: len(f)]  # 12 rows: the numpy path
+        assert np.array_equal(np.isinf(small), np.isinf(big))
+        fin = np.isfinite(big)
+        np.testing.assert_allclose(small[fin], big[fin], rtol=1e-9, atol=1e-9)
+        assert not np.isnan(small).any() and not np.isnan(big).any()

@@ -194,13 +194,15 @@ def _regroup(groups: Sequence[np.ndarray] | None, ok: np.ndarray) -> list[np.nda
 
 
 def _scorer(
-    fitted: FittedTransform,  # direction below is aligned with keep
+    fitted: FittedTransform,
     keep: np.ndarray,
     direction: np.ndarray,
     names: list[str],
     combine: str,
     alpha: float,
 ) -> Scorer:
+    """A scorer over the features ``fitted.used[keep]``; ``direction`` is aligned with ``keep``;
+    calibration scores and threshold are placeholders until the calibration part is scored."""
     return Scorer(
         feature_names=tuple(names),
         used=fitted.used[keep],

@@ -102,19 +102,18 @@ def export_onnx(
     return data
 
 
-def _onnx_features(data: bytes, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    return sess.run(None, {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})[0]
-
-
-def _onnx_features_by_row(data: bytes, x: np.ndarray) -> np.ndarray:
+def _onnx_features(data: bytes, x: np.ndarray, *, by_row: bool) -> tuple[np.ndarray, ...]:
+    """ONNX Runtime's features for the whole batch and, with ``by_row``, one row at a time
+    (small batches take the graph's other branch, see :mod:`oodguard.export.rewrite`)."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     x = np.ascontiguousarray(x, dtype=np.float32)
-    return np.concatenate([sess.run(None, {INPUT_NAME: x[i : i + 1]})[0] for i in range(len(x))])
+    full = sess.run(None, {INPUT_NAME: x})[0]
+    if not by_row:
+        return (full,)
+    rows = [sess.run(None, {INPUT_NAME: x[i : i + 1]})[0] for i in range(len(x))]
+    return full, np.concatenate(rows)
 
 
 def export_bundle(
@@ -213,13 +212,14 @@ def export_bundle(
     log.info("exporting the trajectory graph (T=%d, K=%d)", steps, len(report.attractors))
     data = export_onnx(module, torch.from_numpy(x_check[: min(len(x_check), 4)]),
                        rewrite_elu=rewrite_elu)
-    onnx_features = _onnx_features(data, x_check)
-    parity = check_parity(module, onnx_features, x_check, rtol=parity_rtol, atol=parity_atol)
-    if parity.ok and rewrite_elu:
-        # Small batches take the graph's other branch (see oodguard.export.rewrite): check it
-        # too, one row at a time.
-        small = _onnx_features_by_row(data, x_check)
-        parity = check_parity(module, small, x_check, rtol=parity_rtol, atol=parity_atol)
+    onnx_features, *other_branch = _onnx_features(data, x_check, by_row=rewrite_elu)
+    with torch.inference_mode():
+        ref = module(torch.from_numpy(x_check)).numpy()
+    parity = check_parity(module, onnx_features, x_check, rtol=parity_rtol, atol=parity_atol,
+                          reference=ref)
+    for small in other_branch:  # the manifest records the worse of both branches
+        parity = parity.combine(check_parity(module, small, x_check, rtol=parity_rtol,
+                                             atol=parity_atol, reference=ref))
     if not parity.ok:
         worst = {k: v for k, v in parity.failures.items() if v}
         raise ExportError(

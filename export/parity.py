@@ -39,6 +39,16 @@ class ParityReport:
     failures: dict[str, int]
     excused_steps: int
 
+    def combine(self, other: ParityReport) -> ParityReport:
+        """One report for two checks of the same inputs (e.g. two branches of one graph):
+        the worst difference and all failures of either."""
+        return ParityReport(
+            self.n, self.rtol, self.atol,
+            {k: max(v, other.max_abs_diff[k]) for k, v in self.max_abs_diff.items()},
+            {k: v + other.failures[k] for k, v in self.failures.items()},
+            self.excused_steps + other.excused_steps,
+        )
+
     @property
     def ok(self) -> bool:
         return not any(self.failures.values())
@@ -61,15 +71,17 @@ def check_parity(
     *,
     rtol: float = DEFAULT_RTOL,
     atol: float = DEFAULT_ATOL,
+    reference: np.ndarray | None = None,
 ) -> ParityReport:
-    """Compare ONNX features for ``x`` with the torch module's.
+    """Compare ONNX features for ``x`` with the torch module's (``reference``, when the caller
+    has already computed ``module(x)``).
 
     ``steps_to_converge`` is an integer: a difference is excused only where some step norm of
     that sample lies within ``rtol·tol`` of the tolerance, so that either side of the
     comparison is a legitimate rounding.
     """
     xt = torch.as_tensor(x, dtype=torch.float32)
-    ref = module(xt).numpy().astype(np.float64)
+    ref = np.asarray(module(xt).numpy() if reference is None else reference, dtype=np.float64)
     got = np.asarray(onnx_features, dtype=np.float64)
     names = module.feature_names
     diffs: dict[str, float] = {}

@@ -46,7 +46,6 @@ class TrajectoryFeatures(nn.Module):
     feature_names = FEATURE_NAMES
     attractors: torch.Tensor
     attractors_t: torch.Tensor
-    attractor_sq: torch.Tensor
     attractor_half_sq: torch.Tensor
     slope_w: torch.Tensor
     t_index: torch.Tensor
@@ -76,7 +75,6 @@ class TrajectoryFeatures(nn.Module):
         a = attractors.detach().float()
         self.register_buffer("attractors", a)
         self.register_buffer("attractors_t", a.T.contiguous())
-        self.register_buffer("attractor_sq", (a * a).sum(1))
         self.register_buffer("attractor_half_sq", -0.5 * (a * a).sum(1))
         self.register_buffer("slope_w", slope_weights(self.steps))
         self.register_buffer("t_index", torch.arange(self.steps, dtype=torch.float32))

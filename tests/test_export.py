@@ -112,7 +112,8 @@ def test_exporter_refuses_a_bundle_that_disagrees(monkeypatch, autoencoder, data
     import oodguard.export.exporter as exporter
 
     real = exporter._onnx_features
-    monkeypatch.setattr(exporter, "_onnx_features", lambda d, x: real(d, x) * 1.01)
+    monkeypatch.setattr(exporter, "_onnx_features",
+                        lambda d, x, by_row: tuple(f * 1.01 for f in real(d, x, by_row=by_row)))
     with pytest.raises(ExportError, match="disagree with torch .* not written"):
         export_bundle(tmp_path / "b", model=autoencoder, x_train=data["train"], steps=4)
     assert not (tmp_path / "b").exists()

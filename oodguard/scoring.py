@@ -56,19 +56,35 @@ def yeo_johnson(x: np.ndarray, lambdas: np.ndarray) -> np.ndarray:
 
     Matches ``sklearn.preprocessing.PowerTransformer(standardize=False).transform``.
     """
-    x = np.asarray(x, dtype=np.float64)
-    lam = np.broadcast_to(np.asarray(lambdas, dtype=np.float64), x.shape)
-    pos = x >= 0
-    xp = np.where(pos, x, 0.0)
-    xn = np.where(pos, 0.0, -x)
-    l0 = np.abs(lam) < _EPS
-    l2 = np.abs(lam - 2.0) < _EPS
-    lp = np.where(l0, 1.0, lam)
-    ln = np.where(l2, 1.0, 2.0 - lam)
+    lam = np.asarray(lambdas, dtype=np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
-        tp = np.where(l0, np.log1p(xp), (np.power(xp + 1.0, lp) - 1.0) / lp)
-        tn = np.where(l2, -np.log1p(xn), -(np.power(xn + 1.0, ln) - 1.0) / ln)
-    return np.where(pos, tp, tn)
+        return _yeo_johnson(np.asarray(x, dtype=np.float64), lam, 2.0 - lam, _log_branch(lam))
+
+
+def _log_branch(lam: np.ndarray) -> bool:
+    """Whether some lambda is 0 or 2, where a side of the transform is a logarithm."""
+    return bool(((np.abs(lam) < _EPS) | (np.abs(2.0 - lam) < _EPS)).any())
+
+
+def _yeo_johnson(
+    y: np.ndarray, lam_pos: np.ndarray, lam_neg: np.ndarray, log_branch: bool
+) -> np.ndarray:
+    """``sign(y)·((|y|+1)^e − 1)/e`` with ``e = λ`` for ``y ≥ 0`` and ``2 − λ`` below (the
+    Yeo–Johnson transform), in a few in-place numpy calls: the guard's hot path. Where
+    ``e`` is 0 the limit ``sign(y)·log1p(|y|)`` is taken (only when ``log_branch``)."""
+    e = np.where(y >= 0, lam_pos, lam_neg)
+    if log_branch:
+        at_zero = np.abs(e) < _EPS
+        e[at_zero] = 1.0
+    t = np.abs(y)
+    t += 1.0
+    np.power(t, e, out=t)
+    t -= 1.0
+    t /= e
+    if log_branch:
+        t[at_zero] = np.log1p(np.abs(y[at_zero]))
+    np.copysign(t, y, out=t)
+    return t
 
 
 def wilson_hilferty(d2: np.ndarray, dof: int) -> np.ndarray:
@@ -107,15 +123,13 @@ class _Plan:
         self.pre_add = -s.pre_center / s.pre_scale
         self.post_mul = 1.0 / s.post_scale
         self.post_add = -s.post_center / s.post_scale
-        self.lambdas = s.lambdas
         self.lam_pos = s.lambdas
         self.lam_neg = 2.0 - s.lambdas
-        # lambda exactly 0 or 2 takes the logarithmic branch: use the general formula then.
-        self.general = bool(((np.abs(self.lam_pos) < _EPS) | (np.abs(self.lam_neg) < _EPS)).any())
+        self.log_branch = _log_branch(s.lambdas)
         self.all_one_sided = bool((s.direction != 0).all())
         # The same transform as plain Python floats, for batches of a few rows, where numpy's
         # per-call cost is most of the work (tested equal to the numpy path).
-        self.scalar = s.combine == "max" and not self.general
+        self.scalar = s.combine == "max" and not self.log_branch
         self.rows = [
             (
                 int(s.used[k]),
@@ -170,17 +184,7 @@ class _Plan:
             f[:, self.log_idx] = np.log(f[:, self.log_idx] + self.log_off)
         y = f * self.pre_mul + self.pre_add
         bad = ~np.isfinite(y).all(axis=1)
-        if self.general:
-            t = yeo_johnson(y, self.lambdas)
-        else:
-            # Yeo–Johnson: ((|y|+1)^e − 1)/e with e = λ for y ≥ 0 and 2 − λ (negated) below.
-            e = np.where(y >= 0, self.lam_pos, self.lam_neg)
-            t = np.abs(y)
-            t += 1.0
-            np.power(t, e, out=t)
-            t -= 1.0
-            t /= e
-            np.copysign(t, y, out=t)
+        t = _yeo_johnson(y, self.lam_pos, self.lam_neg, self.log_branch)
         t *= self.post_mul
         t += self.post_add
         return t, bad

@@ -27,7 +27,7 @@ import logging
 import signal
 import socket
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -174,22 +174,24 @@ class _Service:
         return JSONResponse({"ready": self.ready}, status_code=200 if self.ready else 503)
 
     async def model_metadata(self, request: Request) -> Response:
-        try:
-            self.authorize(request)
-            self.model(request)
-        except ProtocolError as err:
-            return _error(err.status, str(err), err.reason)
-        return JSONResponse(model_metadata(self.name, self.guard.input_spec,
-                                           len(self.guard.feature_names)))
+        return self._model_json(request, lambda: (
+            model_metadata(self.name, self.guard.input_spec, len(self.guard.feature_names)), 200))
 
     async def model_ready(self, request: Request) -> Response:
+        return self._model_json(request, lambda: (
+            {"name": self.name, "ready": self.ready}, 200 if self.ready else 503))
+
+    def _model_json(
+        self, request: Request, build: Callable[[], tuple[dict[str, Any], int]]
+    ) -> Response:
+        """A model route's JSON answer, after the token and the model name are checked."""
         try:
             self.authorize(request)
             self.model(request)
         except ProtocolError as err:
             return _error(err.status, str(err), err.reason)
-        return JSONResponse({"name": self.name, "ready": self.ready},
-                            status_code=200 if self.ready else 503)
+        doc, status = build()
+        return JSONResponse(doc, status_code=status)
 
     async def infer(self, request: Request) -> Response:
         try:

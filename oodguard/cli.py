@@ -6,6 +6,7 @@ Environment variables are read here (the edge), never inside the library.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -31,6 +32,19 @@ def command(
     return register
 
 
+def _optional(module: str, command: str, extra: str) -> Any:
+    """Import the module behind a command that needs a pip extra; without it, a
+    MissingDependencyError (exit 2) that names the extra to install."""
+    from oodguard.errors import MissingDependencyError
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise MissingDependencyError(
+            f"needs the {extra.split(',')[0]} extra: pip install 'oodguard[{extra}]' ({err})"
+        ) from err
+
+
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("oodguard-demo"), help="output folder")
     p.add_argument("--steps", type=int, default=32, help="latent steps T fused into the graph")
@@ -47,12 +61,7 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 @command("demo", _demo_args)
 def _demo(a: argparse.Namespace) -> int:
     """Train, export, calibrate and evaluate on scikit-learn's digits; print the table."""
-    try:
-        from oodguard.demo.run import run_demo
-    except ImportError as err:
-        print(f"oodguard demo needs the demo extra: pip install 'oodguard[demo,cpu]' ({err})",
-              file=sys.stderr)
-        return 2
+    run_demo = _optional("oodguard.demo.run", "demo", "demo,cpu").run_demo
     run_demo(a.out, steps=a.steps, alpha=a.alpha, epochs=a.epochs, seed=a.seed,
              plots=not a.no_plots, resample=a.resample, corruption=a.corruption)
     return 0
@@ -134,12 +143,7 @@ def _calibrate_args(p: argparse.ArgumentParser) -> None:
 @command("calibrate", _calibrate_args)
 def _calibrate(a: argparse.Namespace) -> int:
     """Calibrate a bundle on in-distribution validation inputs from a file."""
-    try:
-        from oodguard.calibration import calibrate
-    except ImportError as err:
-        print(f"oodguard calibrate needs: pip install 'oodguard[calibrate]' ({err})",
-              file=sys.stderr)
-        return 2
+    calibrate = _optional("oodguard.calibration", "calibrate", "calibrate").calibrate
     from oodguard.bundle import read_bundle
 
     shape = read_bundle(a.bundle).manifest.input.shape
@@ -177,12 +181,8 @@ def _serve(a: argparse.Namespace) -> int:
     """Serve a bundle over HTTP (Open Inference Protocol v2, /metrics) until SIGTERM."""
     import os
 
-    try:
-        from oodguard.server import ServeConfig, serve
-    except ImportError as err:
-        print(f"oodguard serve needs the serve extra: pip install 'oodguard[serve,cpu]' ({err})",
-              file=sys.stderr)
-        return 2
+    server = _optional("oodguard.server", "serve", "serve,cpu")
+    ServeConfig, serve = server.ServeConfig, server.serve
     from oodguard.guard import Guard
     from oodguard.metrics import DEFAULT_REGISTRY, multiprocess_registry
 
@@ -222,10 +222,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    from oodguard.errors import OODGuardError
+    from oodguard.errors import MissingDependencyError, OODGuardError
 
     try:
         return _COMMANDS[args.command][1](args)
+    except MissingDependencyError as err:  # an install problem, not a data problem
+        print(f"oodguard {args.command}: {err}", file=sys.stderr)
+        return 2
     except (OODGuardError, OSError, ValueError) as err:
         print(f"oodguard {args.command}: {err}", file=sys.stderr)
         return 1

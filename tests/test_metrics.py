@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from oodguard import Guard, InvalidInputError
-from oodguard.metrics import multiprocess_registry, observe_many, render_latest
+from oodguard.metrics import BatchHistogram, multiprocess_registry, observe_many, render_latest
 
 
 def promtool() -> str:
@@ -66,21 +66,28 @@ def _same(a: float, b: float) -> bool:
 @settings(max_examples=150, deadline=None)
 @given(batches=st.lists(values_st, max_size=4), bounds=st.sampled_from([BOUNDS, BOUNDS[2:]]))
 def test_observe_many_gives_the_same_exposition_as_observe(batches, bounds) -> None:
-    """Bucket counts and counts identical; the running sum equal up to float rounding (a batch's
-    sum is added to it with one atomic increment)."""
-    bulk, loop = CollectorRegistry(), CollectorRegistry()
-    hb = Histogram("h", "h", ["g"], buckets=bounds, registry=bulk).labels("a")
-    hl = Histogram("h", "h", ["g"], buckets=bounds, registry=loop).labels("a")
+    """Both batch paths against ``Histogram.observe`` value by value. ``observe_many`` (the
+    multiprocess path): bucket counts and counts identical, the running sum equal up to float
+    rounding (a batch's sum is added with one atomic increment). ``BatchHistogram`` (the
+    single-process path): the same exposition text, sums included."""
+    bulk, loop, coll = CollectorRegistry(), CollectorRegistry(), CollectorRegistry()
+    hb = Histogram("h", "h", ["guard"], buckets=bounds, registry=bulk).labels("a")
+    hl = Histogram("h", "h", ["guard"], buckets=bounds, registry=loop).labels("a")
+    hc = BatchHistogram("h", "h", bounds, coll).labels("a")
     for batch in batches:
         observe_many(hb, np.asarray(batch, dtype=np.float64))
+        hc.observe_many(np.asarray(batch, dtype=np.float64))
         for v in batch:
             hl.observe(v)
-    got, want = samples(bulk), samples(loop)
-    assert got.keys() == want.keys()
+    got, want, col = samples(bulk), samples(loop), samples(coll)
+    assert got.keys() == want.keys() == col.keys()
     for key, value in want.items():
         if key[0].endswith("_created"):
             continue
         assert _same(got[key], value), key
+        # the collector continues the running sum left to right: equal bit for bit
+        assert col[key] == value or (np.isnan(col[key]) and np.isnan(value)), key
+    assert without_created(generate_latest(coll)) == without_created(generate_latest(loop))
 
 
 def test_observe_many_batch_sum_is_sequential_not_pairwise(registry) -> None:
@@ -113,6 +120,44 @@ def test_observe_many_loses_nothing_under_concurrency(registry) -> None:
     want = 4 * 50 * (100 + 1) + 4 * 50 * (3 + 1)
     assert samples(registry)[("h_count", ())] == want
     assert samples(registry)[("h_sum", ())] == want
+
+
+def test_batch_histogram_loses_nothing_under_concurrency(registry) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    fam = BatchHistogram("h", "h", (0.5,), registry)
+    big, small = np.ones(100), np.ones(3)
+
+    def work(i: int) -> None:
+        child = fam.labels(f"g{i % 2}")  # two series, created concurrently
+        for _ in range(50):
+            child.observe_many(big if i % 2 else small)
+            generate_latest(registry)  # scrapes interleaved with updates
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(work, range(8)))
+    s = samples(registry)
+    assert s[("h_count", (("guard", "g1"),))] == s[("h_sum", (("guard", "g1"),))] == 4 * 50 * 100
+    assert s[("h_count", (("guard", "g0"),))] == s[("h_sum", (("guard", "g0"),))] == 4 * 50 * 3
+    assert s[("h_bucket", (("guard", "g0"), ("le", "0.5")))] == 0
+
+
+def test_batch_histogram_refuses_bad_buckets_and_duplicate_names(registry) -> None:
+    with pytest.raises(ValueError, match="sorted"):
+        BatchHistogram("h", "h", (1.0, 0.5), registry)
+    with pytest.raises(ValueError, match="sorted"):
+        BatchHistogram("h", "h", (), registry)
+    BatchHistogram("h", "h", (1.0,), registry)
+    with pytest.raises(ValueError, match="Duplicated"):  # the registry's own check
+        Histogram("h", "h", buckets=(1.0,), registry=registry)
+
+
+def test_guard_histograms_are_batch_collectors_in_single_process_mode(bundle, registry) -> None:
+    """The per-input histograms skip prometheus_client's per-bucket locks here; the multiprocess
+    test below covers the other mode, where they must be file-backed Histograms."""
+    Guard.load(bundle, registry=registry, name="g")
+    kinds = {type(c).__name__ for c in registry._collector_to_names}
+    assert "BatchHistogram" in kinds
 
 
 # -- a guard's metrics ----------------------------------------------------------------------
@@ -183,7 +228,7 @@ def test_registry_none_records_nothing(bundle, data) -> None:
 
 def test_score_buckets_follow_the_calibration(bundle, registry) -> None:
     guard = Guard.load(bundle, registry=registry)
-    edges = guard.metrics._score._upper_bounds
+    edges = [float(dict(k[1])["le"]) for k in samples(registry) if k[0] == "oodguard_score_bucket"]
     cal = guard.scorer.calibration_scores
     assert edges == sorted(edges) and edges[-1] == float("inf")
     assert round(guard.threshold, 6) in edges

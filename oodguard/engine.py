@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
@@ -36,13 +36,21 @@ _INSTALL_HINT = (
 # Working memory the graph's intermediates may take for all chunks in flight; batches that
 # would exceed it are cut into chunks so that memory stays bounded whatever the caller sends.
 _CHUNK_BUDGET_BYTES = 256 << 20
-# A batch is split over the batch threads when it is expected to take at least
-# _PARALLEL_MIN_SECONDS single-threaded, in chunks of at least _MIN_CHUNK_SECONDS and
-# _MIN_CHUNK_ROWS: below that, the hand-off between threads costs more than it saves. The
-# expectation comes from the engine's own single-threaded calls (seconds per row), so the
-# rule fits a 64-input autoencoder and a 784-input one alike without knowing their FLOPs.
-_PARALLEL_MIN_SECONDS = 4e-3
-_MIN_CHUNK_SECONDS = 1e-3
+# A batch is split over threads when it is expected to take at least _PARALLEL_MIN_SECONDS
+# single-threaded: below that, waking a thread costs more than it saves. It goes to as many
+# threads (the caller included, at most batch_threads) as give each at least
+# _MIN_THREAD_SECONDS of work and _MIN_CHUNK_ROWS rows; each thread takes one chunk, or up to
+# _MAX_CHUNKS_PER_THREAD chunks of at least _CHUNK_SECONDS for large batches (balance when
+# other work holds a core). Every session.run has a fixed cost (~70 µs for the demo graph),
+# so fewer, larger chunks win otherwise. Measured on 2 cores against the earlier rule (split
+# at >= 4 ms into chunks of >= 1 ms, up to 4 per thread): 128 rows 0.51 vs 0.62 ms, 256 rows
+# 0.73 vs 1.08, 512 rows 1.22 vs 2.00, 1024 rows 2.17 vs 2.58, 4096 rows equal.
+# The expectation comes from the engine's own single-threaded calls (seconds per row), so
+# the rule fits a 64-input autoencoder and a 784-input one alike without knowing their FLOPs.
+_PARALLEL_MIN_SECONDS = 0.6e-3
+_MIN_THREAD_SECONDS = 0.3e-3
+_CHUNK_SECONDS = 2e-3
+_MAX_CHUNKS_PER_THREAD = 4
 _MIN_CHUNK_ROWS = 16
 _POOL_LOCK = threading.Lock()
 
@@ -109,8 +117,9 @@ class Engine:
         threads cost more than it gained (see ``docs/performance.md``); large batches are
         parallelised by ``batch_threads`` instead.
     batch_threads : int, optional
-        Threads that run chunks of one large batch concurrently, each chunk a ``session.run``
-        (a batch is split once the engine's own timings say it takes >= 4 ms on one thread).
+        Threads that run chunks of one batch concurrently, the calling thread included, each
+        chunk a ``session.run`` (a batch is split once the engine's own timings say it takes
+        >= 0.6 ms on one thread, over as many threads as get >= 0.3 ms of it each).
         Default: the CPU count divided by ``intra_op_threads`` (1 on a GPU). On a machine
         shared with the host model, give the guard fewer threads.
     max_batch : int, optional
@@ -252,9 +261,10 @@ class Engine:
             return self._run_timed(x, None)
         chunk = self.max_batch
         if workers > 1:
-            # Several chunks per worker balance the load when other processes hold some cores.
-            rows = max(_MIN_CHUNK_ROWS, int(_MIN_CHUNK_SECONDS / self._row_seconds) + 1)
-            chunk = min(self.max_batch, max(rows, -(-n // (4 * workers))))
+            per_thread = int(n * self._row_seconds / (workers * _CHUNK_SECONDS))
+            chunks = workers * min(_MAX_CHUNKS_PER_THREAD, max(1, per_thread))
+            chunk = min(self.max_batch, -(-n // chunks))
+            workers = min(workers, -(-n // chunk))
         out = np.empty((n, self._n_features), dtype=np.float32)
         starts = range(0, n, chunk)
         if workers == 1 or len(starts) == 1:
@@ -264,10 +274,28 @@ class Engine:
         if self._pool is None:
             with _POOL_LOCK:
                 if self._pool is None:
-                    self._pool = ThreadPoolExecutor(workers, thread_name_prefix="oodguard")
-        for _ in self._pool.map(lambda i: self._run_chunk(x[i : i + chunk], out[i : i + chunk]),
-                                starts):
-            pass
+                    self._pool = ThreadPoolExecutor(self.batch_threads - 1,
+                                                    thread_name_prefix="oodguard")
+        # The calling thread takes chunks too, next to workers - 1 pool threads: one thread
+        # fewer to wake per call.
+        pending = iter(starts)
+        take = threading.Lock()
+
+        def drain() -> None:
+            while True:
+                with take:
+                    i = next(pending, None)
+                if i is None:
+                    return
+                self._run_chunk(x[i : i + chunk], out[i : i + chunk])
+
+        helpers = [self._pool.submit(drain) for _ in range(workers - 1)]
+        try:
+            drain()
+        finally:  # never return (or raise) while a helper may still write into `out`
+            wait(helpers)
+        for h in helpers:
+            h.result()  # re-raise a helper's error
         return out
 
     def _run_timed(self, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
@@ -281,11 +309,12 @@ class Engine:
         return out
 
     def _workers_for(self, n: int) -> int:
-        if self.batch_threads == 1 or self._row_seconds == 0.0:
+        """Threads (the caller included) for a batch of ``n`` rows; 1 = run it unsplit."""
+        expected = n * self._row_seconds
+        if self.batch_threads == 1 or expected == 0.0 or expected < _PARALLEL_MIN_SECONDS:
             return 1
-        if n < 2 * _MIN_CHUNK_ROWS or n * self._row_seconds < _PARALLEL_MIN_SECONDS:
-            return 1
-        return self.batch_threads
+        useful = min(int(expected / _MIN_THREAD_SECONDS), n // _MIN_CHUNK_ROWS)
+        return max(1, min(self.batch_threads, useful))
 
     def close(self) -> None:
         """Stop the batch threads (if any were started); the engine stays usable."""

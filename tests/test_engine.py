@@ -58,6 +58,78 @@ def test_batch_threads_split_large_batches_and_agree(parts, x) -> None:  # type:
     np.testing.assert_allclose(got, serial, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("threads", "rows", "row_us", "want"),
+    [
+        (2, 256, 0.0, 1),  # no estimate yet: never split
+        (2, 256, 2.0, 1),  # 0.5 ms expected: below the split threshold
+        (2, 256, 4.0, 2),  # 1 ms: both threads
+        (1, 4096, 4.0, 1),  # one thread allowed
+        (16, 256, 4.0, 3),  # 1 ms over 16 threads: only 3 get >= 0.3 ms of work each
+        (16, 40, 100.0, 2),  # 4 ms, but 40 rows give only 2 chunks of >= 16 rows
+        (16, 65536, 4.0, 16),
+    ],
+)
+def test_split_rule_gives_each_thread_enough_work(parts, threads, rows, row_us, want) -> None:  # type: ignore[no-untyped-def]
+    eng = _engine(parts, batch_threads=threads)
+    eng._row_seconds = row_us * 1e-6
+    assert eng._workers_for(rows) == want
+
+
+def test_the_caller_runs_chunks_and_concurrent_callers_agree(parts, x) -> None:  # type: ignore[no-untyped-def]
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    serial = _engine(parts, batch_threads=1).run(x)
+    eng = _engine(parts, batch_threads=2)
+    eng._row_seconds = 1e-3  # every batch here is split
+    threads: set[str] = set()
+    run_chunk = eng._run_chunk
+
+    def spy(xc, out):  # type: ignore[no-untyped-def]
+        threads.add(threading.current_thread().name)
+        return run_chunk(xc, out)
+
+    eng._run_chunk = spy  # type: ignore[method-assign]
+    with ThreadPoolExecutor(4, thread_name_prefix="caller") as pool:
+        results = list(pool.map(lambda _: eng.run(x), range(12)))
+    eng.close()
+    for got in results:
+        np.testing.assert_allclose(got, serial, rtol=1e-5, atol=1e-6)
+    assert any(t.startswith("caller") for t in threads)  # callers take chunks themselves
+    assert any(t.startswith("oodguard") for t in threads)  # and hand some to the pool
+
+
+def test_an_error_in_a_chunk_propagates_after_every_chunk_finished(parts, x) -> None:  # type: ignore[no-untyped-def]
+    import threading
+    import time
+
+    eng = _engine(parts, batch_threads=2, max_batch=32)
+    eng._row_seconds = 1e-3
+    running = threading.Semaphore(0)
+    finished: list[int] = []
+    run_chunk = eng._run_chunk
+
+    failed: list[int] = []
+
+    def flaky(xc, out):  # type: ignore[no-untyped-def]
+        if threading.current_thread().name.startswith("oodguard"):
+            failed.append(len(xc))
+            raise RuntimeError("chunk failed")
+        running.release()
+        time.sleep(0.01)  # the caller's chunks are slow: the helper fails first
+        out = run_chunk(xc, out)
+        finished.append(len(xc))
+        return out
+
+    eng._run_chunk = flaky  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="chunk failed"):
+        eng.run(x)
+    eng.close()
+    # the caller drained every remaining chunk before run() raised
+    assert running.acquire(timeout=0) and sum(finished) + sum(failed) == len(x)
+
+
 def test_small_batches_stay_on_the_calling_thread(parts, x) -> None:  # type: ignore[no-untyped-def]
     eng = _engine(parts, batch_threads=4)
     eng.run(x[:1])

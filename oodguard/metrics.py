@@ -43,7 +43,6 @@ per process.
 
 from __future__ import annotations
 
-import bisect
 import logging
 import threading
 import time
@@ -132,42 +131,60 @@ def observe_many(child: Any, values: np.ndarray) -> None:
         buckets[i].inc(int(counts[i]))
 
 
-class _BatchChild:
-    """One labelled series of a :class:`BatchHistogram`."""
+# A series queues the batches it is given and folds them into its bucket counts when it is
+# scraped, or once this many batches or values wait (which bounds the memory they hold).
+_FOLD_BATCHES = 1024
+_FOLD_VALUES = 1 << 16
 
-    __slots__ = ("_bounds", "_bounds_list", "_counts", "_sum", "_lock", "created")
+
+class _BatchChild:
+    """One labelled series of a :class:`BatchHistogram`.
+
+    ``observe_many`` only queues a private copy of the values (one lock, one copy, one list
+    append); the bucket counts and the sum are brought up to date, in one vectorised pass over
+    everything queued, by :meth:`snapshot` (every scrape) or once ``_FOLD_BATCHES`` batches or
+    ``_FOLD_VALUES`` values wait. A scrape therefore sees every value observed before it, and
+    the guard's hot path does none of the bucketing.
+    """
+
+    __slots__ = ("_bounds", "_counts", "_sum", "_lock", "_queued", "_queued_values", "created")
 
     def __init__(self, bounds: np.ndarray) -> None:
         self._bounds = bounds
-        self._bounds_list = bounds.tolist()
         # one slot past the +Inf bucket: searchsorted puts NaN there, and NaN counts nowhere
         self._counts = np.zeros(len(bounds) + 1, dtype=np.int64)
         self._sum = 0.0
         self._lock = threading.Lock()
+        self._queued: list[np.ndarray] = []
+        self._queued_values = 0
         self.created = time.time()
 
     def observe_many(self, values: np.ndarray) -> None:
-        """Observe every value of a 1-D float64 array (NaN: no bucket, NaN sum, as ``observe``)."""
-        if len(values) <= _LOOP_MAX:  # bisect on a list beats numpy's fixed cost here
-            bounds, counts = self._bounds_list, self._counts
-            with self._lock:
-                for v in values.tolist():
-                    self._sum += v
-                    if v == v:
-                        counts[bisect.bisect_left(bounds, v)] += 1
-            return
-        # observe() puts v in the first bucket with v <= bound, which is searchsorted "left".
-        counts = np.bincount(np.searchsorted(self._bounds, values, side="left"),
-                             minlength=len(self._counts))
+        """Observe every value of a 1-D float array (NaN: no bucket, NaN sum, as ``observe``)."""
+        v = np.array(values, dtype=np.float64)  # a copy: the caller may change its array later
         with self._lock:
-            self._counts += counts
-            # The running sum continued left to right (cumsum is sequential, np.sum pairwise),
-            # so it equals observe()'s bit for bit.
-            with np.errstate(over="ignore", invalid="ignore"):  # inf - inf is NaN, as observe
-                self._sum = float(np.cumsum(np.concatenate(([self._sum], values)))[-1])
+            self._queued.append(v)
+            self._queued_values += len(v)
+            if len(self._queued) >= _FOLD_BATCHES or self._queued_values >= _FOLD_VALUES:
+                self._fold()
+
+    def _fold(self) -> None:
+        """Bring counts and sum up to date with the queue (the lock is held)."""
+        if not self._queued:
+            return
+        queued, self._queued, self._queued_values = self._queued, [], 0
+        # observe() puts v in the first bucket with v <= bound, which is searchsorted "left".
+        v = queued[0] if len(queued) == 1 else np.concatenate(queued)
+        self._counts += np.bincount(np.searchsorted(self._bounds, v, side="left"),
+                                    minlength=len(self._counts))
+        # The running sum continued left to right, in the order the batches were queued
+        # (cumsum is sequential, np.sum pairwise): it equals observe()'s bit for bit.
+        with np.errstate(over="ignore", invalid="ignore"):  # inf - inf is NaN, as observe
+            self._sum = float(np.cumsum(np.concatenate(([self._sum], v)))[-1])
 
     def snapshot(self) -> tuple[np.ndarray, float]:
         with self._lock:
+            self._fold()
             return self._counts[:-1].copy(), self._sum
 
 
@@ -175,10 +192,11 @@ class BatchHistogram:
     """A histogram family with one label, ``guard``, fed a whole batch per call.
 
     A collector (``registry.register``), not a ``prometheus_client.Histogram``: the counts live
-    in a numpy array per series and one lock is taken per batch instead of one per touched
-    bucket. The exposition (``_bucket``, ``_count``, ``_sum`` — left out when the first bound
-    is negative, as ``Histogram`` does — and ``_created``) is that of a ``Histogram`` observed
-    value by value. Single-process mode only (see the module docstring).
+    in a numpy array per series, one lock is taken per batch instead of one per touched bucket,
+    and the bucketing itself waits for the scrape (see ``_BatchChild``). The exposition
+    (``_bucket``, ``_count``, ``_sum`` — left out when the first bound is negative, as
+    ``Histogram`` does — and ``_created``) is that of a ``Histogram`` observed value by value.
+    Single-process mode only (see the module docstring).
     """
 
     def __init__(

@@ -127,6 +127,13 @@ class _Plan:
         self.lam_neg = 2.0 - s.lambdas
         self.log_branch = _log_branch(s.lambdas)
         self.all_one_sided = bool((s.direction != 0).all())
+        self.direction = s.direction
+        self.two_sided = s.direction == 0
+        self.signed_mul = self.post_mul * s.direction  # d·z = t·(d·post_mul) + d·post_add,
+        self.signed_add = self.post_add * s.direction  # exactly: d is ±1
+        n = len(s.calibration_scores)
+        # p = (1 + #{cal >= s}) / (n + 1) for each possible count, indexed by #{cal < s}
+        self.p_table = (1.0 + (n - np.arange(n + 1, dtype=np.float64))) / (n + 1.0)
         # The same transform as plain Python floats, for batches of a few rows, where numpy's
         # per-call cost is most of the work (tested equal to the numpy path).
         self.scalar = s.combine == "max" and not self.log_branch
@@ -174,20 +181,46 @@ class _Plan:
             out.append(best if best == best and best != -_INF else _INF)
         return out
 
+    def _pre_power(self, features: np.ndarray) -> np.ndarray:
+        """``y [N, U]``: the used features, logged where fitted so, and robustly scaled."""
+        y = np.take(features, self.used, axis=1).astype(np.float64)
+        if len(self.log_idx) == y.shape[1]:
+            y += self.log_off
+            np.log(y, out=y)
+        elif len(self.log_idx):
+            y[:, self.log_idx] = np.log(y[:, self.log_idx] + self.log_off)
+        y *= self.pre_mul
+        y += self.pre_add
+        return y
+
     def standardize(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(z [N, U], bad [N])``: bad rows have a non-finite (pre-power) value somewhere."""
-        f = np.take(features, self.used, axis=1).astype(np.float64)
-        if len(self.log_idx) == f.shape[1]:
-            f += self.log_off
-            np.log(f, out=f)
-        elif len(self.log_idx):
-            f[:, self.log_idx] = np.log(f[:, self.log_idx] + self.log_off)
-        y = f * self.pre_mul + self.pre_add
+        y = self._pre_power(features)
         bad = ~np.isfinite(y).all(axis=1)
         t = _yeo_johnson(y, self.lam_pos, self.lam_neg, self.log_branch)
         t *= self.post_mul
         t += self.post_add
         return t, bad
+
+    def max_score(self, features: np.ndarray) -> np.ndarray:
+        """``combine="max"`` scores with the fewest numpy calls (the guard's hot path): the
+        direction folded into the last scaling, and the non-finite checks done on two sums —
+        a sum is finite only if every term is — with the exact row masks only when one is not.
+        Equal to the general path (tested)."""
+        y = self._pre_power(features)
+        t = _yeo_johnson(y, self.lam_pos, self.lam_neg, self.log_branch)
+        if self.all_one_sided:
+            t *= self.signed_mul
+            t += self.signed_add
+        else:
+            t *= self.post_mul
+            t += self.post_add
+            t = np.where(self.two_sided, np.abs(t), self.direction * t)
+        s = t.ravel() if t.shape[1] == 1 else t.max(axis=1)
+        if not (math.isfinite(float(y.sum())) and math.isfinite(float(s.sum()))):
+            # an infinite feature can map to a finite z: flag rows by y as well as by s
+            s[~np.isfinite(y).all(axis=1) | ~np.isfinite(s)] = np.inf
+        return s
 
 
 def _vec(d: Mapping[str, Any], key: str, n: int) -> np.ndarray:
@@ -315,6 +348,8 @@ class Scorer:
         plan = self._plan
         if plan.scalar and len(features) <= _SCALAR_ROWS:
             return np.asarray(plan.score_rows(np.asarray(features)), dtype=np.float64)
+        if self.combine == "max":
+            return plan.max_score(features)
         z, bad = plan.standardize(features)
         parts = []
         if self.combine in ("max", "max_mahalanobis"):
@@ -335,8 +370,10 @@ class Scorer:
         return s
 
     def p_value(self, scores: np.ndarray) -> np.ndarray:
-        """Conformal p-values of scores (small = unusual for in-distribution data)."""
-        return conformal_p_values(self.calibration_scores, scores)
+        """Conformal p-values of scores (small = unusual for in-distribution data); the same
+        numbers as :func:`conformal_p_values`, read from a table of the ``n + 1`` possible
+        values."""
+        return self._plan.p_table[np.searchsorted(self.calibration_scores, scores, side="left")]
 
     def to_dict(self) -> dict[str, Any]:
         """The ``calibration.json`` document."""

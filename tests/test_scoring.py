@@ -149,3 +149,58 @@ def test_scalar_path_equals_numpy_path(two_sided_and_one_sided, rows) -> None:  
         fin = np.isfinite(big)
         np.testing.assert_allclose(small[fin], big[fin], rtol=1e-9, atol=1e-9)
         assert not np.isnan(small).any() and not np.isnan(big).any()
+
+
+def _only_first_feature(scorer: Scorer) -> Scorer:
+    doc = scorer.to_dict()
+    for key in ("log_offset", "pre_center", "pre_scale", "lambdas", "post_center", "post_scale",
+                "direction", "used_features"):
+        doc[key] = doc[key][:1]
+    return Scorer.from_dict(doc, NAMES)
+
+
+def _general_max(scorer: Scorer, f: np.ndarray) -> np.ndarray:
+    """The combine="max" score the long way: standardize, signed z, max, non-finite masks."""
+    with np.errstate(all="ignore"):
+        z, bad = scorer._plan.standardize(f)
+        d = scorer.direction
+        s = np.where(d == 0, np.abs(z), d * z).max(axis=1)
+        s[bad | ~np.isfinite(s)] = np.inf
+    return s
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32),
+                                        st.floats(-1e3, 1e3), st.floats(0, 1)),
+                              min_size=4, max_size=4),
+                     min_size=5, max_size=40))
+def test_fast_max_score_equals_the_general_path(two_sided_and_one_sided, rows) -> None:  # type: ignore[no-untyped-def]
+    """The hot path (direction folded into the scaling, non-finite checks on sums) gives the
+    same scores bit for bit, +inf for the same rows, with one or several features, one- and
+    two-sided; and the p-value table gives the formula's numbers."""
+    f = np.asarray(rows, dtype=np.float32)
+    scorers = [*two_sided_and_one_sided, *map(_only_first_feature, two_sided_and_one_sided)]
+    assert any(not sc._plan.all_one_sided for sc in scorers)  # both kinds are exercised
+    assert any(sc._plan.all_one_sided for sc in scorers)
+    for scorer in scorers:
+        got, want = scorer.score(f), _general_max(scorer, f)
+        assert np.array_equal(got, want), (got, want)
+        np.testing.assert_array_equal(scorer.p_value(got),
+                                      conformal_p_values(scorer.calibration_scores, got))
+
+
+@pytest.mark.parametrize("rows", [3, 12])  # the plain-Python path and the numpy path
+def test_inf_feature_scores_inf_where_transform_is_finite(two_sided_and_one_sided, rows) -> None:  # type: ignore[no-untyped-def]
+    """With λ < 0, Yeo–Johnson maps y = +inf to the finite 1/|λ|, so checking only the final
+    score would let an infinite feature through as an ordinary value."""
+    doc = two_sided_and_one_sided[0].to_dict()
+    doc["lambdas"] = [-1.0] * len(doc["lambdas"])
+    scorer = Scorer.from_dict(doc, NAMES)
+    f = np.abs(_features(rows, 7)).astype(np.float32)
+    with np.errstate(all="ignore"):
+        y = scorer._plan._pre_power(np.where(np.isfinite(f), np.inf, f))
+        t = yeo_johnson(y, scorer.lambdas)
+    assert np.isfinite(t).all()  # the premise: +inf goes through the power as a finite number
+    f[1, scorer.used[0]] = np.inf
+    s = scorer.score(f)
+    assert np.isinf(s[1]) and np.isfinite(np.delete(s, 1)).all()

@@ -140,7 +140,7 @@ def overhead(
                 "metrics": lambda s=score, p=p, m=guard.metrics: m.observe_check(
                     s, p, 0, engine_s=1e-3, scoring_s=1e-4, total_s=1.1e-3),
             }
-            lat = time_interleaved(fns, budget_s=budget, rounds=5)
+            lat = time_interleaved(fns, budget_s=budget, rounds=100, min_calls=1)
             med = {k: float(np.median(v)) * 1e6 for k, v in lat.items()}
             extra = med["check"] - med["engine"]
             row = {"batch": n, **{f"{k}_us": v for k, v in med.items()},

@@ -287,7 +287,7 @@ class Engine:
                     i = next(pending, None)
                 if i is None:
                     return
-                self._run_chunk(x[i : i + chunk], out[i : i + chunk])
+                self._run_timed(x[i : i + chunk], out[i : i + chunk])
 
         helpers = [self._pool.submit(drain) for _ in range(workers - 1)]
         try:
@@ -299,7 +299,10 @@ class Engine:
         return out
 
     def _run_timed(self, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
-        """A single-threaded run that also updates the seconds-per-row estimate."""
+        """A single-threaded run (alone, or one chunk of a split batch) that also updates the
+        seconds-per-row estimate. Chunks of split batches update it too, so that it keeps
+        following the machine once every batch is split (the first, cold call alone measured
+        twice the warm per-row time). Concurrent updates may lose one: it is an estimate."""
         t0 = time.perf_counter()
         out = self._run_chunk(x, out)
         if len(x) >= _MIN_CHUNK_ROWS:

@@ -73,13 +73,14 @@ def validate_batch(
             f"shape {spec.shape}",
             reason="shape",
         )
-    with np.errstate(over="ignore"):  # out-of-range float64 becomes inf, flagged below
-        x32 = np.ascontiguousarray(x, dtype=np.float32)
-    if len(x32) == 0:
+    if x.dtype == np.float32:
+        x32 = np.ascontiguousarray(x)
+    else:
+        with np.errstate(over="ignore"):  # out-of-range float64 becomes inf, flagged below
+            x32 = np.ascontiguousarray(x, dtype=np.float32)
+    if len(x32) == 0 or np.isfinite(x32).all():  # the common case in one pass
         return x32, None
     finite_rows = np.isfinite(x32.reshape(len(x32), -1)).all(axis=1)
-    if finite_rows.all():
-        return x32, None
     bad = np.flatnonzero(~finite_rows)
     if nonfinite == "raise":
         shown = ", ".join(map(str, bad[:10])) + (" …" if len(bad) > 10 else "")

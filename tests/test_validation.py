@@ -65,3 +65,12 @@ def test_any_float_values_are_scored(guard, arr) -> None:  # type: ignore[no-unt
 def test_non_arrays(guard, obj) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidInputError):
         guard.check(obj)
+
+
+def test_byte_order_and_layout_do_not_change_the_scores(guard, data) -> None:  # type: ignore[no-untyped-def]
+    """Big-endian and non-contiguous float32 go through the cast path; scores are the same."""
+    x = np.ascontiguousarray(data["test"][:20], dtype=np.float32)
+    want = guard.check(x).score
+    np.testing.assert_array_equal(guard.check(x.astype(">f4")).score, want)
+    np.testing.assert_array_equal(guard.check(np.asfortranarray(x)).score, want)
+    np.testing.assert_array_equal(guard.check(np.repeat(x, 2, axis=0)[::2]).score, want)

@@ -43,8 +43,9 @@ _CHUNK_BUDGET_BYTES = 256 << 20
 # _MAX_CHUNKS_PER_THREAD chunks of at least _CHUNK_SECONDS for large batches (balance when
 # other work holds a core). Every session.run has a fixed cost (~70 µs for the demo graph),
 # so fewer, larger chunks win otherwise. Measured on 2 cores against the earlier rule (split
-# at >= 4 ms into chunks of >= 1 ms, up to 4 per thread): 128 rows 0.51 vs 0.62 ms, 256 rows
-# 0.73 vs 1.08, 512 rows 1.22 vs 2.00, 1024 rows 2.17 vs 2.58, 4096 rows equal.
+# at >= 4 ms into chunks of >= 1 ms, up to 4 per thread; demo graph, T = 32): 128 rows 0.505 vs
+# 0.613 ms, 256 rows 0.732 vs 1.082, 512 rows 1.225 vs 2.031, 1024 rows 2.182 vs 2.595, 4096
+# rows equal. (On this shared VM a split ~1 ms batch sometimes runs at the unsplit speed.)
 # The expectation comes from the engine's own single-threaded calls (seconds per row), so
 # the rule fits a 64-input autoencoder and a 784-input one alike without knowing their FLOPs.
 _PARALLEL_MIN_SECONDS = 0.6e-3

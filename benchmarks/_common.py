@@ -138,13 +138,12 @@ def measure_sgemm(threads: int, *, n: int = 2048, budget_s: float = 2.0) -> dict
     if threads > 1 and intra is not None:
         from concurrent.futures import ThreadPoolExecutor
 
-        singles = [_ort_matmul(n, 1) for _ in range(threads)]
+        singles = [f for f in (_ort_matmul(n, 1) for _ in range(threads)) if f is not None]
         pairs = [(rng.standard_normal((n, n), dtype=np.float32), b) for _ in range(threads)]
         pool = ThreadPoolExecutor(threads)
 
         def side_by_side() -> Any:  # onnxruntime releases the GIL while it runs
-            futures = [pool.submit(f, x, y) for f, (x, y) in zip(singles, pairs, strict=True)
-                       if f is not None]
+            futures = [pool.submit(f, x, y) for f, (x, y) in zip(singles, pairs, strict=True)]
             return [f.result() for f in futures]
 
         fns["onnxruntime_split"] = side_by_side

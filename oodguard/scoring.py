@@ -96,9 +96,14 @@ def wilson_hilferty(d2: np.ndarray, dof: int) -> np.ndarray:
 
 def conformal_p_values(calibration_scores: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """``p = (1 + #{c ≥ s}) / (n + 1)`` for each score, against sorted calibration scores."""
-    n = len(calibration_scores)
-    ge = n - np.searchsorted(calibration_scores, scores, side="left")
-    return (1.0 + ge) / (n + 1.0)
+    return _p_table(len(calibration_scores))[
+        np.searchsorted(calibration_scores, scores, side="left")
+    ]
+
+
+def _p_table(n: int) -> np.ndarray:
+    """The ``n + 1`` possible p-values, indexed by ``#{c < s}``: ``(1 + n − k) / (n + 1)``."""
+    return (1.0 + (n - np.arange(n + 1, dtype=np.float64))) / (n + 1.0)
 
 
 def score_threshold(sorted_cal: np.ndarray, alpha: float) -> float:
@@ -131,9 +136,7 @@ class _Plan:
         self.two_sided = s.direction == 0
         self.signed_mul = self.post_mul * s.direction  # d·z = t·(d·post_mul) + d·post_add,
         self.signed_add = self.post_add * s.direction  # exactly: d is ±1
-        n = len(s.calibration_scores)
-        # p = (1 + #{cal >= s}) / (n + 1) for each possible count, indexed by #{cal < s}
-        self.p_table = (1.0 + (n - np.arange(n + 1, dtype=np.float64))) / (n + 1.0)
+        self.p_table = _p_table(len(s.calibration_scores))  # conformal_p_values, precomputed
         # The same transform as plain Python floats, for batches of a few rows, where numpy's
         # per-call cost is most of the work (tested equal to the numpy path).
         self.scalar = s.combine == "max" and not self.log_branch

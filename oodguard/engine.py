@@ -315,7 +315,7 @@ class Engine:
     def _workers_for(self, n: int) -> int:
         """Threads (the caller included) for a batch of ``n`` rows; 1 = run it unsplit."""
         expected = n * self._row_seconds
-        if self.batch_threads == 1 or expected == 0.0 or expected < _PARALLEL_MIN_SECONDS:
+        if self.batch_threads == 1 or expected < _PARALLEL_MIN_SECONDS:  # 0 = no estimate yet
             return 1
         useful = min(int(expected / _MIN_THREAD_SECONDS), n // _MIN_CHUNK_ROWS)
         return max(1, min(self.batch_threads, useful))

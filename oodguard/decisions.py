@@ -1,0 +1,57 @@
+"""Batch decisions from conformal p-values: the per-row test and Benjamini–Hochberg.
+
+Flagging ``p ≤ alpha`` row by row bounds the false-positive rate of each in-distribution input
+by ``alpha``. In a batch of many rows that may hold several OOD inputs, an operator often wants
+instead to bound the *false discovery rate* — the expected share of in-distribution rows among
+the flagged ones. Conformal p-values of exchangeable in-distribution rows that share one
+calibration set are positively dependent (PRDS; Bates et al., *Testing for outliers with
+conformal p-values*, Ann. Statist. 2023), so the Benjamini–Hochberg step-up procedure controls
+the FDR at ``q`` over the rows of one batch.
+
+Pure numpy; scores and p-values come from :class:`oodguard.scoring.Scorer`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["benjamini_hochberg"]
+
+
+def benjamini_hochberg(p_values: np.ndarray, q: float) -> np.ndarray:
+    """Rows rejected (flagged OOD) by the Benjamini–Hochberg step-up procedure at level ``q``.
+
+    With the p-values sorted ascending ``p_(1) ≤ … ≤ p_(m)``, let ``k`` be the largest ``i``
+    with ``p_(i) ≤ q·i/m``; the ``k`` rows with the smallest p-values are rejected (none when
+    no such ``i`` exists).
+
+    Parameters
+    ----------
+    p_values : ndarray of float, shape (m,)
+        One p-value per row, each in [0, 1]. NaN is refused.
+    q : float
+        Target false discovery rate, in (0, 1).
+
+    Returns
+    -------
+    ndarray of bool, shape (m,)
+        True for rejected rows (OOD), in the input's row order. The decision of a row depends
+        on the whole batch: the same row may be flagged in one batch and not in another.
+    """
+    if isinstance(q, bool) or not isinstance(q, (int, float, np.floating)) or not 0.0 < q < 1.0:
+        raise ValueError(f"The FDR level q must be a float in (0, 1). Got {q!r} instead.")
+    p = np.asarray(p_values, dtype=np.float64)
+    if p.ndim != 1:
+        raise ValueError(f"p_values must be one-dimensional. Got shape {p.shape}")
+    if np.isnan(p).any():
+        raise ValueError("p_values holds NaN; every row needs a p-value in [0, 1]")
+    m = len(p)
+    out = np.zeros(m, dtype=bool)
+    if m == 0:
+        return out
+    order = np.argsort(p, kind="stable")
+    below = p[order] <= q * np.arange(1, m + 1) / m
+    if below.any():
+        k = int(np.flatnonzero(below)[-1]) + 1
+        out[order[:k]] = True
+    return out

@@ -11,11 +11,12 @@ from oodguard.calibration.calibrate import (
     fit_scorer,
     required_samples,
 )
-from oodguard.calibration.evaluation import auroc, fpr_at_tpr, roc_curve
+from oodguard.calibration.evaluation import aupr, auroc, fpr_at_tpr, roc_curve
 from oodguard.calibration.scorer import fit_transform
 
 __all__ = [
     "CalibrationReport",
+    "aupr",
     "auroc",
     "calibrate",
     "fit_scorer",

@@ -91,7 +91,7 @@ def select_features(
     groups : index arrays into ``z_ref``, one per kind of reference input; default one group
     """
     u = z_id.shape[1]
-    a = np.array([auroc(z_id[:, j], z_ref[:, j]) for j in range(u)])
+    a = np.array([auroc(scores_in=z_id[:, j], scores_out=z_ref[:, j]) for j in range(u)])
     direction = np.where(a >= 0.5, 1.0, -1.0)
     parts = list(groups) if groups is not None else [np.arange(len(z_ref))]
 
@@ -100,10 +100,10 @@ def select_features(
 
     def per_group(sel: list[int]) -> np.ndarray:
         s_id = signed(z_id, sel)
-        return np.array([auroc(s_id, signed(z_ref[g], sel)) for g in parts])
+        return np.array([auroc(scores_in=s_id, scores_out=signed(z_ref[g], sel)) for g in parts])
 
     def pooled(sel: list[int]) -> float:
-        return auroc(signed(z_id, sel), signed(z_ref, sel))
+        return auroc(scores_in=signed(z_id, sel), scores_out=signed(z_ref, sel))
 
     chosen = [int(np.argmax(np.abs(a - 0.5)))]
     best, best_groups = pooled(chosen), per_group(chosen)

@@ -51,7 +51,7 @@ def plot_all(
     fig, axes = plt.subplots(nrow, ncol, figsize=(10, 4.5 * nrow), squeeze=False)
     for ax, name in zip(axes.flat, sets, strict=False):
         for score in scores_in:
-            fpr, tpr = roc_curve(scores_in[score], scores_out[name][score])
+            fpr, tpr = roc_curve(scores_in=scores_in[score], scores_out=scores_out[name][score])
             main = score in ("combined", "recon_error")
             ax.plot(fpr, tpr, lw=2.2 if main else 0.8, alpha=1.0 if main else 0.6,
                     label=f"{score} ({aurocs[name][score]:.3f})")

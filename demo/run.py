@@ -70,8 +70,9 @@ def resampled_check(
         s_test = scorer.score(feats[test])
         fprs.append(float((scorer.p_value(s_test) <= alpha).mean()))
         for k, f in ood_feats.items():
-            combined[k].append(auroc(s_test, scorer.score(f)))
-            best[k].append(max(auroc(feats[test][:, j], f[:, j]) for j in range(len(names))))
+            combined[k].append(auroc(scores_in=s_test, scores_out=scorer.score(f)))
+            best[k].append(max(auroc(scores_in=feats[test][:, j], scores_out=f[:, j])
+                               for j in range(len(names))))
     fpr = np.asarray(fprs)
     return {
         "splits": splits,
@@ -156,8 +157,8 @@ def run_demo(
             else:
                 tpr = float((conformal_p_values(feature_cal[score], values) <= alpha).mean())
             entry[score] = {
-                "auroc": round(auroc(s_in[score], values), 4),
-                "fpr95": round(fpr_at_tpr(s_in[score], values), 4),
+                "auroc": round(auroc(scores_in=s_in[score], scores_out=values), 4),
+                "fpr95": round(fpr_at_tpr(scores_in=s_in[score], scores_out=values), 4),
                 "tpr_at_threshold": round(tpr, 4),
             }
         best = max(names, key=lambda n: entry[n]["auroc"])

@@ -11,14 +11,18 @@ from oodguard.calibration.calibrate import (
     fit_scorer,
     required_samples,
 )
+from oodguard.calibration.evaluate import EvaluationReport, OODSetEvaluation, evaluate
 from oodguard.calibration.evaluation import aupr, auroc, fpr_at_tpr, roc_curve
 from oodguard.calibration.scorer import fit_transform
 
 __all__ = [
     "CalibrationReport",
+    "EvaluationReport",
+    "OODSetEvaluation",
     "aupr",
     "auroc",
     "calibrate",
+    "evaluate",
     "fit_scorer",
     "fit_transform",
     "fpr_at_tpr",

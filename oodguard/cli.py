@@ -158,6 +158,112 @@ def _calibrate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _ood_arg(value: str) -> tuple[str, Path]:
+    """Parse ``--ood NAME=PATH``."""
+    name, sep, path = value.partition("=")
+    if not sep or not name.strip() or not path:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=PATH (e.g. --ood noise=noise.npy), got {value!r}")
+    return name.strip(), Path(path)
+
+
+def _alpha_arg(value: str) -> float:
+    try:
+        alpha = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {value!r}") from None
+    if not 0.0 < alpha < 1.0:
+        raise argparse.ArgumentTypeError(f"alpha must lie in (0, 1), got {value}")
+    return alpha
+
+
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", type=Path, help="a calibrated bundle")
+    p.add_argument("--in", dest="inputs", type=Path, required=True, metavar="ID",
+                   help="in-distribution inputs not used for calibration (.npy, .npz, IDX "
+                        "file or image folder)")
+    p.add_argument("--ood", type=_ood_arg, action="append", required=True, metavar="NAME=PATH",
+                   help="an OOD set (repeat for several)")
+    p.add_argument("--out", type=Path, default=Path("oodguard-evaluation"),
+                   help="folder for evaluation.json and the plots")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty --out folder that is not a previous evaluation")
+    p.add_argument("--alpha", type=_alpha_arg, help="target false-positive rate "
+                   "(default: the calibrated one)")
+    p.add_argument("--key", help="array name inside .npz files")
+    p.add_argument("--scale", type=float, default=None,
+                   help="divide the values by this (e.g. 255 for uint8 images), as in training")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--providers", default="auto")
+
+
+def _evaluation_out(out: Path, overwrite: bool) -> str | None:
+    """Why ``out`` must not be written to, or None. A previous evaluation (its
+    ``evaluation.json`` carries the ``oodguard_evaluation`` marker) may be replaced."""
+    if out.exists() and not out.is_dir():
+        return f"--out {out} is a file, not a folder"
+    if not out.is_dir() or overwrite or not any(out.iterdir()):
+        return None
+    try:
+        previous = json.loads((out / "evaluation.json").read_text())
+    except (OSError, ValueError):
+        previous = None
+    if isinstance(previous, dict) and "oodguard_evaluation" in previous:
+        return None
+    return (f"--out {out} is a non-empty folder that holds no previous evaluation; "
+            "pick another folder or pass --overwrite to write into it")
+
+
+@command("evaluate", _evaluate_args)
+def _evaluate(a: argparse.Namespace) -> int:
+    """Measure detection (AUROC, AUPR, FPR95, the calibrated operating point) on your data."""
+    from oodguard.bundle import read_bundle
+    from oodguard.errors import NotCalibratedError
+
+    names = [name for name, _ in a.ood]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        print(f"oodguard evaluate: --ood names must be unique; {dup} given more than once",
+              file=sys.stderr)
+        return 2
+    problem = _evaluation_out(a.out, a.overwrite)
+    if problem:
+        print(f"oodguard evaluate: {problem}", file=sys.stderr)
+        return 2
+    for flag, path in [("--in ", a.inputs)] + [(f"--ood {n}=", p) for n, p in a.ood]:
+        if not path.exists():
+            raise FileNotFoundError(f"{flag}{path}: no such file or folder")
+    ev = _optional("oodguard.calibration.evaluate", "evaluate", "calibrate")
+    if not a.no_plots:
+        plots = _optional("oodguard.calibration.evaluation_plots", "evaluate", "demo")
+        _optional("matplotlib", "evaluate", "demo")
+    bundle = read_bundle(a.bundle)
+    if not bundle.calibrated:
+        raise NotCalibratedError(
+            f"bundle {a.bundle} is not calibrated; run `oodguard calibrate {a.bundle} "
+            "VALIDATION_INPUTS` first, then evaluate")
+    shape = bundle.manifest.input.shape
+    logging.getLogger(__name__).info("loading %s and %d OOD set(s)", a.inputs, len(a.ood))
+    x_in = _load_inputs(a, shape)
+    ood = {n: _load_inputs(argparse.Namespace(**{**vars(a), "inputs": p}), shape)
+           for n, p in a.ood}
+    from oodguard.guard import Guard
+
+    guard = Guard(bundle, providers=a.providers, registry=None)
+    report = ev.evaluate(guard, x_in, ood, alpha=a.alpha)
+    doc = report.to_dict()
+    doc["inputs"] = {"bundle": str(a.bundle), "in": str(a.inputs),
+                     "ood": {n: str(p) for n, p in a.ood}, "scale": a.scale}
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "evaluation.json").write_text(json.dumps(doc, indent=2) + "\n")
+    written = [a.out / "evaluation.json"]
+    if not a.no_plots:
+        written += plots.plot_evaluation(report, a.out)
+    print(report.table())
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
 def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", type=Path)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")

@@ -142,3 +142,30 @@ def test_refused_inputs(bundle, raw_bundle, data) -> None:  # type: ignore[no-un
         evaluate(bundle, x, ood, alpha=1.0)
     with pytest.raises(NotCalibratedError, match="calibrate it first"):
         evaluate(raw_bundle, x, ood)
+
+
+@pytest.mark.parametrize("n_sets", [1, 3])
+def test_plots_with_one_or_three_sets_and_infinite_scores(tmp_path, n_sets) -> None:  # type: ignore[no-untyped-def]
+    """Odd layouts (one panel; an empty fourth panel) and a set scored +inf throughout (every
+    row non-finite) still give readable PNGs."""
+    pytest.importorskip("matplotlib")
+    from oodguard.calibration import OODSetEvaluation
+    from oodguard.calibration.evaluation_plots import PLOT_FILES, plot_evaluation
+
+    rng = np.random.default_rng(0)
+    s_in = rng.normal(size=200)
+    sets = tuple(
+        OODSetEvaluation(name=f"set{i}", n=50, auroc=0.9, aupr_in=0.9, aupr_out=0.9, fpr95=0.3,
+                         tpr_at_threshold=0.5,
+                         scores=np.full(50, np.inf) if i == 0 else rng.normal(2, 1, 50))
+        for i in range(n_sets)
+    )
+    report = EvaluationReport(
+        alpha=0.05, threshold=1.6, n_calibration=100, fpr_at_threshold=0.05, ks_statistic=0.05,
+        ks_pvalue=0.7, ks_calibration_statistic=0.06, ks_calibration_pvalue=0.8, scores_in=s_in,
+        p_values_in=rng.uniform(size=200), ood_sets=sets,
+    )
+    paths = plot_evaluation(report, tmp_path)
+    assert [p.name for p in paths] == list(PLOT_FILES)
+    for p in paths:
+        assert p.read_bytes().startswith(b"\x89PNG") and p.stat().st_size > 10_000

@@ -203,7 +203,7 @@ def _ks_tests(
     even for exchangeable data. The second test asks the same question (do these inputs come
     from the calibration distribution?) with both sample sizes accounted for.
     """
-    from scipy.stats import kstest  # scipy comes with scikit-learn (the calibrate extra)
+    from scipy.stats import kstest  # the calibrate extra (scikit-learn needs it too)
 
     one = kstest(p_in, "uniform")
     finite = scores_in[np.isfinite(scores_in)]

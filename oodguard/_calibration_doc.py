@@ -28,10 +28,9 @@ _LAMBDA_BOUND = 1e3
 _MAHA_BOUND = 1e12
 
 
-def _vec(d: Mapping[str, Any], key: str, n: int, lo: float = -_INF, hi: float = _INF,
-         *, lo_open: bool = False) -> np.ndarray:
-    """``d[key]`` as float64 ``[n]``: a JSON array of ``n`` finite numbers in ``[lo, hi]``
-    (``(lo, hi]`` with ``lo_open``); ValueError naming the field otherwise."""
+def _vec(d: Mapping[str, Any], key: str, n: int, lo: float = -_INF, hi: float = _INF) -> np.ndarray:
+    """``d[key]`` as float64 ``[n]``: a JSON array of ``n`` finite numbers in ``[lo, hi]``;
+    ValueError naming the field otherwise."""
     v = d[key]
     if not isinstance(v, list) or any(
         isinstance(x, bool) or not isinstance(x, (int, float)) for x in v
@@ -40,13 +39,12 @@ def _vec(d: Mapping[str, Any], key: str, n: int, lo: float = -_INF, hi: float = 
     a = np.asarray(v, dtype=np.float64)
     if a.shape != (n,):
         raise ValueError(f"{key} must have {n} values, got shape {a.shape}")
-    bad = ~np.isfinite(a) | (a < lo) | (a > hi) | ((a == lo) if lo_open else False)
+    bad = ~np.isfinite(a) | (a < lo) | (a > hi)
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
-        side = "(" if lo_open else "["
         raise ValueError(
-            f"{key}[{k}] = {a[k]!r} is outside its domain {side}{lo:g}, {hi:g}]: the file was "
-            "corrupted or edited"
+            f"{key}[{k}] = {float(a[k])!r} is outside its domain [{lo:g}, {hi:g}]: the file "
+            "was corrupted or edited"
         )
     return a
 
@@ -87,6 +85,9 @@ def scorer_fields(d: Mapping[str, Any], feature_names: Sequence[str]) -> dict[st
         raise TypeError("used_features must be an array of feature names")
     if len(set(used_names)) != len(used_names):
         raise ValueError(f"used_features must be unique, got {used_names}")
+    unknown = [n for n in used_names if n not in names]
+    if unknown:
+        raise ValueError(f"used_features names unknown features {unknown[:5]}")
     used = np.asarray([names.index(n) for n in used_names], dtype=np.intp)
     u = len(used)
     if u == 0:
@@ -140,9 +141,12 @@ def scorer_fields(d: Mapping[str, Any], feature_names: Sequence[str]) -> dict[st
     if len(offsets_raw) != u:
         raise ValueError(f"log_offset must have {u} values, got {len(offsets_raw)}")
     for k, v in enumerate(offsets_raw):
-        if v is not None:  # null: no logarithm for that feature
-            _vec({f"log_offset[{k}]": [v]}, f"log_offset[{k}]", 1, 0.0, _SCALE_RANGE[1],
-                 lo_open=True)
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if v is not None and not (number and 0.0 < v <= _SCALE_RANGE[1]):
+            raise ValueError(
+                f"log_offset[{k}] = {v!r:.40} is outside its domain (0, {_SCALE_RANGE[1]:g}] "
+                "(null where no logarithm is taken): the file was corrupted or edited"
+            )
     offsets = np.asarray([np.nan if v is None else v for v in offsets_raw], dtype=np.float64)
     info = d.get("info", {})
     if not isinstance(info, Mapping):

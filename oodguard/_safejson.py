@@ -2,7 +2,9 @@
 
 ``json.loads`` alone is not total on hostile input: a 5 000-digit integer raises ``ValueError``
 (Python's int-from-string limit), deep nesting raises ``RecursionError``, and ``NaN``,
-``Infinity`` or ``1e999`` parse to non-finite floats. :func:`load_object` refuses all of these
+``Infinity`` or ``1e999`` parse to non-finite floats. Integers longer than
+``MAX_NUMBER_CHARS`` are refused before conversion; floats are parsed by the C scanner (any
+length converts, linearly) and checked finite afterwards. :func:`load_object` refuses all of these
 — and duplicate keys, which would make two readers disagree on a document — with a
 ``BundleError`` that names the file, and bounds the nesting depth of what it returns.
 :func:`get`, :func:`int_in` and :func:`str_map` read typed fields from a parsed document,
@@ -36,17 +38,6 @@ def _int(text: str) -> int:
     return int(text)
 
 
-def _float(text: str) -> float:
-    if len(text) > MAX_NUMBER_CHARS:
-        raise _Refused(
-            f"a number of {len(text)} characters (at most {MAX_NUMBER_CHARS} are allowed)"
-        )
-    value = float(text)
-    if not math.isfinite(value):
-        raise _Refused(f"the number {text}, which overflows a float64 to infinity")
-    return value
-
-
 def _constant(text: str) -> Any:
     raise _Refused(f"{text}; numbers in a bundle must be finite (JSON has no NaN or Infinity)")
 
@@ -60,23 +51,30 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return d
 
 
-def _depth(doc: Any) -> int:
-    """Nesting depth of a parsed document (iterative: a deep document cannot recurse here)."""
+def _walk(doc: Any) -> int:
+    """Nesting depth of a parsed document, checking that every float is finite (``1e999``
+    parses to inf). Iterative: a deep document cannot recurse here."""
+    if not isinstance(doc, (dict, list)):
+        _finite(doc)
+        return 0
     deepest = 0
     stack = [(doc, 1)]
     while stack:
         node, depth = stack.pop()
-        if isinstance(node, dict):
-            children: Any = node.values()
-        elif isinstance(node, list):
-            children = node
-        else:
-            continue
         deepest = max(deepest, depth)
         if depth > MAX_DEPTH:
             break
-        stack.extend((child, depth + 1) for child in children)
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+            elif isinstance(child, float) and not math.isfinite(child):
+                _finite(child)
     return deepest
+
+
+def _finite(value: Any) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _Refused("a number that overflows a float64 to infinity")
 
 
 def load_object(raw: bytes, what: str, fix: str) -> dict[str, Any]:
@@ -91,8 +89,8 @@ def load_object(raw: bytes, what: str, fix: str) -> dict[str, Any]:
     Raises
     ------
     BundleError
-        Not UTF-8, not JSON, not an object, nested deeper than ``MAX_DEPTH``, a number longer
-        than ``MAX_NUMBER_CHARS`` characters or not finite, or a duplicate key.
+        Not UTF-8, not JSON, not an object, nested deeper than ``MAX_DEPTH``, an integer longer
+        than ``MAX_NUMBER_CHARS`` characters, a number that is not finite, or a duplicate key.
     """
     try:
         text = raw.decode("utf-8")
@@ -100,9 +98,9 @@ def load_object(raw: bytes, what: str, fix: str) -> dict[str, Any]:
         raise BundleError(f"{what} is not UTF-8 text ({err}); {fix}") from err
     try:
         doc = json.loads(
-            text, parse_int=_int, parse_float=_float, parse_constant=_constant,
-            object_pairs_hook=_object,
+            text, parse_int=_int, parse_constant=_constant, object_pairs_hook=_object,
         )
+        depth = _walk(doc)
     except _Refused as err:
         raise BundleError(f"{what} holds {err}; {fix}") from err
     except RecursionError as err:
@@ -113,7 +111,7 @@ def load_object(raw: bytes, what: str, fix: str) -> dict[str, Any]:
         raise BundleError(f"{what} is not valid JSON: {err}; {fix}") from err
     if not isinstance(doc, dict):
         raise BundleError(f"{what} must hold a JSON object, not {type(doc).__name__}; {fix}")
-    if _depth(doc) > MAX_DEPTH:
+    if depth > MAX_DEPTH:
         raise BundleError(f"{what} is nested deeper than {MAX_DEPTH} levels; {fix}")
     return doc
 

@@ -408,12 +408,15 @@ def test_reader_retries_when_its_directory_is_removed(tmp_path: Path, monkeypatc
 
 
 _WRITER = """
-import sys
+import os, sys
 from oodguard.bundle import CALIBRATION_FILE, MODEL_FILE, InputSpec, Manifest, write_bundle
 m = Manifest(input=InputSpec(name="x", shape=(4,)), output_name="f", feature_names=("a",),
              steps=1, attractor_count=1, latent_dim=1, convergence_tol=0.0)
 path, n = sys.argv[1], int(sys.argv[2])
+stop = sys.argv[3] if len(sys.argv) > 3 else ""
 for i in range(n):
+    if stop and os.path.exists(stop):
+        break
     pad = b"." * (i % 7 * 5000)  # files of changing sizes
     write_bundle(path, m, {MODEL_FILE: b"v%d" % i + pad, CALIBRATION_FILE: b'{"v": %d}' % i},
                  overwrite=True)
@@ -426,15 +429,18 @@ def _tagged(b) -> tuple[int, int]:  # type: ignore[no-untyped-def]
 
 
 def test_concurrent_readers_never_see_a_missing_or_mixed_bundle(tmp_path: Path) -> None:
-    """Another process rewrites the bundle in place 150 times while this one reads it in a
-    loop: every read must give a complete bundle whose files come from one version."""
-    path = tmp_path / "b"
+    """Another process rewrites the bundle in place while this one reads it in a loop, until
+    2 000 reads have overlapped at least 50 rewrites: every read must give a complete bundle
+    whose files come from one version."""
+    path, stop = tmp_path / "b", tmp_path / "stop"
     subprocess.run([sys.executable, "-c", _WRITER, str(path), "1"], check=True, timeout=120)
-    writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(path), "150"],
+    writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(path), "100000", str(stop)],
                               stdout=subprocess.PIPE, text=True)
     reads, failures, versions = 0, [], set()
+    deadline = time.monotonic() + 120
     try:
-        while writer.poll() is None and reads < 200_000:
+        while (reads < 2000 or len(versions) < 50) and time.monotonic() < deadline:
+            assert writer.poll() is None, "the writer died"
             try:
                 model_v, cal_v = _tagged(read_bundle(path))
             except BundleError as err:
@@ -446,12 +452,12 @@ def test_concurrent_readers_never_see_a_missing_or_mixed_bundle(tmp_path: Path) 
                 failures.append(f"mixed: model v{model_v}, calibration v{cal_v}")
             versions.add(model_v)
     finally:
-        writer.kill()
-        out, _ = writer.communicate(timeout=60)
-    assert writer.returncode == 0 or out.split()[-1] == "149"
+        stop.touch()
+        writer.communicate(timeout=60)
+    assert writer.returncode == 0
     assert failures == [], f"{len(failures)} of {reads} reads failed: {failures[:3]}"
-    assert reads >= 1000 and len(versions) >= 20  # the reads really overlapped the rewrites
-    assert [p.name for p in tmp_path.iterdir()] == ["b"]
+    assert reads >= 2000 and len(versions) >= 50  # the reads really overlapped the rewrites
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "stop"]
 
 
 def test_killed_writer_leaves_the_previous_bundle(tmp_path: Path) -> None:

@@ -21,7 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from oodguard.bundle import CALIBRATION_FILE, MODEL_FILE, read_bundle, write_bundle
+from oodguard.bundle import (
+    CALIBRATION_FILE,
+    MODEL_FILE,
+    check_destination,
+    read_bundle,
+    write_bundle,
+)
 from oodguard.calibration.scorer import FittedTransform, fit_transform
 from oodguard.calibration.selection import PROXY_KINDS, make_proxies, select_features
 from oodguard.engine import Engine
@@ -234,6 +240,7 @@ def calibrate(
     combine: str = "max",
     use: Sequence[str] | None = None,
     out: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
     seed: int = 0,
 ) -> CalibrationReport:
     """Calibrate a bundle on in-distribution validation inputs and write ``calibration.json``.
@@ -251,17 +258,29 @@ def calibrate(
     x_ood : optional OOD validation inputs, used only for the selection.
     combine : "max" (default), "max_mahalanobis" or "mahalanobis" (see oodguard.scoring).
     use : candidate feature names; default all.
-    out : where to write the calibrated bundle; default in place (atomically).
+    out : where to write the calibrated bundle; default in place (atomically: readers see
+        the old bundle or the new one). ``out`` must not exist, be an empty directory, or —
+        with ``overwrite=True`` — hold a bundle; a file or a directory holding anything else
+        is refused (``BundleExistsError``) before any work is done, and nothing is deleted.
+    overwrite : allow replacing an existing bundle at ``out`` (not needed in place).
 
     Raises
     ------
     CalibrationError
         alpha < 1/(n_cal + 1), too few samples (the message says how many are needed),
         non-finite features on in-distribution data.
+    BundleExistsError
+        ``out`` holds something that is not a bundle, or a bundle without ``overwrite``.
     """
     if select not in ("auto", "all"):
         raise ValueError(f"select must be 'auto' or 'all'. Got {select!r}")
     source = read_bundle(bundle)
+    # In place is the caller's explicit request; the real directory is swapped (a link to it
+    # stays a link). Elsewhere, refuse before the expensive part what write_bundle would.
+    in_place = out is None or (os.path.exists(out) and os.path.samefile(out, source.path))
+    target = Path(os.path.realpath(source.path)) if in_place else Path(out or "")
+    if not in_place:
+        check_destination(target, overwrite=overwrite)
     spec = source.manifest.input
     x32, _ = validate_batch(x_val, spec, nonfinite="raise")
     check_sizes(len(x32), len(source.manifest.feature_names), alpha, fit_fraction)
@@ -293,7 +312,8 @@ def calibrate(
         MODEL_FILE: source.files[MODEL_FILE],
         CALIBRATION_FILE: (json.dumps(scorer.to_dict()) + "\n").encode(),
     }
-    path = write_bundle(out or source.path, source.manifest, files, overwrite=True)
+    write_bundle(target, source.manifest, files, overwrite=in_place or overwrite)
+    path = source.path if in_place else target
     log.info("calibrated at alpha=%g: threshold %.4g from %d calibration scores; features %s",
              alpha, scorer.threshold, len(cal_idx),
              [scorer.feature_names[i] for i in scorer.used])

@@ -14,6 +14,7 @@ from oodguard.bundle import Bundle, InputSpec, Manifest, read_bundle, write_bund
 from oodguard.engine import Engine
 from oodguard.errors import (
     BundleError,
+    BundleExistsError,
     CalibrationError,
     ExportError,
     GuardFailure,
@@ -33,6 +34,7 @@ __all__ = [
     "FEATURE_NAMES",
     "Bundle",
     "BundleError",
+    "BundleExistsError",
     "CalibrationError",
     "CheckResult",
     "Engine",

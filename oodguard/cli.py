@@ -136,7 +136,11 @@ def _calibrate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, default=0.05, help="target false-positive rate")
     p.add_argument("--ood", type=Path, help="optional OOD validation inputs (feature selection)")
     p.add_argument("--select", choices=("auto", "all"), default="auto")
-    p.add_argument("--out", type=Path, help="write the calibrated bundle here (default: in place)")
+    p.add_argument("--out", type=Path,
+                   help="write the calibrated bundle here (default: in place, atomically); a "
+                        "file or a non-bundle directory is refused")
+    p.add_argument("--overwrite", action="store_true",
+                   help="allow --out to replace an existing bundle")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -151,7 +155,7 @@ def _calibrate(a: argparse.Namespace) -> int:
     if a.ood is not None:
         x_ood = _load_inputs(argparse.Namespace(**{**vars(a), "inputs": a.ood}), shape)
     report = calibrate(a.bundle, _load_inputs(a, shape), alpha=a.alpha, x_ood=x_ood,
-                       select=a.select, out=a.out, seed=a.seed)
+                       select=a.select, out=a.out, overwrite=a.overwrite, seed=a.seed)
     used = [report.scorer.feature_names[i] for i in report.scorer.used]
     print(json.dumps({"bundle": str(report.path), "alpha": a.alpha, "threshold": report.threshold,
                       "n_fit": report.n_fit, "n_cal": report.n_cal, "features": used}))

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BundleError",
+    "BundleExistsError",
     "ExportError",
     "GuardFailure",
     "InvalidInputError",
@@ -51,6 +52,11 @@ class NonFiniteInputError(InvalidInputError):
 
 class BundleError(OODGuardError, ValueError):
     """A bundle directory is missing, corrupted, tampered with, or from an incompatible version."""
+
+
+class BundleExistsError(OODGuardError, FileExistsError):
+    """Something is already at the path a bundle was to be written to: a bundle (pass
+    ``overwrite=True``), or something that is not a bundle, which oodguard never replaces."""
 
 
 class NotCalibratedError(BundleError):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -13,10 +12,17 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from oodguard._version import __version__
-from oodguard.bundle import CALIBRATION_FILE, MODEL_FILE, Bundle, InputSpec, Manifest, read_bundle
+from oodguard.bundle import (
+    CALIBRATION_FILE,
+    MODEL_FILE,
+    Bundle,
+    InputSpec,
+    Manifest,
+    load_calibration,
+    read_bundle,
+)
 from oodguard.engine import Engine
 from oodguard.errors import (
-    BundleError,
     GuardFailure,
     InvalidInputError,
     NotCalibratedError,
@@ -110,12 +116,7 @@ class Guard:
                 f"bundle {bundle.path} has no {CALIBRATION_FILE}; calibrate it first with "
                 "oodguard.calibration.calibrate(bundle, x_validation)"
             )
-        try:
-            doc = json.loads(bundle.files[CALIBRATION_FILE])
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise BundleError(f"{CALIBRATION_FILE} is not valid JSON: {err}") from err
-        if not isinstance(doc, dict):
-            raise BundleError(f"{CALIBRATION_FILE} must hold a JSON object")
+        doc = load_calibration(bundle)  # bounded parse; Scorer.from_dict checks the numbers
         self.bundle = bundle
         self.name = name
         self.nonfinite = nonfinite

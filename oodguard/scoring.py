@@ -226,13 +226,6 @@ class _Plan:
         return s
 
 
-def _vec(d: Mapping[str, Any], key: str, n: int) -> np.ndarray:
-    a = np.asarray(d[key], dtype=np.float64)
-    if a.shape != (n,):
-        raise ValueError(f"{key} must have {n} values, got shape {a.shape}")
-    return a
-
-
 @dataclass(frozen=True, eq=False)
 class Scorer:
     """A fitted scorer, rebuilt from ``calibration.json``.
@@ -260,75 +253,25 @@ class Scorer:
     # -- building -------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], feature_names: Sequence[str]) -> Scorer:
-        """Rebuild from the ``calibration.json`` document; checks it against the bundle."""
+        """Rebuild from the ``calibration.json`` document; checks it against the bundle and
+        checks every number's type and domain (the scoring methods trust them).
+
+        Raises
+        ------
+        BundleError
+            A field is missing, of the wrong type or outside its domain (the message names
+            it), the schema is newer, or the calibration belongs to other features.
+        """
+        from oodguard._calibration_doc import scorer_fields
+
         try:
-            version = int(d["schema_version"])
-            if version > CALIBRATION_SCHEMA_VERSION:
-                raise BundleError(
-                    f"calibration.json has schema version {version}, newer than the "
-                    f"{CALIBRATION_SCHEMA_VERSION} this oodguard reads; upgrade oodguard"
-                )
-            names = tuple(d["feature_names"])
-            if names != tuple(feature_names):
-                raise BundleError(
-                    f"calibration.json was fitted on features {names}, but model.onnx computes "
-                    f"{tuple(feature_names)}: the calibration belongs to another model; "
-                    "re-run calibration on this bundle"
-                )
-            used_names = list(d["used_features"])
-            used = np.asarray([names.index(n) for n in used_names], dtype=np.intp)
-            u = len(used)
-            if u == 0:
-                raise ValueError("used_features is empty")
-            combine = str(d["combine"])
-            if combine not in COMBINE_METHODS:
-                raise ValueError(f"combine must be one of {COMBINE_METHODS}, got {combine!r}")
-            maha = d.get("mahalanobis")
-            loc = prec = None
-            if combine != "max":
-                if not maha:
-                    raise ValueError(f"combine={combine!r} needs the 'mahalanobis' block")
-                loc = _vec(maha, "location", u)
-                prec = np.asarray(maha["precision"], dtype=np.float64)
-                if prec.shape != (u, u):
-                    raise ValueError(f"mahalanobis.precision must be {u}x{u}, got {prec.shape}")
-            direction = _vec(d, "direction", u)
-            if not np.isin(direction, (-1.0, 0.0, 1.0)).all():
-                raise ValueError(f"direction values must be -1, 0 or 1, got {direction}")
-            cal = np.sort(np.asarray(d["calibration_scores"], dtype=np.float64))
-            if cal.ndim != 1 or len(cal) < 1 or not np.all(np.isfinite(cal)):
-                raise ValueError("calibration_scores must be a non-empty list of finite numbers")
-            alpha = float(d["alpha"])
-            if not 0.0 < alpha < 1.0:
-                raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
-            offsets = np.asarray(
-                [np.nan if v is None else v for v in d["log_offset"]], dtype=np.float64
-            )
-            if offsets.shape != (u,):
-                raise ValueError(f"log_offset must have {u} values")
-            return cls(
-                feature_names=names,
-                used=used,
-                log_offset=offsets,
-                pre_center=_vec(d, "pre_center", u),
-                pre_scale=_vec(d, "pre_scale", u),
-                lambdas=_vec(d, "lambdas", u),
-                post_center=_vec(d, "post_center", u),
-                post_scale=_vec(d, "post_scale", u),
-                direction=direction,
-                combine=combine,
-                maha_location=loc,
-                maha_precision=prec,
-                calibration_scores=cal,
-                alpha=alpha,
-                threshold=float(d["threshold"]),
-                info=dict(d.get("info", {})),
-            )
+            return cls(**scorer_fields(d, feature_names))
         except BundleError:
             raise
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, OverflowError) as err:
+            what = f"field {err} is missing" if isinstance(err, KeyError) else str(err)
             raise BundleError(
-                f"calibration.json is malformed ({type(err).__name__}: {err}); "
+                f"calibration.json is malformed ({type(err).__name__}: {what}); "
                 "re-run oodguard.calibration.calibrate"
             ) from err
 

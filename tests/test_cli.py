@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from oodguard.bundle import read_bundle
 from oodguard.cli import main
 
 
@@ -89,3 +91,48 @@ def test_unreadable_input_file_exits_1(bundle, tmp_path, capsys) -> None:  # typ
     (tmp_path / "x.idx").write_bytes(b"junk")
     assert main(["check", str(bundle), str(tmp_path / "x.idx")]) == 1
     assert "not an IDX file" in capsys.readouterr().err
+
+
+def test_calibrate_out_never_replaces_user_files(raw_bundle, data, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """--out that is a directory of the user's files, or a file, is refused before any work,
+    whatever --overwrite says; nothing of theirs is touched."""
+    np.save(tmp_path / "val.npy", data["val"])
+    notes = tmp_path / "out" / "notes.txt"
+    notes.parent.mkdir()
+    notes.write_text("mine")
+    for extra in ([], ["--overwrite"]):
+        assert main(["calibrate", str(raw_bundle), str(tmp_path / "val.npy"),
+                     "--out", str(notes.parent), *extra]) == 1
+        assert "is a directory that is not a bundle: it holds ['notes.txt']" in (
+            capsys.readouterr().err)
+        assert main(["calibrate", str(raw_bundle), str(tmp_path / "val.npy"),
+                     "--out", str(tmp_path / "val.npy"), *extra]) == 1
+        assert "val.npy is a file, not a bundle directory" in capsys.readouterr().err
+    assert notes.read_text() == "mine" and os.listdir(notes.parent) == ["notes.txt"]
+    np.testing.assert_array_equal(np.load(tmp_path / "val.npy"), data["val"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "val.npy"]
+
+
+def test_calibrate_over_a_bundle_needs_overwrite(raw_bundle, data, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    np.save(tmp_path / "val.npy", data["val"])
+    out = tmp_path / "cal"
+    shutil.copytree(raw_bundle, out)
+    args = ["calibrate", str(raw_bundle), str(tmp_path / "val.npy"), "--out", str(out)]
+    assert main(args) == 1
+    assert "holds a bundle; pass overwrite=True (CLI: --overwrite)" in capsys.readouterr().err
+    assert not read_bundle(out).calibrated
+    assert main([*args, "--overwrite"]) == 0
+    assert read_bundle(out).calibrated
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cal", "val.npy"]
+
+
+def test_calibrate_in_place_is_allowed_and_atomic(raw_bundle, data, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """Calibrating BUNDLE itself is the user's explicit request: no flag needed; the bundle
+    path keeps naming a complete bundle and nothing is left beside it."""
+    np.save(tmp_path / "val.npy", data["val"])
+    b = tmp_path / "b"
+    shutil.copytree(raw_bundle, b)
+    assert main(["calibrate", str(b), str(tmp_path / "val.npy")]) == 0
+    assert json.loads(capsys.readouterr().out)["bundle"] == str(b)
+    assert read_bundle(b).calibrated
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "val.npy"]

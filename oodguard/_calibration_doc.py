@@ -1,0 +1,172 @@
+"""Load-time checks of ``calibration.json``: every number's type and domain.
+
+:meth:`oodguard.scoring.Scorer.from_dict` builds the runtime scorer through
+:func:`scorer_fields`, so a bundle whose calibration numbers are out of their domain is refused
+at load, with the field named, instead of scoring wrongly forever: ``post_scale = 1e308`` maps
+every input to z ≈ 0 (nothing is flagged), an alpha below ``1/(n+1)`` can never be reached,
+unsorted calibration scores break the p-value search. The domains are wide — a fitted scorer
+lies far inside them — and are checked here only: the scoring hot path trusts them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from oodguard.errors import BundleError
+from oodguard.scoring import CALIBRATION_SCHEMA_VERSION, COMBINE_METHODS, score_threshold
+
+__all__ = ["scorer_fields"]
+
+_INF = float("inf")
+_SCALE_RANGE = (1e-30, 1e30)  # pre_scale: robust spread of a raw or logged feature
+_POST_SCALE_RANGE = (1e-9, 1e9)  # post_scale: spread after standardising and Yeo-Johnson
+_CENTER_BOUND = 1e30
+_LAMBDA_BOUND = 1e3
+_MAHA_BOUND = 1e12
+
+
+def _vec(d: Mapping[str, Any], key: str, n: int, lo: float = -_INF, hi: float = _INF) -> np.ndarray:
+    """``d[key]`` as float64 ``[n]``: a JSON array of ``n`` finite numbers in ``[lo, hi]``;
+    ValueError naming the field otherwise."""
+    v = d[key]
+    if not isinstance(v, list) or any(
+        isinstance(x, bool) or not isinstance(x, (int, float)) for x in v
+    ):
+        raise ValueError(f"{key} must be an array of numbers, got {str(v)[:60]}")
+    a = np.asarray(v, dtype=np.float64)
+    if a.shape != (n,):
+        raise ValueError(f"{key} must have {n} values, got shape {a.shape}")
+    bad = ~np.isfinite(a) | (a < lo) | (a > hi)
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"{key}[{k}] = {float(a[k])!r} is outside its domain [{lo:g}, {hi:g}]: the file "
+            "was corrupted or edited"
+        )
+    return a
+
+
+def scorer_fields(d: Mapping[str, Any], feature_names: Sequence[str]) -> dict[str, Any]:
+    """The keyword arguments of :class:`~oodguard.scoring.Scorer` from a ``calibration.json``
+    document, every field checked (see the module docstring).
+
+    Raises
+    ------
+    BundleError
+        A newer schema, or features that are not the bundle's.
+    KeyError, TypeError, ValueError
+        A field is missing, of the wrong type or out of its domain (wrapped by the caller).
+    """
+    if not isinstance(d, Mapping):
+        raise TypeError(f"calibration must be a JSON object, got {type(d).__name__}")
+    version = d["schema_version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"schema_version must be a positive integer, got {version!r:.40}")
+    if version > CALIBRATION_SCHEMA_VERSION:
+        raise BundleError(
+            f"calibration.json has schema version {version}, newer than the "
+            f"{CALIBRATION_SCHEMA_VERSION} this oodguard reads; upgrade oodguard"
+        )
+    names_raw = d["feature_names"]
+    if not isinstance(names_raw, list) or not all(isinstance(n, str) for n in names_raw):
+        raise TypeError("feature_names must be an array of strings")
+    names = tuple(names_raw)
+    if names != tuple(feature_names):
+        raise BundleError(
+            f"calibration.json was fitted on features {names}, but model.onnx computes "
+            f"{tuple(feature_names)}: the calibration belongs to another model; "
+            "re-run calibration on this bundle"
+        )
+    used_names = d["used_features"]
+    if not isinstance(used_names, list) or not all(isinstance(n, str) for n in used_names):
+        raise TypeError("used_features must be an array of feature names")
+    if len(set(used_names)) != len(used_names):
+        raise ValueError(f"used_features must be unique, got {used_names}")
+    unknown = [n for n in used_names if n not in names]
+    if unknown:
+        raise ValueError(f"used_features names unknown features {unknown[:5]}")
+    used = np.asarray([names.index(n) for n in used_names], dtype=np.intp)
+    u = len(used)
+    if u == 0:
+        raise ValueError("used_features is empty")
+    combine = d["combine"]
+    if combine not in COMBINE_METHODS:
+        raise ValueError(f"combine must be one of {COMBINE_METHODS}, got {combine!r:.40}")
+    maha = d.get("mahalanobis")
+    loc = prec = None
+    if combine != "max":
+        if not isinstance(maha, Mapping) or not maha:
+            raise ValueError(f"combine={combine!r} needs the 'mahalanobis' block")
+        loc = _vec(maha, "location", u, -_MAHA_BOUND, _MAHA_BOUND)
+        rows = maha["precision"]
+        if not isinstance(rows, list) or len(rows) != u:
+            raise ValueError(f"mahalanobis.precision must be {u}x{u}")
+        prec = np.stack([_vec({"precision": r}, "precision", u, -_MAHA_BOUND, _MAHA_BOUND)
+                         for r in rows])
+        if not (np.diag(prec) > 0).all():
+            raise ValueError("mahalanobis.precision must have a positive diagonal")
+    direction = _vec(d, "direction", u)
+    if not np.isin(direction, (-1.0, 0.0, 1.0)).all():
+        raise ValueError(f"direction values must be -1, 0 or 1, got {direction}")
+    raw_cal = d["calibration_scores"]
+    if not isinstance(raw_cal, list) or not raw_cal:
+        raise ValueError("calibration_scores must be a non-empty list of finite numbers")
+    cal = _vec(d, "calibration_scores", len(raw_cal))
+    if (np.diff(cal) < 0).any():
+        raise ValueError("calibration_scores must be sorted ascending, as calibrate writes them")
+    n = len(cal)
+    alpha = d["alpha"]
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise TypeError(f"alpha must be a number, got {alpha!r:.40}")
+    alpha = float(alpha)
+    if not 1.0 / (n + 1) <= alpha < 1.0:
+        raise ValueError(
+            f"alpha must lie in [1/(n+1), 1) = [{1 / (n + 1):.4g}, 1) for the n={n} "
+            f"calibration scores, got {alpha}: below 1/(n+1) no input could ever be flagged"
+        )
+    threshold = d["threshold"]
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise TypeError(f"threshold must be a number, got {threshold!r:.40}")
+    if float(threshold) != score_threshold(cal, alpha):
+        raise ValueError(
+            f"threshold {threshold} does not match calibration_scores and alpha "
+            f"({score_threshold(cal, alpha)})"
+        )
+    offsets_raw = d["log_offset"]
+    if not isinstance(offsets_raw, list):
+        raise TypeError("log_offset must be an array of numbers or nulls")
+    if len(offsets_raw) != u:
+        raise ValueError(f"log_offset must have {u} values, got {len(offsets_raw)}")
+    for k, v in enumerate(offsets_raw):
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if v is not None and not (number and 0.0 < v <= _SCALE_RANGE[1]):
+            raise ValueError(
+                f"log_offset[{k}] = {v!r:.40} is outside its domain (0, {_SCALE_RANGE[1]:g}] "
+                "(null where no logarithm is taken): the file was corrupted or edited"
+            )
+    offsets = np.asarray([np.nan if v is None else v for v in offsets_raw], dtype=np.float64)
+    info = d.get("info", {})
+    if not isinstance(info, Mapping):
+        raise TypeError(f"info must be a JSON object, got {type(info).__name__}")
+    return dict(
+        feature_names=names,
+        used=used,
+        log_offset=offsets,
+        pre_center=_vec(d, "pre_center", u, -_CENTER_BOUND, _CENTER_BOUND),
+        pre_scale=_vec(d, "pre_scale", u, *_SCALE_RANGE),
+        lambdas=_vec(d, "lambdas", u, -_LAMBDA_BOUND, _LAMBDA_BOUND),
+        post_center=_vec(d, "post_center", u, -_CENTER_BOUND, _CENTER_BOUND),
+        post_scale=_vec(d, "post_scale", u, *_POST_SCALE_RANGE),
+        direction=direction,
+        combine=combine,
+        maha_location=loc,
+        maha_precision=prec,
+        calibration_scores=cal,
+        alpha=alpha,
+        threshold=float(threshold),
+        info=dict(info),
+    )
+

@@ -56,7 +56,7 @@ def test_parse_binary_and_json_requests_agree() -> None:
         ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 4], "data": [[0] * 4, [0]]}]},
          400, "type", "rectangular"),
         ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [True] * 4}]},
-         400, "type", "only numbers"),
+         400, "type", "only JSON numbers"),
         ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [11, 4], "data": [0] * 44}]},
          413, "batch_size", "at most 10 rows"),
         ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4]}]},
@@ -142,7 +142,9 @@ def test_bearer_token_guards_model_routes_only(guard, registry, data) -> None:
         r = client.post("/v2/models/t/infer", content=good, headers=ok)
         assert r.status_code == 200, r.text
         text = client.get("/metrics").text
-    assert metric_value(text, "oodguard_inputs_refused_total", reason="unauthorized") == 3
+    # not input refusals: a client without the token cannot move the refusal alert
+    assert metric_value(text, "oodguard_inputs_refused_total") == 0
+    assert metric_value(text, "oodguard_http_requests_dropped_total", reason="unauthorized") == 3
     assert metric_value(text, "oodguard_inputs_total", guard="t") == 2
 
 

@@ -164,7 +164,7 @@ class _Service:
         status = getattr(err, "status", 400)
         # The body of a refused request may be unread: closing is the only safe framing.
         return _error(status, str(err), err.reason,
-                      {"Connection": "close"} if status == 413 else None)
+                      {"Connection": "close"} if status in (413, 415) else None)
 
     def drop(self, d: _Dropped) -> JSONResponse:
         if self.guard.metrics is not None:

@@ -9,10 +9,10 @@ Three parts, each against a real ``oodguard serve`` subprocess and a tiny calibr
 1. **soak**: ``--clients`` keep-alive connections send ``--requests`` infer requests (JSON, one
    row) back to back. Reports errors (any non-200 or broken connection), req/s, p50/p99
    latency, and the server's RSS after a warm-up and at the end (growth in %).
-2. **drain**: ``--in-flight`` connections each send one request to a server that holds
-   requests in its batcher (``--max-wait-ms 2000``); once every request is written, SIGTERM.
-   Reports how many were answered before the signal, how many were in flight, and how many
-   were lost (no complete response). The server must exit 0.
+2. **drain**: ``--in-flight`` connections each send one request to a stopped server (SIGSTOP,
+   so that every request waits in the accept backlog or a socket buffer, the case a plain
+   listener close resets); once every request is written, SIGTERM and SIGCONT. Reports how
+   many were in flight and how many were lost (no complete response); the exit code.
 3. **slow bodies**: ``--slow`` connections each declare a ``--slow-mib`` MiB body and send only
    part of it; reports the server's RSS before and while they hang, and their status codes
    (503 beyond the in-flight byte budget, 408 after the body timeout).
@@ -131,15 +131,21 @@ async def _one_shot(host: str, port: int, request: bytes, sent: asyncio.Event,
 
 async def sigterm_burst(proc: subprocess.Popen[str], url: str, body: bytes, n: int
                         ) -> dict[str, Any]:
-    """``n`` connections each send one request; SIGTERM once all are written; the outcome."""
+    """``n`` connections each send one request to a stopped server (SIGSTOP: the kernel
+    completes the connections and buffers the requests, none is accepted yet); once all are
+    written, SIGTERM and SIGCONT. The outcome."""
     host, port = url.removeprefix("http://").rsplit(":", 1)
     sent = asyncio.Event()
     counts = [0, 0, n]  # written, failed to connect, total
-    tasks = [asyncio.create_task(_one_shot(host, int(port), _request(host, body), sent, counts))
-             for _ in range(n)]
-    await asyncio.wait_for(sent.wait(), 60)
-    answered_before = sum(t.done() for t in tasks)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        tasks = [asyncio.create_task(_one_shot(host, int(port), _request(host, body), sent,
+                                               counts)) for _ in range(n)]
+        await asyncio.wait_for(sent.wait(), 60)
+        answered_before = sum(t.done() for t in tasks)
+        proc.send_signal(signal.SIGTERM)
+    finally:
+        proc.send_signal(signal.SIGCONT)
     t0 = time.perf_counter()
     results = await asyncio.gather(*tasks)
     drain_s = time.perf_counter() - t0
@@ -239,7 +245,7 @@ def main() -> int:
               f"p99 {run['p99_ms']:.2f} ms, {run['errors']} errors; RSS {rss0:.1f} → "
               f"{rss1:.1f} MiB ({run['rss_growth_pct']:+.2f}%)", file=sys.stderr)
 
-        proc, url = start_server(bundle, ["--max-wait-ms", "2000", "--max-batch", "100000"])
+        proc, url = start_server(bundle, ["--max-wait-ms", "200", "--max-batch", "1024"])
         drain = asyncio.run(sigterm_burst(proc, url, body, a.in_flight))
         doc["drain"] = drain
         print(f"drain: {drain['sent']} sent, {drain['in_flight_at_sigterm']} in flight at "

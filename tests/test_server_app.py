@@ -212,3 +212,48 @@ def test_a_large_json_request_is_parsed_off_the_loop_and_scored(guard, registry,
     score = r.json()["outputs"][0]["data"]
     np.testing.assert_array_equal(score, Guard.load(guard.bundle.path, registry=None)
                                   .check(x).score)
+
+
+def test_fdr_parameter_applies_benjamini_hochberg_to_each_requests_rows_only(
+        guard, registry, data) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from oodguard.decisions import benjamini_hochberg
+
+    a = np.concatenate([data["test"][:40], data["noise"][:10]])  # some OOD rows
+    b = data["test"][40:80]  # in-distribution only
+    q = 0.2
+    # 1 s for company: the two requests are scored in one coalesced guard call
+    app = create_app(guard, ServeConfig(max_wait_ms=1000, max_batch=256), registry=registry)
+    with TestClient(app) as client, ThreadPoolExecutor(2) as pool:
+        before = client.get("/metrics").text
+        futures = [pool.submit(client.post, "/v2/models/t/infer",
+                               content=body(x, parameters={"fdr": q})) for x in (a, b)]
+        responses = [f.result() for f in futures]
+        after = client.get("/metrics").text
+    assert (metric_value(after, "oodguard_batch_size_count")
+            - metric_value(before, "oodguard_batch_size_count")) == 1  # coalesced
+    reference = Guard.load(guard.bundle.path, registry=None)
+    for x, r in zip((a, b), responses, strict=True):
+        assert r.status_code == 200, r.text
+        out = {o["name"]: o["data"] for o in r.json()["outputs"]}
+        p = np.asarray(out["p_value"])
+        np.testing.assert_array_equal(p, reference.check(x).p_value)
+        # BH over this request's p-values alone, not over the coalesced batch's
+        np.testing.assert_array_equal(out["is_ood"], benjamini_hochberg(p, q))
+    both = benjamini_hochberg(reference.check(np.concatenate([a, b])).p_value, q)
+    flagged_a = np.asarray(responses[0].json()["outputs"][2]["data"])
+    assert flagged_a.sum() > 0  # the noise rows are found
+    assert not np.array_equal(flagged_a, both[: len(a)]) or not np.array_equal(
+        responses[1].json()["outputs"][2]["data"], both[len(a):]), (
+        "this data does not tell per-request BH from batch-wide BH; pick other rows")
+
+
+def test_serve_config_validates_the_body_limits() -> None:
+    with pytest.raises(ValueError, match="body_timeout_s must be > 0. Got 0"):
+        ServeConfig(body_timeout_s=0)
+    with pytest.raises(ValueError, match=r"max_inflight_body_bytes \(10\) must be >= "
+                                         r"max_body_bytes \(100\)"):
+        ServeConfig(max_body_bytes=100, max_inflight_body_bytes=10)
+    with pytest.raises(ValueError, match="max_inflight_body_bytes must be a positive int"):
+        ServeConfig(max_inflight_body_bytes=0)

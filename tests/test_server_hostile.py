@@ -224,6 +224,8 @@ def test_a_client_disconnect_is_one_log_line_without_traceback(server) -> None:
     url, proc = server
     host, port = url.removeprefix("http://").rsplit(":", 1)
     before = metrics(url)
+    said = "disconnected before its request body arrived"
+    logged = sum(said in ln for ln in proc.lines)
     with socket.create_connection((host, int(port)), timeout=10) as s:
         s.sendall(post_head(100_000) + b'{"inputs": [')
         time.sleep(0.3)
@@ -234,6 +236,8 @@ def test_a_client_disconnect_is_one_log_line_without_traceback(server) -> None:
             break
         time.sleep(0.1)
     assert dropped(after, "disconnect") - dropped(before, "disconnect") == 1
+    lines = [ln for ln in proc.lines if said in ln][logged:]
+    assert len(lines) == 1 and " INFO oodguard.server: client " in lines[0], proc.output[-2000:]
     assert "Traceback" not in proc.output and "Exception" not in proc.output
 
 

@@ -162,9 +162,7 @@ class _Service:
             self.guard.metrics.observe_refused(
                 err.reason, max(1, min(rows, self.config.max_request_rows)))
         status = getattr(err, "status", 400)
-        # The body of a refused request may be unread: closing is the only safe framing.
-        return _error(status, str(err), err.reason,
-                      {"Connection": "close"} if status in (413, 415) else None)
+        return _error(status, str(err), err.reason)
 
     def drop(self, d: _Dropped) -> JSONResponse:
         if self.guard.metrics is not None:
@@ -178,7 +176,7 @@ class _Service:
         if not hmac.compare_digest(got, self._token):
             raise _Dropped(401, "missing or wrong bearer token: send 'Authorization: Bearer "
                            "<token>'", "unauthorized",
-                           {"WWW-Authenticate": "Bearer", "Connection": "close"})
+                           {"WWW-Authenticate": "Bearer"})
 
     def model(self, request: Request) -> None:
         name = request.path_params["name"]
@@ -211,13 +209,14 @@ class _Service:
         if self.body_bytes + n > budget:
             raise _Dropped(503, f"the server holds its most request bytes ({budget}) in flight; "
                            "retry after a second", "overloaded",
-                           {"Retry-After": "1", "Connection": "close"})
+                           {"Retry-After": "1"})
         self.body_bytes += n
         hold[0] += n
 
     async def body(self, request: Request, hold: list[int]) -> bytes:
         """The whole body, within the size limit, the body timeout and the byte budget. The
-        bytes reserved are added to ``hold[0]``; the caller gives them back."""
+        bytes reserved are added to ``hold[0]``; the caller gives them back; ``hold[1]`` is set
+        to 1 once the body is read in full."""
         declared = self._check_headers(request)
         limit = self.config.max_body_bytes
         if declared is not None:
@@ -233,6 +232,7 @@ class _Service:
                 if declared is None:
                     self._reserve(len(chunk), hold)
                 chunks.append(chunk)
+            hold[1] = 1
             return b"".join(chunks)
 
         timeout = self.config.body_timeout_s
@@ -279,16 +279,26 @@ class _Service:
         return JSONResponse(doc, status_code=status)
 
     async def infer(self, request: Request) -> Response:
-        hold = [0]  # body bytes this request holds in the budget, given back when it ends
+        hold = [0, 0]  # body bytes held in the budget (given back at the end); body read?
         try:
-            return await self._infer(request, hold)
+            response = await self._infer(request, hold)
         except _Dropped as d:
             if d.reason == "disconnect":  # nobody reads the answer; one line, no traceback
                 log.info("client %s disconnected before its request body arrived",
                          request.client.host if request.client else "?")
-            return self.drop(d)
+            response = self.drop(d)
         finally:
             self.body_bytes -= hold[0]
+        if not hold[1] and not self._discardable(request):
+            # An answer before the body was read: the HTTP layer reads and discards the rest of
+            # a body whose declared length is within the limit (the client, still sending, then
+            # gets the answer instead of a reset). Anything else closes the connection.
+            response.headers["Connection"] = "close"
+        return response
+
+    def _discardable(self, request: Request) -> bool:
+        declared = request.headers.get("content-length", "")
+        return declared.isdigit() and int(declared[:20]) <= self.config.max_body_bytes
 
     async def _infer(self, request: Request, hold: list[int]) -> Response:
         try:

@@ -124,7 +124,7 @@ BAD = [
     ("binary-size", "/v2/models/g/infer", BIN_HEAD + b"\0" * 100,
      {"Inference-Header-Content-Length": str(len(BIN_HEAD))}, 400, "shape", 2),
     ("too-many-rows", "/v2/models/g/infer", infer_body(np.zeros((MAX_ROWS + 1, 16), np.float32)),
-     {}, 413, "batch_size", MAX_ROWS + 1),
+     {}, 413, "batch_size", MAX_ROWS),  # counted rows are capped at max_request_rows
     ("body-too-large", "/v2/models/g/infer", b" " * (MAX_BODY + 1), {}, 413, "body_size", 1),
     ("chunked-too-large", "/v2/models/g/infer", _chunks, {}, 413, "body_size", 1),
     ("compressed", "/v2/models/g/infer", GOOD, {"Content-Encoding": "gzip"}, 415, "encoding", 1),

@@ -207,7 +207,9 @@ def test_bodies_beyond_the_in_flight_budget_get_503_at_once(server) -> None:
         status, headers, body = raw(url, post_head(900_000) + b" " * 1000)
         assert time.monotonic() - t0 < BODY_TIMEOUT  # answered at once, not after a timeout
         assert status == 503 and json.loads(body)["reason"] == "overloaded"
-        assert headers["retry-after"] == "1" and headers["connection"] == "close"
+        # its declared body (within the size limit) is read and discarded by the HTTP layer,
+        # so a client still sending gets this answer, not a connection reset
+        assert headers["retry-after"] == "1" and "connection" not in headers
         # a small request still fits beside them
         assert httpx.post(url + INFER, content=doc(), timeout=10).status_code == 200
     finally:

@@ -61,6 +61,17 @@ def test_parse_binary_and_json_requests_agree() -> None:
          413, "batch_size", "at most 10 rows"),
         ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4]}]},
          400, "protocol", "needs 'data'"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4],
+                      "data": [True, 0.5, 0.5, 0.5]}]}, 400, "type", "no true/false"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [0.5] * 4}],
+          "parameters": {"binary_data_output": "false"}}, 400, "protocol",
+         "'binary_data_output' must be a JSON boolean"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [0.5] * 4}],
+          "parameters": {"fdr": float("nan")}}, 400, "protocol", r"'fdr' must be a number in"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [10 ** 40, 5],
+                      "data": [0.5] * 4}]}, 400, "shape", "must be \\[N, 4\\]"),
+        (b'{"inputs": ' + b"[" * 33 + b"]" * 33 + b"}", 400, "json", "deeper than 32"),
+        (b'{"inputs": [1' + b"0" * 64 + b"]}", 400, "json", "longer than 64 characters"),
     ],
 )
 def test_parse_refusals(doc, status, reason, message) -> None:
@@ -68,6 +79,7 @@ def test_parse_refusals(doc, status, reason, message) -> None:
     with pytest.raises(ProtocolError, match=message) as info:
         parse_infer(raw, header_length=None, spec=SPEC, max_rows=10)
     assert (info.value.status, info.value.reason) == (status, reason)
+    assert 1 <= info.value.rows <= 10  # never more than max_rows, whatever the shape claims
 
 
 def test_binary_response_layout() -> None:
@@ -257,3 +269,26 @@ def test_serve_config_validates_the_body_limits() -> None:
         ServeConfig(max_body_bytes=100, max_inflight_body_bytes=10)
     with pytest.raises(ValueError, match="max_inflight_body_bytes must be a positive int"):
         ServeConfig(max_inflight_body_bytes=0)
+
+
+def _naive_scan(text: bytes) -> tuple[int, int]:
+    depth = deepest = run = longest = 0
+    for c in text:
+        depth += (c in b"[{") - (c in b"]}")
+        deepest = max(deepest, depth)
+        run = run + 1 if c in b"-+0123456789.eE" else 0
+        longest = max(longest, run)
+    return deepest, longest
+
+
+def test_bounds_scan_matches_a_naive_scan_across_chunk_boundaries() -> None:
+    import oodguard.protocol as protocol
+
+    rng = np.random.default_rng(7)
+    alphabet = np.frombuffer(b"[]{}0123456789.e, a", np.uint8)
+    for size in (0, 1, 5, 1000, (1 << 20) + 3):  # the scan works in 1 MiB chunks
+        text = rng.choice(alphabet, size).astype(np.uint8).tobytes()
+        assert protocol._scan(text) == _naive_scan(text), size
+    # a run of digits that straddles the 1 MiB chunk boundary is measured whole
+    text = b" " * ((1 << 20) - 10) + b"9" * 30 + b" "
+    assert protocol._scan(text) == (0, 30)

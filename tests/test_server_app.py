@@ -281,14 +281,20 @@ def _naive_scan(text: bytes) -> tuple[int, int]:
     return deepest, longest
 
 
-def test_bounds_scan_matches_a_naive_scan_across_chunk_boundaries() -> None:
+def test_bounds_checks_match_a_naive_scan_across_chunk_boundaries() -> None:
     import oodguard.protocol as protocol
 
     rng = np.random.default_rng(7)
     alphabet = np.frombuffer(b"[]{}0123456789.e, a", np.uint8)
-    for size in (0, 1, 5, 1000, (1 << 20) + 3):  # the scan works in 1 MiB chunks
+    for size in (0, 1, 5, 1000, (1 << 20) + 3):  # the depth sum works in 1 MiB chunks
         text = rng.choice(alphabet, size).astype(np.uint8).tobytes()
-        assert protocol._scan(text) == _naive_scan(text), size
-    # a run of digits that straddles the 1 MiB chunk boundary is measured whole
-    text = b" " * ((1 << 20) - 10) + b"9" * 30 + b" "
-    assert protocol._scan(text) == (0, 30)
+        deepest, longest = _naive_scan(text)
+        brackets = text.translate(None, protocol._NOT_BRACKET)
+        assert protocol._depth(brackets) == deepest, size
+        assert protocol._too_long_number(text) == (longest > protocol.MAX_NUMBER_CHARS), size
+    # nesting that peaks after the first 1 MiB chunk is measured across the boundary
+    text = b"[" * ((1 << 20) + 40) + b"]" * ((1 << 20) + 40)
+    assert protocol._depth(text) == (1 << 20) + 40
+    for n in (64, 65):
+        text = b" " * ((1 << 20) - 10) + b"9" * n + b" "
+        assert protocol._too_long_number(text) == (n > 64)

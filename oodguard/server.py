@@ -39,7 +39,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -48,6 +48,7 @@ from oodguard.batching import Batcher
 from oodguard.decisions import benjamini_hochberg
 from oodguard.errors import InvalidInputError
 from oodguard.guard import Guard
+from oodguard.http_body import BodyReader, Dropped, Hold
 from oodguard.protocol import HEADER_LENGTH, ProtocolError, encode_response, model_metadata
 from oodguard.protocol import parse_infer as _parse_infer
 from oodguard.validation import validate_batch
@@ -57,9 +58,6 @@ __all__ = ["ServeConfig", "create_app", "serve"]
 log = logging.getLogger(__name__)
 
 _INLINE_PARSE_BYTES = 64 * 1024
-#: body media types accepted (besides none): JSON, the binary extension, and what curl -d sends
-_CONTENT_TYPES = frozenset({"application/json", "application/octet-stream", "text/plain",
-                            "application/x-www-form-urlencoded"})
 #: after SIGTERM, how long accepted connections may go on reading what their clients sent
 #: before idle ones are closed (see ``serve``)
 _DRAIN_QUIET_S = 0.5
@@ -134,15 +132,6 @@ def _error(status: int, message: str, reason: str, headers: dict[str, str] | Non
                         headers=headers)
 
 
-class _Dropped(Exception):
-    """A request ended before its inputs were read (see ``_Service.drop``)."""
-
-    def __init__(self, status: int, message: str, reason: str,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.reason, self.headers = status, reason, headers
-
-
 class _Service:
     """The routes' shared state: the guard, the batcher, readiness, the body-byte budget."""
 
@@ -153,9 +142,9 @@ class _Service:
                                max_wait_s=config.max_wait_ms / 1000.0, enabled=config.batching)
         self.ready = False
         self._token = None if config.token is None else f"Bearer {config.token}".encode()
-        # Bytes of request bodies held (being received, parsed or scored). Only the event
-        # loop's thread touches it, so it needs no lock.
-        self.body_bytes = 0
+        self.bodies = BodyReader(max_bytes=config.max_body_bytes,
+                                 timeout_s=config.body_timeout_s,
+                                 budget_bytes=config.max_inflight_body_bytes)
 
     def refuse(self, err: ProtocolError | InvalidInputError, rows: int = 1) -> JSONResponse:
         if self.guard.metrics is not None:
@@ -164,7 +153,7 @@ class _Service:
         status = getattr(err, "status", 400)
         return _error(status, str(err), err.reason)
 
-    def drop(self, d: _Dropped) -> JSONResponse:
+    def drop(self, d: Dropped) -> JSONResponse:
         if self.guard.metrics is not None:
             self.guard.metrics.observe_dropped(d.reason)
         return _error(d.status, str(d), d.reason, d.headers)
@@ -174,7 +163,7 @@ class _Service:
             return
         got = request.headers.get("authorization", "").encode()
         if not hmac.compare_digest(got, self._token):
-            raise _Dropped(401, "missing or wrong bearer token: send 'Authorization: Bearer "
+            raise Dropped(401, "missing or wrong bearer token: send 'Authorization: Bearer "
                            "<token>'", "unauthorized",
                            {"WWW-Authenticate": "Bearer"})
 
@@ -184,66 +173,6 @@ class _Service:
         if name != self.name or version != "1":
             raise ProtocolError(f"no model {name[:100]!r} version {version[:20]!r}; this server "
                                 f"has {self.name!r} version '1'", status=404, reason="model")
-
-    def _check_headers(self, request: Request) -> int | None:
-        """The declared body length, after the encoding, media type and size are checked."""
-        enc = request.headers.get("content-encoding", "identity").strip().lower()
-        if enc not in ("", "identity"):
-            raise ProtocolError(f"Content-Encoding {enc[:40]!r} is not supported; send the body "
-                                "uncompressed", status=415, reason="encoding")
-        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media and media not in _CONTENT_TYPES:
-            raise ProtocolError(f"Content-Type {media[:60]!r} is not accepted; send "
-                                "application/json, or application/octet-stream with the binary "
-                                "tensor extension", status=415, reason="content_type")
-        limit = self.config.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared[:20]) > limit):
-            raise ProtocolError(f"the body may hold at most {limit} bytes; Content-Length is "
-                                f"{declared[:40]}", status=413, reason="body_size")
-        return None if declared is None else int(declared)
-
-    def _reserve(self, n: int, hold: list[int]) -> None:
-        """Take ``n`` bytes of the in-flight body budget for this request (``hold[0]``)."""
-        budget = self.config.max_inflight_body_bytes
-        if self.body_bytes + n > budget:
-            raise _Dropped(503, f"the server holds its most request bytes ({budget}) in flight; "
-                           "retry after a second", "overloaded",
-                           {"Retry-After": "1"})
-        self.body_bytes += n
-        hold[0] += n
-
-    async def body(self, request: Request, hold: list[int]) -> bytes:
-        """The whole body, within the size limit, the body timeout and the byte budget. The
-        bytes reserved are added to ``hold[0]``; the caller gives them back; ``hold[1]`` is set
-        to 1 once the body is read in full."""
-        declared = self._check_headers(request)
-        limit = self.config.max_body_bytes
-        if declared is not None:
-            self._reserve(declared, hold)
-
-        async def read() -> bytes:
-            chunks, size = [], 0
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise ProtocolError(f"the body may hold at most {limit} bytes", status=413,
-                                        reason="body_size")
-                if declared is None:
-                    self._reserve(len(chunk), hold)
-                chunks.append(chunk)
-            hold[1] = 1
-            return b"".join(chunks)
-
-        timeout = self.config.body_timeout_s
-        try:
-            return await asyncio.wait_for(read(), timeout)
-        except asyncio.TimeoutError:  # not the builtin before Python 3.11
-            raise _Dropped(408, f"the request body did not arrive within {timeout:g} s; send it "
-                           "at once (the server closes the connection)", "body_timeout",
-                           {"Connection": "close"}) from None
-        except ClientDisconnect:
-            raise _Dropped(400, "the client disconnected", "disconnect") from None
 
     # -- routes ----------------------------------------------------------------------------
     async def server_metadata(self, request: Request) -> Response:
@@ -273,38 +202,34 @@ class _Service:
             self.model(request)
         except ProtocolError as err:
             return _error(err.status, str(err), err.reason)
-        except _Dropped as d:
+        except Dropped as d:
             return _error(d.status, str(d), d.reason, d.headers)
         doc, status = build()
         return JSONResponse(doc, status_code=status)
 
     async def infer(self, request: Request) -> Response:
-        hold = [0, 0]  # body bytes held in the budget (given back at the end); body read?
+        hold = Hold()
         try:
             response = await self._infer(request, hold)
-        except _Dropped as d:
+        except Dropped as d:
             if d.reason == "disconnect":  # nobody reads the answer; one line, no traceback
                 log.info("client %s disconnected before its request body arrived",
                          request.client.host if request.client else "?")
             response = self.drop(d)
         finally:
-            self.body_bytes -= hold[0]
-        if not hold[1] and not self._discardable(request):
+            self.bodies.release(hold)
+        if not hold.complete and not self.bodies.discardable(request):
             # An answer before the body was read: the HTTP layer reads and discards the rest of
             # a body whose declared length is within the limit (the client, still sending, then
             # gets the answer instead of a reset). Anything else closes the connection.
             response.headers["Connection"] = "close"
         return response
 
-    def _discardable(self, request: Request) -> bool:
-        declared = request.headers.get("content-length", "")
-        return declared.isdigit() and int(declared[:20]) <= self.config.max_body_bytes
-
-    async def _infer(self, request: Request, hold: list[int]) -> Response:
+    async def _infer(self, request: Request, hold: Hold) -> Response:
         try:
             self.authorize(request)
             self.model(request)
-            body = await self.body(request, hold)
+            body = await self.bodies.read(request, hold)
             parse = functools.partial(
                 _parse_infer, body, header_length=request.headers.get(HEADER_LENGTH),
                 spec=self.guard.input_spec, max_rows=self.config.max_request_rows)

@@ -280,6 +280,12 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-batching", action="store_true", help="score each request on its own")
     p.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024)
     p.add_argument("--max-request-rows", type=int, default=4096)
+    p.add_argument("--body-timeout-s", type=float, default=30.0,
+                   help="a body not received within this time gets 408 (slow uploads)")
+    p.add_argument("--max-inflight-body-bytes", type=int, default=64 * 1024 * 1024,
+                   help="budget for all request bodies held at once; beyond it: 503")
+    p.add_argument("--graceful-timeout-s", type=float, default=30.0,
+                   help="after SIGTERM, how long in-flight requests may take to finish")
     p.add_argument("--token-env", metavar="VAR",
                    help="require 'Authorization: Bearer $VAR' on /v2/models/* routes")
     p.add_argument("--providers", default="auto")
@@ -307,7 +313,10 @@ def _serve(a: argparse.Namespace) -> int:
         config = ServeConfig(host=a.host, port=a.port, model_name=a.name,
                              batching=not a.no_batching, max_batch=a.max_batch,
                              max_wait_ms=a.max_wait_ms, max_body_bytes=a.max_body_bytes,
-                             max_request_rows=a.max_request_rows, token=token)
+                             max_request_rows=a.max_request_rows, token=token,
+                             body_timeout_s=a.body_timeout_s,
+                             max_inflight_body_bytes=a.max_inflight_body_bytes,
+                             graceful_timeout_s=a.graceful_timeout_s)
     except ValueError as err:
         print(f"oodguard serve: {err}", file=sys.stderr)
         return 2

@@ -18,7 +18,14 @@ metric                                      type      labels
 ``oodguard_bundle_info``                    gauge (1) guard, sha256, schema, version, steps, alpha
 ``oodguard_threshold_score``                gauge     guard
 ``oodguard_guard_failures_total``           counter   guard, kind
+``oodguard_http_requests_dropped_total``    counter   guard, reason (server: unauthorized, …)
 =========================================== ========= =======================================
+
+``oodguard_http_requests_dropped_total`` counts infer requests the HTTP service answered (or
+could not answer) without looking at their inputs: ``unauthorized`` (401), ``body_timeout``
+(408), ``overloaded`` (503, in-flight body budget spent), ``disconnect`` (the client left before
+its body arrived). They are not input refusals, so a client without a token or a slow network
+cannot move ``oodguard_inputs_refused_total`` (and the refusal alert) at will.
 
 Non-finite input rows (``nonfinite="flag"``) are counted as ``verdict="ood"`` and as
 ``reason="non_finite"`` refusals; their score (+inf) is left out of ``oodguard_score``, whose
@@ -325,6 +332,12 @@ class _Families:
             ["guard", "kind"],
             **kw,
         )
+        self.dropped = Counter(
+            "oodguard_http_requests_dropped",
+            "Infer requests the HTTP service ended without reading their inputs, by reason.",
+            ["guard", "reason"],
+            **kw,
+        )
 
 
 _families: weakref.WeakKeyDictionary[CollectorRegistry, _Families] = weakref.WeakKeyDictionary()
@@ -375,6 +388,7 @@ class GuardMetrics:
         self._model = fam.model_duration.labels(guard)
         self._batch = fam.batch.labels(guard)
         self._failures = fam.failures
+        self._dropped = fam.dropped
         self._guard = guard
         missing = [k for k in _INFO_KEYS if k not in info]
         if missing:
@@ -408,6 +422,11 @@ class GuardMetrics:
         """Count ``n`` inputs refused before scoring; ``reason`` is a fixed token (for example
         ``InvalidInputError.reason``, or the server's ``body_size``), never input data."""
         self._refused.labels(self._guard, reason).inc(n)
+
+    def observe_dropped(self, reason: str) -> None:
+        """Count one infer request the HTTP service ended before reading its inputs; ``reason``
+        is a fixed token (``unauthorized``, ``body_timeout``, ``overloaded``, ``disconnect``)."""
+        self._dropped.labels(self._guard, reason).inc()
 
     def observe_failure(self, kind: str) -> None:
         self._failures.labels(self._guard, kind).inc()

@@ -7,12 +7,19 @@ response has the outputs ``score`` (FP64, higher = more OOD), ``p_value`` (FP64)
 (BOOL) and, on request, ``features`` (FP32 ``[N, F]``), each as JSON or binary as asked.
 
 Every malformed request raises :class:`ProtocolError`, which carries the HTTP status and a
-fixed ``reason`` token for the refusal metric.
+fixed ``reason`` token for the refusal metric. Parsing is bounded before anything is built from
+the body: JSON nesting deeper than :data:`MAX_JSON_DEPTH` and number literals longer than
+:data:`MAX_NUMBER_CHARS` are refused before ``json.loads`` (whose recursion or 4300-digit int
+limit would otherwise fail with a server error), the shape is checked with Python ints before
+any product is taken, and the rows a refusal counts are capped by ``max_rows``.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +33,8 @@ from oodguard.guard import CheckResult
 __all__ = [
     "DEFAULT_OUTPUTS",
     "HEADER_LENGTH",
+    "MAX_JSON_DEPTH",
+    "MAX_NUMBER_CHARS",
     "OUTPUTS",
     "InferRequest",
     "ProtocolError",
@@ -43,6 +52,18 @@ OUTPUTS: dict[str, tuple[str, str]] = {
     "features": ("FP32", "<f4"),
 }
 DEFAULT_OUTPUTS = ("score", "p_value", "is_ood")
+#: deepest JSON nesting accepted (a request needs 3 + the input's rank)
+MAX_JSON_DEPTH = 32
+#: longest JSON number literal accepted (a float64 needs at most 24 characters)
+MAX_NUMBER_CHARS = 64
+
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKET = np.zeros(256, np.int8)
+_BRACKET[list(b"[{")] = 1
+_BRACKET[list(b"]}")] = -1
+_NOT_BRACKET = bytes(c for c in range(256) if c not in b"[]{}")
+_NUMBER_MASK = bytes(ord("1") if c in b"-+0123456789.eE" else ord(" ") for c in range(256))
+_LONG_NUMBER = b"1" * (MAX_NUMBER_CHARS + 1)
 
 
 class ProtocolError(InvalidInputError):
@@ -64,11 +85,14 @@ class InferRequest:
     x : ndarray of float32, shape (N, *input_shape)
     outputs : the requested output names, in order, each with ``True`` for binary data
     id : the request id, echoed in the response
+    fdr : ``parameters.fdr``: decide ``is_ood`` by Benjamini–Hochberg at this level over the
+        request's rows (None: the guard's per-row ``p_value <= alpha``)
     """
 
     x: np.ndarray
     outputs: tuple[tuple[str, bool], ...]
     id: str | None = None
+    fdr: float | None = None
 
 
 def model_metadata(name: str, spec: InputSpec, n_features: int) -> dict[str, Any]:
@@ -89,94 +113,174 @@ def model_metadata(name: str, spec: InputSpec, n_features: int) -> dict[str, Any
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
-    try:
-        n = int(header_length)
-    except ValueError:
-        n = -1
+    h = header_length.strip()
+    n = int(h) if h.isdigit() and len(h) <= 12 else -1
     if not 0 < n <= len(body):
         raise ProtocolError(
             f"{HEADER_LENGTH} must be an integer in [1, {len(body)}] (the body's length); "
-            f"got {header_length!r}",
+            f"got {header_length[:40]!r}",
             reason="protocol",
         )
     return body[:n], body[n:]
 
 
+def _depth(brackets: bytes) -> int:
+    """The deepest nesting of a string of brackets, in 1 MiB chunks (bounded int32 sums)."""
+    deepest = level = 0
+    step = 1 << 20
+    for start in range(0, len(brackets), step):
+        chunk = np.frombuffer(brackets, np.uint8, min(step, len(brackets) - start), start)
+        run = np.cumsum(_BRACKET[chunk], dtype=np.int32) + level
+        deepest, level = max(deepest, int(run.max())), int(run[-1])
+    return deepest
+
+
+def _too_deep(text: bytes) -> bool:
+    brackets = text.translate(None, _NOT_BRACKET)  # C speed; a few bytes for most requests
+    return len(brackets) > MAX_JSON_DEPTH and _depth(brackets) > MAX_JSON_DEPTH
+
+
+def _too_long_number(text: bytes) -> bool:
+    return _LONG_NUMBER in text.translate(_NUMBER_MASK)
+
+
+def _check_bounds(head: bytes) -> None:
+    """Refuse nesting deeper than MAX_JSON_DEPTH and numbers longer than MAX_NUMBER_CHARS.
+
+    ``bytes.translate`` and a substring search (C speed, a few percent of ``json.loads``);
+    only when one trips are string literals (where brackets and digits are allowed) blanked
+    out and the check repeated exactly.
+    """
+    deep, long = _too_deep(head), _too_long_number(head)
+    if not (deep or long):
+        return
+    bare = _STRING.sub(b'""', head)
+    if deep and _too_deep(bare):
+        raise ProtocolError(f"the JSON nests deeper than {MAX_JSON_DEPTH} levels; an infer "
+                            "request needs 3 plus the input's rank", reason="json")
+    if long and _too_long_number(bare):
+        raise ProtocolError(f"a JSON number is longer than {MAX_NUMBER_CHARS} characters; send "
+                            "float32 values (9 significant digits suffice)", reason="json")
+
+
 def _shape(inp: Mapping[str, Any], spec: InputSpec, max_rows: int) -> tuple[int, ...]:
     shape = inp.get("shape")
     want = f"[N, {', '.join(map(str, spec.shape))}]"
-    if not isinstance(shape, list) or not all(
+    if not isinstance(shape, list) or len(shape) > MAX_JSON_DEPTH or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
+        shown = repr(shape) if len(repr(shape)) < 200 else repr(shape)[:200] + "…"
         raise ProtocolError(f"input 'shape' must be a list of non-negative integers like {want}; "
-                            f"got {shape!r}", reason="shape")
+                            f"got {shown}", reason="shape")
+    # The refusal metric counts the rows a request claims, but never more than one request may
+    # hold: a claimed [10**300, 3] must not add 1e300 to a counter that alerts fire on.
+    rows = max(1, min(shape[0], max_rows)) if shape else 1
+    shown = str(shape) if len(str(shape)) < 200 else str(shape)[:200] + "…"
     if len(shape) != len(spec.shape) + 1:
         raise ProtocolError(f"input shape must be {want} (rank {len(spec.shape) + 1}); got "
-                            f"{shape}. A single sample needs a batch axis: [1, ...]",
+                            f"{shown}. A single sample needs a batch axis: [1, ...]",
                             reason="rank")
     if tuple(shape[1:]) != spec.shape:
-        raise ProtocolError(f"input shape must be {want}; got {shape}. The bundle was exported "
+        raise ProtocolError(f"input shape must be {want}; got {shown}. The bundle was exported "
                             f"for samples of shape {list(spec.shape)}", reason="shape",
-                            rows=shape[0] or 1)
+                            rows=rows)
     if shape[0] > max_rows:
-        raise ProtocolError(f"a request may hold at most {max_rows} rows; got {shape[0]}. "
-                            "Split the batch", status=413, reason="batch_size", rows=shape[0])
+        raise ProtocolError(f"a request may hold at most {max_rows} rows; got "
+                            f"{shown.split(',')[0].lstrip('[')}. Split the batch", status=413,
+                            reason="batch_size", rows=rows)
     return tuple(shape)
 
 
-def _tensor(inp: Mapping[str, Any], shape: tuple[int, ...], binary: bytes) -> tuple[np.ndarray,
-                                                                                      int]:
-    """The input tensor and the number of binary bytes it used."""
-    n = int(np.prod(shape))
+def _leaf_types(data: list[Any], ndim: int) -> set[type]:
+    """The Python types of the leaves of a rectangular nested list of depth ``ndim``."""
+    level: Any = data
+    for _ in range(ndim - 1):
+        level = itertools.chain.from_iterable(level)
+    return set(map(type, level))
+
+
+def _tensor(inp: Mapping[str, Any], shape: tuple[int, ...], binary: bytes, *,
+            maybe_bool: bool) -> tuple[np.ndarray, int]:
+    """The input tensor and the number of binary bytes it used. ``maybe_bool``: the JSON holds
+    ``true`` or ``false`` somewhere (else the leaves need no type check)."""
+    n = math.prod(shape)  # bounded: shape[0] <= max_rows and shape[1:] is the bundle's
+    rows = max(1, shape[0])
     params = inp.get("parameters") or {}
     if not isinstance(params, dict):
         raise ProtocolError("input 'parameters' must be an object", reason="protocol")
     if "binary_data_size" in params:
         size = params["binary_data_size"]
-        if not isinstance(size, int) or size != 4 * n:
+        if isinstance(size, bool) or not isinstance(size, int) or size != 4 * n:
             raise ProtocolError(f"binary_data_size must be 4 × {n} = {4 * n} bytes for FP32 shape "
-                                f"{list(shape)}; got {size!r}", reason="shape", rows=shape[0])
+                                f"{list(shape)}; got {size!r:.40}", reason="shape", rows=rows)
         if len(binary) < size:
             raise ProtocolError(f"the body holds {len(binary)} binary bytes after the JSON header;"
-                                f" binary_data_size says {size}", reason="protocol")
+                                f" binary_data_size says {size}. The body is truncated or "
+                                f"{HEADER_LENGTH} is too large", reason="protocol", rows=rows)
         return np.frombuffer(binary, dtype="<f4", count=n).astype(np.float32).reshape(shape), size
     if "data" not in inp:
         raise ProtocolError("input needs 'data' (JSON) or parameters.binary_data_size (binary "
                             "tensor extension)", reason="protocol")
+    data = inp["data"]
+    if not isinstance(data, list):
+        raise ProtocolError(f"input 'data' must be a JSON list of numbers; got a "
+                            f"{type(data).__name__}", reason="type", rows=rows)
     try:
-        raw = np.asarray(inp["data"])
+        raw = np.asarray(data)
     except ValueError as err:  # ragged nesting
         raise ProtocolError(f"input 'data' is not a rectangular list of numbers ({err})",
-                            reason="type", rows=shape[0]) from err
-    if raw.size and raw.dtype.kind not in "fiu":
-        raise ProtocolError(f"input 'data' must hold only numbers; got JSON values that make "
-                            f"dtype {raw.dtype}", reason="type", rows=shape[0])
+                            reason="type", rows=rows) from err
+    if raw.size and (raw.dtype.kind not in "fiu" or (
+            maybe_bool and not _leaf_types(data, raw.ndim) <= {int, float})):
+        # numpy turns [true, 0.5] into floats (strings and nulls it turns into non-numbers);
+        # JSON booleans are not numbers here.
+        raise ProtocolError("input 'data' must hold only JSON numbers (no true/false, strings, "
+                            "null or objects)", reason="type", rows=rows)
     if raw.size != n:
         raise ProtocolError(f"input 'data' holds {raw.size} numbers; shape {list(shape)} needs "
-                            f"{n}", reason="shape", rows=shape[0])
+                            f"{n}", reason="shape", rows=rows)
     with np.errstate(over="ignore"):  # beyond float32 range ▶ inf ▶ a non-finite row
         return raw.astype(np.float32).reshape(shape), 0
 
 
-def _outputs(doc: Mapping[str, Any]) -> tuple[tuple[str, bool], ...]:
-    params = doc.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise ProtocolError("request 'parameters' must be an object", reason="protocol")
-    default_binary = bool(params.get("binary_data_output", False))
-    requested = doc.get("outputs")
+def _flag(params: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = params.get(key, default)
+    if not isinstance(value, bool):
+        raise ProtocolError(f"parameter {key!r} must be a JSON boolean (true or false); got "
+                            f"{value!r:.40}", reason="protocol")
+    return value
+
+
+def _fdr(params: Mapping[str, Any]) -> float | None:
+    q = params.get("fdr")
+    if q is None:
+        return None
+    if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 < q < 1.0:
+        raise ProtocolError(f"parameter 'fdr' must be a number in (0, 1), the target false "
+                            f"discovery rate over this request's rows; got {q!r:.40}",
+                            reason="protocol")
+    return float(q)
+
+
+def _outputs(params: Mapping[str, Any], requested: Any) -> tuple[tuple[str, bool], ...]:
+    default_binary = _flag(params, "binary_data_output", False)
     if requested is None:
         return tuple((name, default_binary) for name in DEFAULT_OUTPUTS)
     if not isinstance(requested, list) or not all(isinstance(o, dict) for o in requested):
         raise ProtocolError("'outputs' must be a list of objects", reason="protocol")
-    out = []
+    out: list[tuple[str, bool]] = []
     for o in requested:
         name = o.get("name")
         if name not in OUTPUTS:
-            raise ProtocolError(f"unknown output {name!r}; outputs are {list(OUTPUTS)}",
+            raise ProtocolError(f"unknown output {name!r:.40}; outputs are {list(OUTPUTS)}",
                                 reason="protocol")
+        if any(name == seen for seen, _ in out):
+            raise ProtocolError(f"output {name!r} is requested twice", reason="protocol")
         p = o.get("parameters") or {}
-        out.append((name, bool(p.get("binary_data", default_binary)) if isinstance(p, dict)
-                    else default_binary))
+        if not isinstance(p, dict):
+            raise ProtocolError(f"output {name!r} 'parameters' must be an object",
+                                reason="protocol")
+        out.append((name, _flag(p, "binary_data", default_binary)))
     return tuple(out)
 
 
@@ -188,13 +292,18 @@ def parse_infer(
     Raises
     ------
     ProtocolError
-        With a 400 (or 413 for too many rows) status and a reason token.
+        With a 400 (or 413 for too many rows) status and a reason token; ``rows`` is at most
+        ``max_rows``.
     """
     head, binary = _split(body, header_length)
+    _check_bounds(head)
     try:
         doc = json.loads(head)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ProtocolError(f"the request body is not valid JSON: {err}", reason="json") from err
+    except (ValueError, RecursionError) as err:  # not reachable after _check_bounds; kept safe
+        raise ProtocolError(f"the request body is not acceptable JSON: {err}",
+                            reason="json") from err
     if not isinstance(doc, dict):
         raise ProtocolError("the request must be a JSON object with 'inputs'", reason="protocol")
     inputs = doc.get("inputs")
@@ -203,18 +312,25 @@ def parse_infer(
                             f"input {spec.name!r})", reason="protocol")
     inp = inputs[0]
     if inp.get("name") != spec.name:
-        raise ProtocolError(f"the input must be named {spec.name!r}; got {inp.get('name')!r}",
-                            reason="protocol")
+        raise ProtocolError(f"the input must be named {spec.name!r}; got "
+                            f"{inp.get('name')!r:.40}", reason="protocol")
     if inp.get("datatype") != "FP32":
-        raise ProtocolError(f"input datatype must be 'FP32'; got {inp.get('datatype')!r}. "
+        raise ProtocolError(f"input datatype must be 'FP32'; got {inp.get('datatype')!r:.40}. "
                             "Send float32 values", reason="dtype")
     shape = _shape(inp, spec, max_rows)
-    x, used = _tensor(inp, shape, binary)
+    x, used = _tensor(inp, shape, binary, maybe_bool=b"true" in head or b"false" in head)
     if used != len(binary):
         raise ProtocolError(f"{len(binary) - used} binary bytes follow the JSON header that no "
-                            "input claims", reason="protocol")
+                            "input claims", reason="protocol", rows=max(1, len(x)))
+    params = doc.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise ProtocolError("request 'parameters' must be an object", reason="protocol")
     rid = doc.get("id")
-    return InferRequest(x=x, outputs=_outputs(doc), id=rid if isinstance(rid, str) else None)
+    if rid is not None and not isinstance(rid, str):
+        raise ProtocolError(f"request 'id' must be a string; got {type(rid).__name__}",
+                            reason="protocol")
+    return InferRequest(x=x, outputs=_outputs(params, doc.get("outputs")), id=rid,
+                        fdr=_fdr(params))
 
 
 def _column(result: CheckResult, name: str) -> np.ndarray:
@@ -222,11 +338,26 @@ def _column(result: CheckResult, name: str) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=OUTPUTS[name][1])
 
 
+def _json_values(arr: np.ndarray) -> list[Any]:
+    """Flat JSON-safe values: ±inf becomes ± the dtype's largest finite value (order kept,
+    so ``score`` stays "higher = more OOD"), NaN becomes ``null``; RFC 8259 has neither."""
+    flat = arr.ravel()
+    if flat.dtype.kind != "f" or np.isfinite(flat).all():
+        return flat.tolist()
+    big = float(np.finfo(flat.dtype).max)
+    values: list[Any] = np.clip(flat, -big, big).tolist()
+    for i in np.flatnonzero(np.isnan(flat)).tolist():
+        values[i] = None
+    return values
+
+
 def encode_response(
     model: str, request: InferRequest, result: CheckResult
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and its headers (content type, and the JSON header's length when any
-    output is binary). JSON outputs may hold ``Infinity``/``NaN`` for non-finite input rows."""
+    output is binary). JSON outputs are strict RFC 8259 JSON: a non-finite value (score +inf and
+    NaN features of a non-finite input row) is sent as described in :func:`_json_values`;
+    binary outputs carry the IEEE values unchanged."""
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     for name, binary in request.outputs:
@@ -238,12 +369,12 @@ def encode_response(
             out["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            out["data"] = arr.ravel().tolist()
+            out["data"] = _json_values(arr)
         outputs.append(out)
     doc: dict[str, Any] = {"model_name": model, "model_version": "1", "outputs": outputs}
     if request.id is not None:
         doc["id"] = request.id
-    head = json.dumps(doc, separators=(",", ":")).encode()
+    head = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
     if not blobs:
         return head, {"content-type": "application/json"}
     return b"".join([head, *blobs]), {

@@ -14,13 +14,17 @@ route                               method answer
 ``/metrics``                        GET    Prometheus text exposition
 =================================== ====== ============================================
 
-Every refused request gets a 4xx JSON body ``{"error": "...", "reason": "..."}`` and, on the
-infer route, counts in ``oodguard_inputs_refused_total{reason=...}``; see ``docs/serving.md``.
-Environment variables are read by the CLI (the edge), not here.
+Every refused request gets a 4xx (or 503) JSON body ``{"error": "...", "reason": "..."}``
+and, on the infer route, counts in ``oodguard_inputs_refused_total{reason=...}`` (a bad input,
+at most ``max_request_rows`` per request) or ``oodguard_http_requests_dropped_total`` (ended
+before its inputs were read: no token, body timeout, byte budget, disconnect). The contract,
+outcome by outcome, is ``docs/guarantees-http.md``. Environment variables are read by the CLI
+(the edge), not here.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import logging
@@ -29,7 +33,7 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from starlette.applications import Starlette
@@ -41,8 +45,10 @@ from starlette.routing import Route
 
 from oodguard._version import __version__
 from oodguard.batching import Batcher
+from oodguard.decisions import benjamini_hochberg
 from oodguard.errors import InvalidInputError
 from oodguard.guard import Guard
+from oodguard.http_body import BodyReader, Dropped, Hold
 from oodguard.protocol import HEADER_LENGTH, ProtocolError, encode_response, model_metadata
 from oodguard.protocol import parse_infer as _parse_infer
 from oodguard.validation import validate_batch
@@ -52,6 +58,9 @@ __all__ = ["ServeConfig", "create_app", "serve"]
 log = logging.getLogger(__name__)
 
 _INLINE_PARSE_BYTES = 64 * 1024
+#: after SIGTERM, how long accepted connections may go on reading what their clients sent
+#: before idle ones are closed (see ``serve``)
+_DRAIN_QUIET_S = 0.5
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,6 +79,11 @@ class ServeConfig:
         has a large fixed cost (GPU) and load is moderate
     max_body_bytes : larger request bodies get 413
     max_request_rows : requests with more rows get 413
+    body_timeout_s : a request body not fully received this long after the request's headers
+        gets 408 and the connection is closed (slow or unfinished uploads)
+    max_inflight_body_bytes : budget for the bodies of all requests being received or served
+        at once (declared Content-Length reserved up front, chunked bodies as they come); a
+        request that does not fit gets 503 with ``Retry-After: 1`` at once, without waiting
     token : bearer token required on ``/v2/models/...`` (health and ``/metrics`` stay open)
     graceful_timeout_s : how long SIGTERM waits for in-flight requests
     """
@@ -82,19 +96,27 @@ class ServeConfig:
     max_wait_ms: float = 0.0
     max_body_bytes: int = 16 * 1024 * 1024
     max_request_rows: int = 4096
+    body_timeout_s: float = 30.0
+    max_inflight_body_bytes: int = 64 * 1024 * 1024
     token: str | None = field(default=None, repr=False)
     graceful_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in [0, 65535]. Got {self.port}")
-        for name in ("max_batch", "max_body_bytes", "max_request_rows"):
+        for name in ("max_batch", "max_body_bytes", "max_request_rows",
+                     "max_inflight_body_bytes"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive int. Got {getattr(self, name)!r}")
         if not 0 <= self.max_wait_ms <= 10_000:
             raise ValueError(f"max_wait_ms must be in [0, 10000]. Got {self.max_wait_ms}")
-        if not self.graceful_timeout_s > 0:
-            raise ValueError(f"graceful_timeout_s must be > 0. Got {self.graceful_timeout_s}")
+        for name in ("graceful_timeout_s", "body_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0. Got {getattr(self, name)}")
+        if self.max_inflight_body_bytes < self.max_body_bytes:
+            raise ValueError(f"max_inflight_body_bytes ({self.max_inflight_body_bytes}) must be "
+                             f">= max_body_bytes ({self.max_body_bytes}), or no large request "
+                             "could ever be served")
         if self.token is not None and not self.token.strip():
             raise ValueError("token must be a non-empty string or None")
 
@@ -111,7 +133,7 @@ def _error(status: int, message: str, reason: str, headers: dict[str, str] | Non
 
 
 class _Service:
-    """The routes' shared state: the guard, the batcher, readiness."""
+    """The routes' shared state: the guard, the batcher, readiness, the body-byte budget."""
 
     def __init__(self, guard: Guard, config: ServeConfig, registry: Any) -> None:
         self.guard, self.config, self.registry = guard, config, registry
@@ -120,47 +142,37 @@ class _Service:
                                max_wait_s=config.max_wait_ms / 1000.0, enabled=config.batching)
         self.ready = False
         self._token = None if config.token is None else f"Bearer {config.token}".encode()
+        self.bodies = BodyReader(max_bytes=config.max_body_bytes,
+                                 timeout_s=config.body_timeout_s,
+                                 budget_bytes=config.max_inflight_body_bytes)
 
     def refuse(self, err: ProtocolError | InvalidInputError, rows: int = 1) -> JSONResponse:
         if self.guard.metrics is not None:
-            self.guard.metrics.observe_refused(err.reason, max(1, rows))
+            self.guard.metrics.observe_refused(
+                err.reason, max(1, min(rows, self.config.max_request_rows)))
         status = getattr(err, "status", 400)
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        return _error(status, str(err), err.reason, headers)
+        return _error(status, str(err), err.reason)
+
+    def drop(self, d: Dropped) -> JSONResponse:
+        if self.guard.metrics is not None:
+            self.guard.metrics.observe_dropped(d.reason)
+        return _error(d.status, str(d), d.reason, d.headers)
 
     def authorize(self, request: Request) -> None:
         if self._token is None:
             return
         got = request.headers.get("authorization", "").encode()
         if not hmac.compare_digest(got, self._token):
-            raise ProtocolError("missing or wrong bearer token: send 'Authorization: Bearer "
-                                "<token>'", status=401, reason="unauthorized")
+            raise Dropped(401, "missing or wrong bearer token: send 'Authorization: Bearer "
+                           "<token>'", "unauthorized",
+                           {"WWW-Authenticate": "Bearer"})
 
     def model(self, request: Request) -> None:
         name = request.path_params["name"]
         version = request.path_params.get("version", "1")
         if name != self.name or version != "1":
-            raise ProtocolError(f"no model {name!r} version {version!r}; this server has "
-                                f"{self.name!r} version '1'", status=404, reason="model")
-
-    async def body(self, request: Request) -> bytes:
-        limit = self.config.max_body_bytes
-        enc = request.headers.get("content-encoding", "identity").strip().lower()
-        if enc not in ("", "identity"):
-            raise ProtocolError(f"Content-Encoding {enc!r} is not supported; send the body "
-                                "uncompressed", status=415, reason="encoding")
-        declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            raise ProtocolError(f"the body may hold at most {limit} bytes; Content-Length is "
-                                f"{declared}", status=413, reason="body_size")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ProtocolError(f"the body may hold at most {limit} bytes", status=413,
-                                    reason="body_size")
-            chunks.append(chunk)
-        return b"".join(chunks)
+            raise ProtocolError(f"no model {name[:100]!r} version {version[:20]!r}; this server "
+                                f"has {self.name!r} version '1'", status=404, reason="model")
 
     # -- routes ----------------------------------------------------------------------------
     async def server_metadata(self, request: Request) -> Response:
@@ -190,14 +202,34 @@ class _Service:
             self.model(request)
         except ProtocolError as err:
             return _error(err.status, str(err), err.reason)
+        except Dropped as d:
+            return _error(d.status, str(d), d.reason, d.headers)
         doc, status = build()
         return JSONResponse(doc, status_code=status)
 
     async def infer(self, request: Request) -> Response:
+        hold = Hold()
+        try:
+            response = await self._infer(request, hold)
+        except Dropped as d:
+            if d.reason == "disconnect":  # nobody reads the answer; one line, no traceback
+                log.info("client %s disconnected before its request body arrived",
+                         request.client.host if request.client else "?")
+            response = self.drop(d)
+        finally:
+            self.bodies.release(hold)
+        if not hold.complete and not self.bodies.discardable(request):
+            # An answer before the body was read: the HTTP layer reads and discards the rest of
+            # a body whose declared length is within the limit (the client, still sending, then
+            # gets the answer instead of a reset). Anything else closes the connection.
+            response.headers["Connection"] = "close"
+        return response
+
+    async def _infer(self, request: Request, hold: Hold) -> Response:
         try:
             self.authorize(request)
             self.model(request)
-            body = await self.body(request)
+            body = await self.bodies.read(request, hold)
             parse = functools.partial(
                 _parse_infer, body, header_length=request.headers.get(HEADER_LENGTH),
                 spec=self.guard.input_spec, max_rows=self.config.max_request_rows)
@@ -218,6 +250,10 @@ class _Service:
             if self.guard.metrics is not None:
                 self.guard.metrics.observe_failure(kind)
             return _error(500, f"the guard failed: {kind}", "guard_failure")
+        if req.fdr is not None:
+            # This request's rows only: a coalesced batch mixes other clients' rows, and the
+            # BH decision of a row depends on every row it is tested with.
+            result = replace(result, is_ood=benjamini_hochberg(result.p_value, req.fdr))
         content, headers = encode_response(self.name, req, result)
         return Response(content, headers=headers)
 
@@ -307,6 +343,10 @@ def serve(guard: Guard, config: ServeConfig, *, registry: Any = None,
             svc.ready = False  # readiness fails at once while in-flight requests finish
             super().handle_exit(sig, frame)
 
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            await _drain(self, sock)
+            await super().shutdown(sockets)
+
     server = _Server(uvicorn.Config(
         app, log_level="warning", access_log=False, lifespan="on",
         timeout_graceful_shutdown=int(config.graceful_timeout_s) or 1,
@@ -328,6 +368,44 @@ def serve(guard: Guard, config: ServeConfig, *, registry: Any = None,
 
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+async def _drain(server: Any, sock: socket.socket) -> None:
+    """Stop accepting without dropping a request a client already sent.
+
+    Closing a listening socket resets the connections the kernel completed but the server had
+    not accepted yet, whose clients have already sent their request: under load that was 20-40%
+    of the requests in flight. So they are accepted first and handed to the HTTP protocol like
+    any other connection, then the listener closes, then every connection gets
+    ``_DRAIN_QUIET_S`` to read what its client sent before uvicorn's shutdown closes idle
+    connections (a connection still without a request at that point gets none answered, as
+    with any server). uvicorn then lets every started request finish (``graceful_timeout_s``)
+    and the lifespan stops the batcher after its queue is empty.
+    """
+    loop = asyncio.get_running_loop()
+    adopted = []
+    while True:  # the listening socket is non-blocking under asyncio
+        try:
+            conn, _ = sock.accept()
+        except (BlockingIOError, InterruptedError):
+            break
+        except OSError:  # closed already
+            break
+        adopted.append(conn)
+    for srv in server.servers:
+        srv.close()
+    config = server.config
+
+    def protocol() -> asyncio.Protocol:
+        return config.http_protocol_class(
+            config=config, server_state=server.server_state, app_state=server.lifespan.state)
+
+    for conn in adopted:
+        conn.setblocking(False)
+        await loop.connect_accepted_socket(protocol, conn)
+    log.info("draining: %d queued connection(s) adopted, %d open", len(adopted),
+             len(server.server_state.connections))
+    await asyncio.sleep(_DRAIN_QUIET_S)
 
 
 def _ignore(sig: int, frame: Any) -> None:

@@ -48,3 +48,22 @@ def test_guard_benchmark_reports_overhead_and_a_runtime_only_process(tmp_path) -
     assert [r["batch"] for r in doc["rows"]] == [1, 256]
     assert doc["startup"]["heavy_modules"] == []  # torch / sklearn / onnx not imported
     assert doc["startup"]["peak_rss_mb"] > 0
+
+
+@pytest.mark.slow
+def test_soak_benchmark_quick_mode_reports_no_errors_and_no_lost_request(
+        tmp_path, bundle) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "soak.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "soak.py"), "--quick", "--bundle",
+         str(bundle), "--out", str(out)],
+        check=True, capture_output=True, text=True, timeout=600,
+    )
+    doc = json.loads(out.read_text())
+    soak, drain, slow = doc["soak"], doc["drain"], doc["slow_bodies"]
+    assert soak["errors"] == 0 and soak["requests"] == 400 and soak["p99_ms"] > 0
+    assert {"rss_after_warmup_mb", "rss_end_mb", "rss_growth_pct", "requests_per_s"} <= set(soak)
+    assert drain["in_flight_at_sigterm"] == drain["sent"] == 40
+    assert drain["lost"] == 0 and drain["exit_code"] == 0
+    assert sum(slow["statuses"].values()) == slow["connections"]
+    assert set(slow["statuses"]) <= {"408", "503"}

@@ -105,3 +105,15 @@ def test_manifests_probe_server_routes_and_image_installs_existing_extras() -> N
         "optional-dependencies"]
     assert re.search(r"\[cpu,serve\]", docker) and {"cpu", "serve"} <= set(extras)
     assert '"--port", "8000"' in docker and "EXPOSE 8000" in docker
+
+
+def test_deployment_drains_before_the_kill() -> None:
+    """preStop sleeps (endpoint removal races with SIGTERM) and the grace period covers the
+    sleep plus the server's drain timeout, so in-flight requests finish before SIGKILL."""
+    k8s = (DEPLOY / "kubernetes" / "oodguard.yaml").read_text()
+    sleep = re.search(r'preStop:\s+exec:\s+command: \["sleep", "(\d+)"\]', k8s)
+    grace = re.search(r"terminationGracePeriodSeconds: (\d+)", k8s)
+    drain = re.search(r'"--graceful-timeout-s", "(\d+)"', k8s)
+    assert sleep and grace and drain, "preStop sleep, grace period and drain timeout expected"
+    assert 0 < int(sleep.group(1)) and int(grace.group(1)) > int(sleep.group(1)) + int(
+        drain.group(1))

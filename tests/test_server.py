@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
+import signal
 import subprocess
 import threading
 import time
@@ -84,7 +87,9 @@ def test_default_outputs_and_a_non_finite_row(server, reference, data) -> None:
     assert r.status_code == 200, r.text
     outs = {o["name"]: o for o in r.json()["outputs"]}
     assert list(outs) == ["score", "p_value", "is_ood"]
-    assert outs["is_ood"]["data"][1] is True and outs["score"]["data"][1] == float("inf")
+    # +inf is not JSON: the largest finite float64 stands for it (docs/serving.md)
+    assert outs["is_ood"]["data"][1] is True
+    assert outs["score"]["data"][1] == np.finfo(np.float64).max
     assert outs["p_value"]["data"][0] == reference.check(x[:1]).p_value[0]
 
 
@@ -119,7 +124,7 @@ BAD = [
     ("binary-size", "/v2/models/g/infer", BIN_HEAD + b"\0" * 100,
      {"Inference-Header-Content-Length": str(len(BIN_HEAD))}, 400, "shape", 2),
     ("too-many-rows", "/v2/models/g/infer", infer_body(np.zeros((MAX_ROWS + 1, 16), np.float32)),
-     {}, 413, "batch_size", MAX_ROWS + 1),
+     {}, 413, "batch_size", MAX_ROWS),  # counted rows are capped at max_request_rows
     ("body-too-large", "/v2/models/g/infer", b" " * (MAX_BODY + 1), {}, 413, "body_size", 1),
     ("chunked-too-large", "/v2/models/g/infer", _chunks, {}, 413, "body_size", 1),
     ("compressed", "/v2/models/g/infer", GOOD, {"Content-Encoding": "gzip"}, 415, "encoding", 1),
@@ -203,6 +208,80 @@ def test_sigterm_finishes_in_flight_requests(bundle) -> None:
         assert code == 0, proc.output
         assert time.monotonic() - t0 < 10
         assert proc.lines[-1] == "oodguard serve: stopped"
+
+
+async def _burst(url: str, n: int, proc) -> tuple[list[object], int, object]:  # type: ignore[no-untyped-def]
+    """``n`` requests already sent when SIGTERM arrives, none of them accepted yet.
+
+    The server is stopped (SIGSTOP) while ``n`` connections each send one infer request: the
+    kernel completes the connections and buffers the requests, so at the signal every request
+    sits in the accept backlog or a socket buffer — where a server that simply closes its
+    listener resets them. Then SIGTERM, SIGCONT, and readiness is asked on a keep-alive
+    connection opened before. Returns each request's status (or error), how many were
+    answered before the signal, and the readiness status after it.
+    """
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    request = (f"POST /v2/models/default/infer HTTP/1.1\r\nHost: t\r\n"
+               f"Content-Length: {len(GOOD)}\r\n\r\n").encode() + GOOD
+    written = [0]
+    all_written = asyncio.Event()
+
+    async def read_status(reader: asyncio.StreamReader) -> int:
+        head = await reader.readuntil(b"\r\n\r\n")
+        m = re.search(rb"(?i)content-length: *(\d+)", head)
+        await reader.readexactly(int(m.group(1)) if m else 0)
+        return int(head.split()[1])
+
+    async def one() -> object:
+        try:
+            reader, writer = await asyncio.open_connection(host, int(port))
+        except OSError as err:
+            return f"connect: {err}"
+        try:
+            writer.write(request)
+            await writer.drain()
+            written[0] += 1
+            if written[0] == n:
+                all_written.set()
+            return await asyncio.wait_for(read_status(reader), 60)
+        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError) as err:
+            return repr(err)
+        finally:
+            writer.close()
+
+    probe_r, probe_w = await asyncio.open_connection(host, int(port))
+    ready_req = b"GET /v2/health/ready HTTP/1.1\r\nHost: t\r\n\r\n"
+    probe_w.write(ready_req)
+    assert await read_status(probe_r) == 200
+    proc.popen.send_signal(signal.SIGSTOP)
+    try:
+        tasks = [asyncio.create_task(one()) for _ in range(n)]
+        await asyncio.wait_for(all_written.wait(), 60)
+        answered = sum(t.done() for t in tasks)
+        proc.popen.send_signal(signal.SIGTERM)
+    finally:
+        proc.popen.send_signal(signal.SIGCONT)
+    await asyncio.sleep(0.05)
+    probe_w.write(ready_req)
+    try:
+        ready: object = await read_status(probe_r)
+    except (OSError, asyncio.IncompleteReadError) as err:
+        ready = repr(err)
+    probe_w.close()
+    return list(await asyncio.gather(*tasks)), answered, ready
+
+
+def test_sigterm_with_500_requests_in_flight_loses_none(bundle) -> None:
+    n = 520
+    with serving(bundle, "--max-wait-ms", "200", "--max-batch", "1024") as (url, proc):
+        statuses, answered, ready = asyncio.run(_burst(url, n, proc))
+        code = proc.popen.wait(60)
+    assert answered == 0  # every request was in flight at the signal
+    lost = [s for s in statuses if s != 200]
+    assert not lost, (len(lost), lost[:3])
+    assert ready == 503  # readiness fails at once
+    assert code == 0 and proc.lines[-1] == "oodguard serve: stopped"
+    assert "Traceback" not in proc.output
 
 
 def test_serve_aggregates_metrics_in_multiprocess_mode(bundle, data, tmp_path) -> None:

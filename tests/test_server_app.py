@@ -56,11 +56,22 @@ def test_parse_binary_and_json_requests_agree() -> None:
         ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 4], "data": [[0] * 4, [0]]}]},
          400, "type", "rectangular"),
         ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [True] * 4}]},
-         400, "type", "only numbers"),
+         400, "type", "only JSON numbers"),
         ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [11, 4], "data": [0] * 44}]},
          413, "batch_size", "at most 10 rows"),
         ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4]}]},
          400, "protocol", "needs 'data'"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4],
+                      "data": [True, 0.5, 0.5, 0.5]}]}, 400, "type", "no true/false"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [0.5] * 4}],
+          "parameters": {"binary_data_output": "false"}}, 400, "protocol",
+         "'binary_data_output' must be a JSON boolean"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [0.5] * 4}],
+          "parameters": {"fdr": float("nan")}}, 400, "protocol", r"'fdr' must be a number in"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [10 ** 40, 5],
+                      "data": [0.5] * 4}]}, 400, "shape", "must be \\[N, 4\\]"),
+        (b'{"inputs": ' + b"[" * 33 + b"]" * 33 + b"}", 400, "json", "deeper than 32"),
+        (b'{"inputs": [1' + b"0" * 64 + b"]}", 400, "json", "longer than 64 characters"),
     ],
 )
 def test_parse_refusals(doc, status, reason, message) -> None:
@@ -68,6 +79,7 @@ def test_parse_refusals(doc, status, reason, message) -> None:
     with pytest.raises(ProtocolError, match=message) as info:
         parse_infer(raw, header_length=None, spec=SPEC, max_rows=10)
     assert (info.value.status, info.value.reason) == (status, reason)
+    assert 1 <= info.value.rows <= 10  # never more than max_rows, whatever the shape claims
 
 
 def test_binary_response_layout() -> None:
@@ -142,7 +154,9 @@ def test_bearer_token_guards_model_routes_only(guard, registry, data) -> None:
         r = client.post("/v2/models/t/infer", content=good, headers=ok)
         assert r.status_code == 200, r.text
         text = client.get("/metrics").text
-    assert metric_value(text, "oodguard_inputs_refused_total", reason="unauthorized") == 3
+    # not input refusals: a client without the token cannot move the refusal alert
+    assert metric_value(text, "oodguard_inputs_refused_total") == 0
+    assert metric_value(text, "oodguard_http_requests_dropped_total", reason="unauthorized") == 3
     assert metric_value(text, "oodguard_inputs_total", guard="t") == 2
 
 
@@ -210,3 +224,77 @@ def test_a_large_json_request_is_parsed_off_the_loop_and_scored(guard, registry,
     score = r.json()["outputs"][0]["data"]
     np.testing.assert_array_equal(score, Guard.load(guard.bundle.path, registry=None)
                                   .check(x).score)
+
+
+def test_fdr_parameter_applies_benjamini_hochberg_to_each_requests_rows_only(
+        guard, registry, data) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from oodguard.decisions import benjamini_hochberg
+
+    a = np.concatenate([data["test"][:40], data["noise"][:10]])  # some OOD rows
+    b = data["test"][40:80]  # in-distribution only
+    q = 0.2
+    # 1 s for company: the two requests are scored in one coalesced guard call
+    app = create_app(guard, ServeConfig(max_wait_ms=1000, max_batch=256), registry=registry)
+    with TestClient(app) as client, ThreadPoolExecutor(2) as pool:
+        before = client.get("/metrics").text
+        futures = [pool.submit(client.post, "/v2/models/t/infer",
+                               content=body(x, parameters={"fdr": q})) for x in (a, b)]
+        responses = [f.result() for f in futures]
+        after = client.get("/metrics").text
+    assert (metric_value(after, "oodguard_batch_size_count")
+            - metric_value(before, "oodguard_batch_size_count")) == 1  # coalesced
+    reference = Guard.load(guard.bundle.path, registry=None)
+    for x, r in zip((a, b), responses, strict=True):
+        assert r.status_code == 200, r.text
+        out = {o["name"]: o["data"] for o in r.json()["outputs"]}
+        p = np.asarray(out["p_value"])
+        np.testing.assert_array_equal(p, reference.check(x).p_value)
+        # BH over this request's p-values alone, not over the coalesced batch's
+        np.testing.assert_array_equal(out["is_ood"], benjamini_hochberg(p, q))
+    both = benjamini_hochberg(reference.check(np.concatenate([a, b])).p_value, q)
+    flagged_a = np.asarray(responses[0].json()["outputs"][2]["data"])
+    assert flagged_a.sum() > 0  # the noise rows are found
+    assert not np.array_equal(flagged_a, both[: len(a)]) or not np.array_equal(
+        responses[1].json()["outputs"][2]["data"], both[len(a):]), (
+        "this data does not tell per-request BH from batch-wide BH; pick other rows")
+
+
+def test_serve_config_validates_the_body_limits() -> None:
+    with pytest.raises(ValueError, match="body_timeout_s must be > 0. Got 0"):
+        ServeConfig(body_timeout_s=0)
+    with pytest.raises(ValueError, match=r"max_inflight_body_bytes \(10\) must be >= "
+                                         r"max_body_bytes \(100\)"):
+        ServeConfig(max_body_bytes=100, max_inflight_body_bytes=10)
+    with pytest.raises(ValueError, match="max_inflight_body_bytes must be a positive int"):
+        ServeConfig(max_inflight_body_bytes=0)
+
+
+def _naive_scan(text: bytes) -> tuple[int, int]:
+    depth = deepest = run = longest = 0
+    for c in text:
+        depth += (c in b"[{") - (c in b"]}")
+        deepest = max(deepest, depth)
+        run = run + 1 if c in b"-+0123456789.eE" else 0
+        longest = max(longest, run)
+    return deepest, longest
+
+
+def test_bounds_checks_match_a_naive_scan_across_chunk_boundaries() -> None:
+    import oodguard.protocol as protocol
+
+    rng = np.random.default_rng(7)
+    alphabet = np.frombuffer(b"[]{}0123456789.e, a", np.uint8)
+    for size in (0, 1, 5, 1000, (1 << 20) + 3):  # the depth sum works in 1 MiB chunks
+        text = rng.choice(alphabet, size).astype(np.uint8).tobytes()
+        deepest, longest = _naive_scan(text)
+        brackets = text.translate(None, protocol._NOT_BRACKET)
+        assert protocol._depth(brackets) == deepest, size
+        assert protocol._too_long_number(text) == (longest > protocol.MAX_NUMBER_CHARS), size
+    # nesting that peaks after the first 1 MiB chunk is measured across the boundary
+    text = b"[" * ((1 << 20) + 40) + b"]" * ((1 << 20) + 40)
+    assert protocol._depth(text) == (1 << 20) + 40
+    for n in (64, 65):
+        text = b" " * ((1 << 20) - 10) + b"9" * n + b" "
+        assert protocol._too_long_number(text) == (n > 64)

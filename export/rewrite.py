@@ -5,9 +5,18 @@ element against 0.7 ns for ``Max(x, Exp(Min(x, 0)) − 1)`` in four vectorised n
 on [4096, 32]); in the demo autoencoder's graph at batch 4096 ``Elu`` took as long as every
 ``Gemm`` together. But each extra node costs about 0.3 µs per call whatever the batch, and the
 rewrite also undoes ONNX Runtime's ``Gemm``+``Elu`` fusion, so at batch 1 the rewritten graph
-took 170 µs against 88 µs (T = 32). :func:`with_fast_elu` therefore keeps both: an ``If`` on the
-batch size sends batches of at least ``min_rows`` to the rewritten copy and smaller ones to the
-original. The weights are initialisers of the outer graph, shared by both branches.
+took 170 µs against 88 µs (T = 32).
+
+One graph path, always. An earlier version kept both forms behind an ``If`` on the batch size;
+the two forms round differently (the ``Elu`` kernel's exponential is not the ``Exp`` node's),
+so a row's score depended on the batch it arrived in (22 of 1 792 digits changed p-value
+between the branches). Each form on its own is batch invariant: on ONNX Runtime 1.32's CPU
+provider every row's features were bit-identical at batch 1, 7, 40, 256 and 5 000 for the demo
+model (T = 32), plain and rewritten alike (``tests/test_determinism.py`` keeps checking it).
+The exporter therefore applies :func:`rewrite_elu_nodes` to the whole graph or not at all
+(``export_bundle(rewrite_elu=...)``, default off: the plain graph is ~1.85× faster at batch 1,
+the rewritten one ~1.2–1.7× faster at batch 256–4 096 on one thread; see
+``docs/performance.md``).
 """
 
 from __future__ import annotations
@@ -15,11 +24,7 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, helper
 
-__all__ = ["ELU_ELEMENTS_CROSSOVER", "rewrite_elu_nodes", "with_fast_elu"]
-
-# Measured crossover (demo autoencoder, Elu width 32, T = 32): the rewritten graph wins from
-# 32 rows on, i.e. once each Elu node handles about 1024 elements.
-ELU_ELEMENTS_CROSSOVER = 1024
+__all__ = ["rewrite_elu_nodes"]
 
 
 def rewrite_elu_nodes(model: onnx.ModelProto) -> int:
@@ -75,65 +80,3 @@ def rewrite_elu_nodes(model: onnx.ModelProto) -> int:
         del graph.node[:]
         graph.node.extend(nodes)
     return replaced
-
-
-def with_fast_elu(model: onnx.ModelProto, *, min_rows: int | None = None) -> onnx.ModelProto:
-    """The model with ``If(batch >= min_rows, rewritten graph, original graph)``.
-
-    ``min_rows`` defaults to ``ELU_ELEMENTS_CROSSOVER`` divided by the widest ``Elu`` input.
-    Returns ``model`` unchanged when it has no ``Elu`` to rewrite or uses local functions.
-    """
-    fast = onnx.ModelProto()
-    fast.CopyFrom(model)
-    if model.functions or not rewrite_elu_nodes(fast):
-        return model
-    g = model.graph
-    if min_rows is None:
-        min_rows = max(1, -(-ELU_ELEMENTS_CROSSOVER // _widest_elu(model)))
-    x = g.input[0].name
-    outer = {x} | {i.name for i in fast.graph.initializer}
-    out = g.output[0]
-
-    def branch(graph: onnx.GraphProto, prefix: str) -> onnx.GraphProto:
-        def rn(name: str) -> str:
-            return name if not name or name in outer else prefix + name
-
-        nodes = []
-        for node in graph.node:
-            n = onnx.NodeProto()
-            n.CopyFrom(node)
-            n.name = prefix + node.name
-            n.input[:] = [rn(i) for i in node.input]
-            n.output[:] = [rn(o) for o in node.output]
-            nodes.append(n)
-        result = onnx.ValueInfoProto()
-        result.CopyFrom(out)
-        result.name = prefix + out.name
-        return helper.make_graph(nodes, prefix.strip("_"), [], [result])
-
-    shape = helper.make_node("Shape", [x], ["_switch_n"], start=0, end=1, name="_switch_shape")
-    rows = helper.make_tensor("_switch_min_rows", TensorProto.INT64, [1], [min_rows])
-    big = helper.make_node("GreaterOrEqual", ["_switch_n", "_switch_min_rows"], ["_switch_big"],
-                           name="_switch_cmp")
-    switch = helper.make_node("If", ["_switch_big"], [out.name], name="_switch",
-                              then_branch=branch(fast.graph, "fast_"),
-                              else_branch=branch(g, "base_"))
-    graph = helper.make_graph([shape, big, switch], g.name, list(g.input), list(g.output),
-                              initializer=[*fast.graph.initializer, rows])
-    result = helper.make_model(graph, opset_imports=list(model.opset_import),
-                               producer_name=model.producer_name,
-                               producer_version=model.producer_version)
-    result.ir_version = model.ir_version
-    return result
-
-
-def _widest_elu(model: onnx.ModelProto) -> int:
-    inferred = onnx.shape_inference.infer_shapes(model).graph
-    dims = {v.name: v.type.tensor_type.shape.dim for v in inferred.value_info}
-    widest = 1
-    for node in model.graph.node:
-        if node.op_type == "Elu" and node.input[0] in dims:
-            d = dims[node.input[0]]
-            if len(d) >= 2 and d[-1].HasField("dim_value"):
-                widest = max(widest, int(d[-1].dim_value))
-    return widest

@@ -41,7 +41,7 @@ from starlette.routing import Route
 
 from oodguard._version import __version__
 from oodguard.batching import Batcher
-from oodguard.errors import InvalidInputError
+from oodguard.errors import GuardFailure, InvalidInputError
 from oodguard.guard import Guard
 from oodguard.protocol import HEADER_LENGTH, ProtocolError, encode_response, model_metadata
 from oodguard.protocol import parse_infer as _parse_infer
@@ -213,9 +213,10 @@ class _Service:
         try:
             result = await self.batcher.submit(req.x)
         except Exception as err:  # the engine failed: the server's fault, counted as such
-            kind = type(err).__name__
+            counted = isinstance(err, GuardFailure)  # guard.check counted it already
+            kind = err.reason if isinstance(err, GuardFailure) else type(err).__name__
             log.exception("guard failed on a batch")
-            if self.guard.metrics is not None:
+            if self.guard.metrics is not None and not counted:
                 self.guard.metrics.observe_failure(kind)
             return _error(500, f"the guard failed: {kind}", "guard_failure")
         content, headers = encode_response(self.name, req, result)

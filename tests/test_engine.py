@@ -46,9 +46,9 @@ def test_batch_threads_split_large_batches_and_agree(parts, x) -> None:  # type:
     calls: list[int] = []
     run_chunk = eng._run_chunk
 
-    def spy(xc, out):  # type: ignore[no-untyped-def]
+    def spy(xc, out, *rest):  # type: ignore[no-untyped-def]
         calls.append(len(xc))
-        return run_chunk(xc, out)
+        return run_chunk(xc, out, *rest)
 
     eng._run_chunk = spy  # type: ignore[method-assign]
     got = eng.run(x)
@@ -86,9 +86,9 @@ def test_the_caller_runs_chunks_and_concurrent_callers_agree(parts, x) -> None: 
     threads: set[str] = set()
     run_chunk = eng._run_chunk
 
-    def spy(xc, out):  # type: ignore[no-untyped-def]
+    def spy(xc, out, *rest):  # type: ignore[no-untyped-def]
         threads.add(threading.current_thread().name)
-        return run_chunk(xc, out)
+        return run_chunk(xc, out, *rest)
 
     eng._run_chunk = spy  # type: ignore[method-assign]
     with ThreadPoolExecutor(4, thread_name_prefix="caller") as pool:
@@ -112,7 +112,7 @@ def test_an_error_in_a_chunk_propagates_after_every_chunk_finished(parts, x) -> 
 
     failed: list[int] = []
 
-    def flaky(xc, out):  # type: ignore[no-untyped-def]
+    def flaky(xc, out, *rest):  # type: ignore[no-untyped-def]
         if threading.current_thread().name.startswith("oodguard"):
             failed.append(len(xc))
             raise RuntimeError("chunk failed")

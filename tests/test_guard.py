@@ -177,10 +177,13 @@ def test_guard_failure_fail_open_and_closed(bundle, data, registry, monkeypatch)
     monkeypatch.setattr(g.engine, "run", boom)
     out = g.wrap(_predict, on_error="open")(data["test"][:3])
     assert out.result is None and out.prediction.shape == (3, 1)
-    with pytest.raises(GuardFailure, match="guard 'g1' failed: RuntimeError: CUDA out of memory"):
+    with pytest.raises(GuardFailure, match=r"guard 'g1': the engine failed on a batch of 3 rows "
+                       r"\(RuntimeError: CUDA out of memory\)") as info:
         g.wrap(_predict, on_error="closed")(data["test"][:3])
+    assert info.value.reason == "engine_error"
+    assert isinstance(info.value.__cause__, RuntimeError)
     failures = registry.get_sample_value(
-        "oodguard_guard_failures_total", {"guard": "g1", "kind": "RuntimeError"})
+        "oodguard_guard_failures_total", {"guard": "g1", "kind": "engine_error"})
     assert failures == 2
     # invalid input is the caller's error under either policy
     with pytest.raises(InvalidInputError):

@@ -320,12 +320,16 @@ class Guard:
         # the training range, or a faulty engine — the two cannot be told apart here. Either
         # way the row is flagged (never served as in-distribution: bad input must not bypass
         # the guard through on_error="open") and the event is counted as a guard failure.
-        overflow = ~np.isfinite(features).all(axis=1)
         if finite is not None:
-            overflow &= finite
             score[~finite] = np.inf
             p[~finite] = 0.0
-        if overflow.any():
+        if not np.isfinite(features).all():  # one pass in the common case
+            overflow = ~np.isfinite(features).all(axis=1)
+            if finite is not None:
+                overflow &= finite
+        else:
+            overflow = None
+        if overflow is not None and overflow.any():
             score[overflow] = np.inf
             p[overflow] = 0.0
             if self.metrics is not None:

@@ -212,3 +212,29 @@ def test_a_first_call_above_max_batch_still_learns_the_row_cost(parts, x) -> Non
     assert eng._row_seconds == 0.0
     eng.run(x)  # chunked, serial: the timings of the chunks give the estimate
     assert eng._row_seconds > 0
+
+
+def test_denormals_are_flushed_to_zero(parts) -> None:  # type: ignore[no-untyped-def]
+    from oodguard.engine import DENORMAL_AS_ZERO_KEY
+
+    eng = _engine(parts)
+    assert DENORMAL_AS_ZERO_KEY == "session.set_denormal_as_zero"
+    assert eng.session_options.get_session_config_entry(DENORMAL_AS_ZERO_KEY) == "1"
+
+
+def test_a_graph_that_switches_on_the_batch_size_is_loaded_with_a_warning(parts, caplog) -> None:  # type: ignore[no-untyped-def]
+    """Bundles of older versions hold an If on the batch size (two Elu forms that round
+    differently); they still load, but the engine says their scores are not batch invariant."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    model_bytes, manifest = parts
+    assert _engine(parts).batch_invariant
+    model = onnx.load_from_string(model_bytes)
+    model.graph.initializer.append(
+        helper.make_tensor("_switch_min_rows", TensorProto.INT64, [1], [64]))
+    with caplog.at_level("WARNING", logger="oodguard.engine"):
+        eng = Engine(model.SerializeToString(), manifest, providers="cpu")
+    assert not eng.batch_invariant
+    assert "switches Elu forms on the batch size" in caplog.text
+    assert "Re-export the bundle for batch-invariant scores" in caplog.text

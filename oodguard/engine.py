@@ -11,9 +11,12 @@ device once per call (I/O binding) and a fixed batch size may be replayed as a C
 
 Determinism: a row's features do not depend on the batch it arrives in, how the batch is cut
 into chunks, or which thread runs a chunk. The graph has one path for every batch size (see
-:mod:`oodguard.export.rewrite`), and ONNX Runtime's CPU kernels compute each row of this graph
-with the same instructions whatever the number of rows: measured bit-identical at batch 1, 7,
-40, 256 and 5 000 (demo model, T = 32), checked by ``tests/test_determinism.py``. Bundles
+:mod:`oodguard.export.rewrite`), and ONNX Runtime's CPU kernels, run on one intra-op thread,
+compute each row of this graph with the same instructions whatever the number of rows: measured
+bit-identical at batch 1, 7, 40, 256 and 5 000 (demo model, T = 32), checked by
+``tests/test_determinism.py``. With ``intra_op_threads > 1`` that no longer holds (11 of 1 000
+demo rows changed bits at batch 256 with 2 intra-op threads): the engine then warns and reports
+``batch_invariant = False``; the batch threads (one intra-op thread each) keep the bits. Bundles
 exported before that (their graph switches ``Elu`` forms on the batch size) still load, with a
 warning: their scores may change in the last bits with the batch size. Denormal numbers are
 flushed to zero (``session.set_denormal_as_zero``), so trajectories whose step differences
@@ -219,12 +222,20 @@ class Engine:
         chosen = resolve_providers(providers)
         self._session = self._make_session(ort, model, chosen)
         self._check_signature()
-        self.batch_invariant = _LEGACY_SWITCH not in model
-        if not self.batch_invariant:
+        legacy = _LEGACY_SWITCH in model
+        self.batch_invariant = not legacy and opts.intra_op_num_threads == 1
+        if legacy:
             log.warning(
                 "model.onnx switches Elu forms on the batch size (exported by an older oodguard): "
                 "a row's score may change in its last bits with the batch it arrives in. "
                 "Re-export the bundle for batch-invariant scores"
+            )
+        elif not self.batch_invariant:
+            log.warning(
+                "intra_op_threads=%d: ONNX Runtime splits some kernels over threads by the batch "
+                "size, so a row's score may change in its last bits with its batch; use "
+                "intra_op_threads=1 (the default) and batch_threads for batch-invariant scores",
+                opts.intra_op_num_threads,
             )
         self.providers: list[str] = list(self._session.get_providers())
         on_cuda = self.providers[0] == "CUDAExecutionProvider"

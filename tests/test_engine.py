@@ -238,3 +238,11 @@ def test_a_graph_that_switches_on_the_batch_size_is_loaded_with_a_warning(parts,
     assert not eng.batch_invariant
     assert "switches Elu forms on the batch size" in caplog.text
     assert "Re-export the bundle for batch-invariant scores" in caplog.text
+
+
+def test_intra_op_threads_give_up_batch_invariance_with_a_warning(parts, caplog) -> None:  # type: ignore[no-untyped-def]
+    with caplog.at_level("WARNING", logger="oodguard.engine"):
+        eng = _engine(parts, intra_op_threads=2)
+    assert not eng.batch_invariant
+    assert "intra_op_threads=2: ONNX Runtime splits some kernels" in caplog.text
+    assert _engine(parts, intra_op_threads=1).batch_invariant

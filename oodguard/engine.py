@@ -79,6 +79,9 @@ DENORMAL_AS_ZERO_KEY = "session.set_denormal_as_zero"
 # Marker of bundles exported with the former If-on-batch-size graph (not batch invariant).
 _LEGACY_SWITCH = b"_switch_min_rows"
 _ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+# The load-time probe: rows scored alone against their bits in one batch.
+_PROBE_ROWS = 67
+_PROBE_ALONE = 5
 
 
 def _after_fork_in_child() -> None:
@@ -224,6 +227,15 @@ class Engine:
         self._check_signature()
         legacy = _LEGACY_SWITCH in model
         self.batch_invariant = not legacy and opts.intra_op_num_threads == 1
+        if self.batch_invariant and self._session.get_providers() == ["CPUExecutionProvider"]:
+            self.batch_invariant = self._probe_batch_invariance()
+            if not self.batch_invariant:
+                log.warning(
+                    "model.onnx gives a row different bits alone and in a batch (probed at load "
+                    "on synthetic rows): its scores may change in their last bits with the batch. "
+                    "Some ONNX Runtime CPU kernels (Elu, Log) round a tensor's tail differently; "
+                    "re-export with this oodguard (it avoids them) or with rewrite_elu=True"
+                )
         if legacy:
             log.warning(
                 "model.onnx switches Elu forms on the batch size (exported by an older oodguard): "
@@ -265,6 +277,20 @@ class Engine:
         _ENGINES.add(self)
         log.debug("engine ready: providers=%s max_batch=%d batch_threads=%d io_binding=%s",
                   self.providers, self.max_batch, self.batch_threads, self.io_binding)
+
+    def _probe_batch_invariance(self) -> bool:
+        """Whether a few synthetic rows get the same bits alone as in a batch of 67 (a prime
+        above the former If's 32/64-row switch, so that tails differ). About 6 runs at load."""
+        m = self.manifest
+        x = np.random.default_rng(0).uniform(0, 1, size=(_PROBE_ROWS, *m.input.shape))
+        x = x.astype(np.float32)
+        feeds = m.input.name
+        whole = self._session.run(None, {feeds: x})[0]
+        for i in range(_PROBE_ALONE):
+            alone = self._session.run(None, {feeds: x[i : i + 1]})[0]
+            if alone.tobytes() != whole[i : i + 1].tobytes():
+                return False
+        return True
 
     def _make_session(self, ort: Any, model: bytes, providers: Sequence[Any]) -> Any:
         try:

@@ -246,3 +246,22 @@ def test_intra_op_threads_give_up_batch_invariance_with_a_warning(parts, caplog)
     assert not eng.batch_invariant
     assert "intra_op_threads=2: ONNX Runtime splits some kernels" in caplog.text
     assert _engine(parts, intra_op_threads=1).batch_invariant
+
+
+def test_a_graph_whose_rows_depend_on_the_batch_is_detected_at_load(parts, caplog) -> None:  # type: ignore[no-untyped-def]
+    """The load-time probe scores synthetic rows alone and in a batch of 67: a graph ending in
+    a Log (Eigen rounds a tensor's tail differently) over 9 features per row is caught."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper
+
+    model_bytes, manifest = parts
+    model = onnx.load_from_string(model_bytes)
+    out = manifest.output_name
+    producer = next(n for n in model.graph.node if out in n.output)
+    producer.output[list(producer.output).index(out)] = "pre_log"
+    model.graph.node.extend([helper.make_node("Abs", ["pre_log"], ["pre_abs"]),
+                             helper.make_node("Log", ["pre_abs"], [out])])
+    with caplog.at_level("WARNING", logger="oodguard.engine"):
+        eng = Engine(model.SerializeToString(), manifest, providers="cpu")
+    assert not eng.batch_invariant
+    assert "gives a row different bits alone and in a batch" in caplog.text

@@ -15,8 +15,10 @@ into chunks, or which thread runs a chunk. The graph has one path for every batc
 compute each row of this graph with the same instructions whatever the number of rows: measured
 bit-identical at batch 1, 7, 40, 256 and 5 000 (demo model, T = 32), checked by
 ``tests/test_determinism.py``. With ``intra_op_threads > 1`` that no longer holds (11 of 1 000
-demo rows changed bits at batch 256 with 2 intra-op threads): the engine then warns and reports
-``batch_invariant = False``; the batch threads (one intra-op thread each) keep the bits. Bundles
+demo rows changed bits at batch 256 with 2 intra-op threads), nor for kernels that round a
+tensor's tail differently (ONNX Runtime's Eigen ``Elu`` and ``Log``; the exporter avoids them).
+Each CPU engine probes its graph at load (5 synthetic rows alone against a batch of 67) and
+warns, with ``batch_invariant = False``, when the bits differ. Bundles
 exported before that (their graph switches ``Elu`` forms on the batch size) still load, with a
 warning: their scores may change in the last bits with the batch size. Denormal numbers are
 flushed to zero (``session.set_denormal_as_zero``), so trajectories whose step differences

@@ -48,6 +48,9 @@ P = TypeVar("P")
 _DEFAULT: Any = object()  # "the global prometheus registry", distinct from None ("no metrics")
 # Timed-out engine runs that may still be running per guard before timed checks fail at once.
 _MAX_ABANDONED = 4
+# Threads that run timed checks (started on demand): enough that concurrent callers do not
+# queue behind each other and spend their timeout waiting for a thread.
+_TIMED_WORKERS = 32
 _GUARDS: weakref.WeakSet[Guard] = weakref.WeakSet()
 
 
@@ -378,7 +381,7 @@ class Guard:
                     "engine is stalled — check the host's load", reason="timeout",
                 )
             if self._timed_pool is None:
-                self._timed_pool = ThreadPoolExecutor(_MAX_ABANDONED + 1,
+                self._timed_pool = ThreadPoolExecutor(_MAX_ABANDONED + _TIMED_WORKERS,
                                                       thread_name_prefix="oodguard-timed")
             pool = self._timed_pool
         opts = self.engine.new_run_options()

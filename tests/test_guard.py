@@ -423,8 +423,8 @@ def test_abandoned_runs_are_bounded(bundle, data, monkeypatch) -> None:  # type:
                                                r"runs have not finished"):
             g.check(x)
         assert time.monotonic() - t0 < 0.05  # refused at once, nothing queued
-        assert g._timed_pool is not None and len(g._timed_pool._threads) <= (
-            guard_module._MAX_ABANDONED + 1)
+        assert g._timed_pool is not None
+        assert len(g._timed_pool._threads) == guard_module._MAX_ABANDONED  # one per stalled run
     finally:
         release.set()
     monkeypatch.undo()
@@ -433,6 +433,23 @@ def test_abandoned_runs_are_bounded(bundle, data, monkeypatch) -> None:  # type:
         time.sleep(0.01)
     assert g._abandoned == 0
     assert len(g.check(x, timeout_s=10)) == 3
+    g.close()
+
+
+def test_concurrent_timed_checks_do_not_queue_behind_each_other(bundle, data) -> None:  # type: ignore[no-untyped-def]
+    """16 callers whose engine runs each take 0.5 s, with a 1.5 s timeout: none times out
+    (with one thread per 4 callers they would wait 2 s)."""
+    g = Guard.load(bundle, registry=None, timeout_s=1.5)
+    run = g.engine.run
+
+    def slow(x: np.ndarray, **kw: object) -> np.ndarray:
+        time.sleep(0.5)
+        return run(x, **kw)
+
+    g.engine.run = slow  # type: ignore[method-assign]
+    with ThreadPoolExecutor(16) as ex:
+        results = list(ex.map(lambda _: len(g.check(data["test"][:3])), range(16)))
+    assert results == [3] * 16
     g.close()
 
 

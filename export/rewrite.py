@@ -5,9 +5,20 @@ element against 0.7 ns for ``Max(x, Exp(Min(x, 0)) − 1)`` in four vectorised n
 on [4096, 32]); in the demo autoencoder's graph at batch 4096 ``Elu`` took as long as every
 ``Gemm`` together. But each extra node costs about 0.3 µs per call whatever the batch, and the
 rewrite also undoes ONNX Runtime's ``Gemm``+``Elu`` fusion, so at batch 1 the rewritten graph
-took 170 µs against 88 µs (T = 32). :func:`with_fast_elu` therefore keeps both: an ``If`` on the
-batch size sends batches of at least ``min_rows`` to the rewritten copy and smaller ones to the
-original. The weights are initialisers of the outer graph, shared by both branches.
+took 170 µs against 88 µs (T = 32).
+
+One graph path, always. An earlier version kept both forms behind an ``If`` on the batch size;
+the two forms round differently (the ``Elu`` kernel's exponential is not the ``Exp`` node's),
+so a row's score depended on the batch it arrived in (22 of 1 792 digits changed p-value
+between the branches). Each form on its own is batch invariant: on ONNX Runtime 1.32's CPU
+provider every row's features were bit-identical at batch 1, 7, 40, 256 and 5 000 for the demo
+model (T = 32), plain and rewritten alike (``tests/test_determinism.py`` keeps checking it).
+The exporter therefore applies :func:`rewrite_elu_nodes` to the whole graph or not at all
+(``export_bundle(rewrite_elu=...)``: the plain graph is ~1.85× faster at batch 1, the rewritten
+one ~1.2–1.7× faster at batch 256–4 096 on one thread; see ``docs/performance.md``). The plain
+``Elu`` is batch invariant only when each row it sees holds a multiple of
+:data:`INVARIANT_ELU_WIDTH` elements (see :func:`elu_is_batch_invariant`); by default
+(``rewrite_elu=None``) the exporter keeps the plain form exactly then, and rewrites otherwise.
 """
 
 from __future__ import annotations
@@ -15,11 +26,14 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, helper
 
-__all__ = ["ELU_ELEMENTS_CROSSOVER", "rewrite_elu_nodes", "with_fast_elu"]
+__all__ = ["INVARIANT_ELU_WIDTH", "elu_is_batch_invariant", "rewrite_elu_nodes"]
 
-# Measured crossover (demo autoencoder, Elu width 32, T = 32): the rewritten graph wins from
-# 32 rows on, i.e. once each Elu node handles about 1024 elements.
-ELU_ELEMENTS_CROSSOVER = 1024
+# ONNX Runtime's CPU Elu (Eigen) rounds the last (size mod packet) elements of its tensor with a
+# scalar exp that differs from the vectorised one, so a row's bits depend on the batch unless
+# every row holds a multiple of the packet (16 floats with AVX-512, which covers 8 and 4).
+# Measured on single Elu nodes, batches 3/7/40/257 against batch 1: width 16 no row changed;
+# widths 6 and 30 changed 22 and 16 of 257 rows. Exp, Sigmoid, Tanh, Sqrt (MLAS): none.
+INVARIANT_ELU_WIDTH = 16
 
 
 def rewrite_elu_nodes(model: onnx.ModelProto) -> int:
@@ -77,63 +91,23 @@ def rewrite_elu_nodes(model: onnx.ModelProto) -> int:
     return replaced
 
 
-def with_fast_elu(model: onnx.ModelProto, *, min_rows: int | None = None) -> onnx.ModelProto:
-    """The model with ``If(batch >= min_rows, rewritten graph, original graph)``.
-
-    ``min_rows`` defaults to ``ELU_ELEMENTS_CROSSOVER`` divided by the widest ``Elu`` input.
-    Returns ``model`` unchanged when it has no ``Elu`` to rewrite or uses local functions.
-    """
-    fast = onnx.ModelProto()
-    fast.CopyFrom(model)
-    if model.functions or not rewrite_elu_nodes(fast):
-        return model
-    g = model.graph
-    if min_rows is None:
-        min_rows = max(1, -(-ELU_ELEMENTS_CROSSOVER // _widest_elu(model)))
-    x = g.input[0].name
-    outer = {x} | {i.name for i in fast.graph.initializer}
-    out = g.output[0]
-
-    def branch(graph: onnx.GraphProto, prefix: str) -> onnx.GraphProto:
-        def rn(name: str) -> str:
-            return name if not name or name in outer else prefix + name
-
-        nodes = []
-        for node in graph.node:
-            n = onnx.NodeProto()
-            n.CopyFrom(node)
-            n.name = prefix + node.name
-            n.input[:] = [rn(i) for i in node.input]
-            n.output[:] = [rn(o) for o in node.output]
-            nodes.append(n)
-        result = onnx.ValueInfoProto()
-        result.CopyFrom(out)
-        result.name = prefix + out.name
-        return helper.make_graph(nodes, prefix.strip("_"), [], [result])
-
-    shape = helper.make_node("Shape", [x], ["_switch_n"], start=0, end=1, name="_switch_shape")
-    rows = helper.make_tensor("_switch_min_rows", TensorProto.INT64, [1], [min_rows])
-    big = helper.make_node("GreaterOrEqual", ["_switch_n", "_switch_min_rows"], ["_switch_big"],
-                           name="_switch_cmp")
-    switch = helper.make_node("If", ["_switch_big"], [out.name], name="_switch",
-                              then_branch=branch(fast.graph, "fast_"),
-                              else_branch=branch(g, "base_"))
-    graph = helper.make_graph([shape, big, switch], g.name, list(g.input), list(g.output),
-                              initializer=[*fast.graph.initializer, rows])
-    result = helper.make_model(graph, opset_imports=list(model.opset_import),
-                               producer_name=model.producer_name,
-                               producer_version=model.producer_version)
-    result.ir_version = model.ir_version
-    return result
-
-
-def _widest_elu(model: onnx.ModelProto) -> int:
+def elu_is_batch_invariant(model: onnx.ModelProto) -> bool:
+    """Whether every ``Elu`` of the main graph sees rows of a known width that is a multiple
+    of :data:`INVARIANT_ELU_WIDTH` (True when there is no ``Elu``)."""
+    elus = [n for n in model.graph.node if n.op_type == "Elu"]
+    if not elus:
+        return True
     inferred = onnx.shape_inference.infer_shapes(model).graph
-    dims = {v.name: v.type.tensor_type.shape.dim for v in inferred.value_info}
-    widest = 1
-    for node in model.graph.node:
-        if node.op_type == "Elu" and node.input[0] in dims:
-            d = dims[node.input[0]]
-            if len(d) >= 2 and d[-1].HasField("dim_value"):
-                widest = max(widest, int(d[-1].dim_value))
-    return widest
+    dims = {v.name: v.type.tensor_type.shape.dim for v in [*inferred.value_info, *inferred.input]}
+    for node in elus:
+        d = dims.get(node.input[0])
+        if d is None or len(d) < 2:
+            return False
+        width = 1
+        for dim in list(d)[1:]:
+            if not dim.HasField("dim_value"):
+                return False
+            width *= int(dim.dim_value)
+        if width % INVARIANT_ELU_WIDTH:
+            return False
+    return True

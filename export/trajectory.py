@@ -114,7 +114,12 @@ class TrajectoryFeatures(nn.Module):
         d = traj.shape[-1]
         recon = (x - x_hat).pow(2).reshape(n, -1).mean(dim=1)
         step = torch.linalg.vector_norm(traj[1:] - traj[:-1], dim=-1)  # [T, N]
-        rate = self.slope_w @ torch.log(step + self.tol)
+        # ONNX Runtime's CPU Log (Eigen) rounds the tensor's last (size mod 16) elements
+        # differently from the vectorised rest, so a row's convergence_rate changed bits
+        # with the batch size. Padding T to a multiple of 16 makes the size a multiple of 16
+        # for every batch (the padded steps are dropped before the slope).
+        padded = torch.nn.functional.pad(step, (0, 0, 0, -self.steps % 16), value=1.0)
+        rate = self.slope_w @ torch.log(padded + self.tol)[: self.steps]
         never = torch.full_like(step, float(self.steps))
         to_converge = torch.where(step <= self.tol, self.t_index[:, None], never).amin(dim=0)
         points = traj.reshape(-1, d)  # [(T+1)*N, d]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["benjamini_hochberg"]
+__all__ = ["batch_decisions", "benjamini_hochberg"]
 
 
 def benjamini_hochberg(p_values: np.ndarray, q: float) -> np.ndarray:
@@ -54,4 +54,20 @@ def benjamini_hochberg(p_values: np.ndarray, q: float) -> np.ndarray:
     if below.any():
         k = int(np.flatnonzero(below)[-1]) + 1
         out[order[:k]] = True
+    return out
+
+
+def batch_decisions(score: np.ndarray, p_values: np.ndarray, q: float) -> np.ndarray:
+    """Benjamini–Hochberg verdicts for one batch as the guard and the service make them.
+
+    Rows whose score is ``+inf`` (non-finite input, or features that overflowed) are OOD
+    whatever the others hold and do not take part in the procedure, so they cannot loosen the
+    threshold for the rows that are tested; the remaining rows are rejected by
+    :func:`benjamini_hochberg` at level ``q``.
+    """
+    forced = ~np.isfinite(np.asarray(score, dtype=np.float64))
+    if not forced.any():
+        return benjamini_hochberg(p_values, q)
+    out = forced.copy()
+    out[~forced] = benjamini_hochberg(np.asarray(p_values)[~forced], q)
     return out

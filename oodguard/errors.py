@@ -7,10 +7,7 @@ derives from the builtin a caller would already catch (``ValueError``, ``ImportE
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from oodguard.guard import CheckResult
+from typing import Any
 
 __all__ = [
     "BundleError",
@@ -76,15 +73,26 @@ class MissingDependencyError(OODGuardError, ImportError):
 
 
 class GuardFailure(OODGuardError, RuntimeError):
-    """The guard itself failed (engine error) while guarding a model with ``on_error="closed"``."""
+    """The guard itself failed to score a valid batch: the engine raised, returned features of
+    the wrong shape or dtype, or did not answer within the timeout.
+
+    ``reason`` is a short, fixed token suitable as a metric label: ``"engine_error"``,
+    ``"output_shape"``, ``"output_dtype"``, ``"timeout"`` or ``"internal"``.
+    Never raised for bad input (that is :class:`InvalidInputError`).
+    """
+
+    def __init__(self, message: str, *, reason: str = "engine_error") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class OODInputError(OODGuardError, ValueError):
     """Raised by a wrapped model with ``on_ood="raise"`` when a batch holds OOD rows.
 
-    ``result`` holds the full :class:`~oodguard.guard.CheckResult` for the batch.
+    ``result`` holds the full :class:`~oodguard.guard.CheckResult` for the batch (typed
+    ``Any`` here: this module imports nothing from the package, so every module may import it).
     """
 
-    def __init__(self, message: str, *, result: CheckResult) -> None:
+    def __init__(self, message: str, *, result: Any) -> None:
         super().__init__(message)
         self.result = result

@@ -1,13 +1,27 @@
-"""The guard: load a bundle, score batches, decide, and guard a model's inference."""
+"""The guard: load a bundle, score batches, decide, and guard a model's inference.
+
+Every valid input gets a verdict or a :class:`GuardFailure`, never another error: the engine's
+output is checked (shape ``(N, F)`` and float32, else a failure; finite rows with non-finite
+features are flagged OOD and counted, see :meth:`Guard.check`) and an optional timeout bounds
+the wait. Failures are counted (``observe_failure(reason)``). A check that times
+out asks ONNX Runtime to stop the abandoned run (``RunOptions.terminate``, honoured at the next
+node); at most ``_MAX_ABANDONED`` timed-out runs may still be running per guard, beyond that a
+check with a timeout fails at once (``reason="timeout"``) instead of queueing behind them, so
+stalled engine threads never accumulate without bound.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -21,15 +35,16 @@ from oodguard.bundle import (
     load_calibration,
     read_bundle,
 )
-from oodguard.engine import Engine
+from oodguard.decisions import batch_decisions
+from oodguard.engine import Engine, check_features
 from oodguard.errors import (
     GuardFailure,
     InvalidInputError,
     NotCalibratedError,
-    OODInputError,
 )
 from oodguard.scoring import Scorer, score_threshold
-from oodguard.validation import NONFINITE_POLICIES, validate_batch
+from oodguard.validation import NONFINITE_POLICIES, check_fdr, check_timeout, validate_batch
+from oodguard.wrap import GuardedModel, GuardedOutput
 
 __all__ = ["CheckResult", "Guard", "GuardedModel", "GuardedOutput"]
 
@@ -37,6 +52,24 @@ log = logging.getLogger(__name__)
 
 P = TypeVar("P")
 _DEFAULT: Any = object()  # "the global prometheus registry", distinct from None ("no metrics")
+# Timed-out engine runs that may still be running per guard before timed checks fail at once.
+_MAX_ABANDONED = 4
+# Threads that run timed checks (started on demand): enough that concurrent callers do not
+# queue behind each other and spend their timeout waiting for a thread.
+_TIMED_WORKERS = 32
+_GUARDS: weakref.WeakSet[Guard] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """The timeout thread and its lock do not survive ``fork()``; start afresh in the child."""
+    for guard in list(_GUARDS):
+        guard._timed_pool = None
+        guard._timed_lock = threading.Lock()
+        guard._abandoned = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,9 +84,15 @@ class CheckResult:
         Conformal p-value; an in-distribution input has ``P(p ≤ alpha) ≤ alpha``.
         0 for rows with non-finite input.
     is_ood : ndarray of bool, shape (N,)
-        ``p_value ≤ alpha``.
+        ``rule="alpha"``: ``p_value ≤ alpha`` (each row on its own). ``rule="bh"``: rejected by
+        Benjamini–Hochberg at level ``fdr`` over the batch's finite rows, non-finite rows
+        always OOD — a row's verdict then depends on the batch it came in, by design.
     features : ndarray of float32, shape (N, F)
         The trajectory features (NaN rows for non-finite input), named by ``feature_names``.
+    rule : "alpha" or "bh"
+        Which decision rule made ``is_ood``.
+    fdr : float or None
+        The false discovery rate target of ``rule="bh"``.
     """
 
     score: np.ndarray
@@ -63,6 +102,8 @@ class CheckResult:
     feature_names: tuple[str, ...]
     alpha: float
     threshold: float
+    rule: str = "alpha"
+    fdr: float | None = None
 
     def __len__(self) -> int:
         return len(self.score)
@@ -79,20 +120,12 @@ class CheckResult:
             raise KeyError(f"no feature {name!r}; features are {self.feature_names}") from None
 
 
-@dataclass(frozen=True, eq=False)
-class GuardedOutput(Generic[P]):
-    """What a wrapped model returns: the prediction and the guard's result (``None`` when the
-    guard failed and ``on_error="open"`` let the prediction through unguarded)."""
-
-    prediction: P
-    result: CheckResult | None
-
-
 class Guard:
     """An OOD guard over one bundle. Create it with :meth:`load`.
 
     Thread-safe: :meth:`check` and wrapped models may be called from many threads at once; the
-    guard holds no mutable state besides its (thread-safe) metrics.
+    guard holds no mutable state besides its (thread-safe) metrics and the thread that runs
+    timed checks. Fork-safe: a child process drops the inherited threads and starts new ones.
     """
 
     def __init__(
@@ -108,7 +141,9 @@ class Guard:
         inter_op_threads: int | None = None,
         max_batch: int | None = None,
         engine_options: Mapping[str, Any] | None = None,
+        timeout_s: float | None = None,
     ) -> None:
+        self.timeout_s = check_timeout(timeout_s)
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}. Got {nonfinite!r}")
         if not bundle.calibrated:
@@ -139,6 +174,10 @@ class Guard:
             **dict(engine_options or {}),
         )
         self.metrics = self._make_metrics(registry)
+        self._timed_pool: ThreadPoolExecutor | None = None
+        self._timed_lock = threading.Lock()
+        self._abandoned = 0  # timed-out runs still running
+        _GUARDS.add(self)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], **kwargs: Any) -> Guard:
@@ -156,6 +195,8 @@ class Guard:
         intra_op_threads, inter_op_threads, max_batch : engine options (see ``Engine``)
         engine_options : further ``Engine`` keywords (``batch_threads``, ``spinning``,
             ``io_binding``, ``cuda_graph_batch``)
+        timeout_s : default bound, in seconds, on the engine's part of each check (``None``:
+            wait as long as it takes); see :meth:`check`
 
         Raises
         ------
@@ -208,26 +249,44 @@ class Guard:
         )
 
     # -- scoring ---------------------------------------------------------------------------
-    def check(self, x: Any) -> CheckResult:
+    def check(self, x: Any, *, fdr: float | None = None,
+              timeout_s: float | None = _DEFAULT) -> CheckResult:
         """Score a batch.
 
         Parameters
         ----------
         x : array of floats, shape (N, *input_shape)
-            float32 is used as is; float16/float64 are cast. See :mod:`oodguard.validation`
-            for every outcome of bad input.
+            float32 is used as is; float16/float64 are cast; a torch tensor (any device, with
+            or without grad) is detached and copied to host memory. See
+            :mod:`oodguard.validation` for every outcome of bad input.
+        fdr : float in (0, 1), optional
+            Decide with Benjamini–Hochberg at this false discovery rate over the batch instead
+            of ``p ≤ alpha`` row by row (see :mod:`oodguard.decisions`); verdicts then depend
+            on the batch.
+        timeout_s : float or None, optional
+            Bound on the engine's part of this check (default: the guard's ``timeout_s``).
 
         Returns
         -------
         CheckResult
-            Scores (higher = more OOD), conformal p-values and verdicts at ``alpha``.
+            Scores (higher = more OOD), conformal p-values and verdicts.
 
         Raises
         ------
         InvalidInputError
-            Wrong dtype, rank or shape; or non-finite rows with ``nonfinite="raise"``.
+            Wrong type, dtype, rank or shape; or non-finite rows with ``nonfinite="raise"``.
+        GuardFailure
+            The engine raised, returned features of the wrong shape or dtype, or timed out
+            (``reason`` says which); counted in the metrics. A finite row whose features come
+            back non-finite (an input that overflows float32 in the graph, or an engine fault)
+            is not an error: it is flagged OOD (score +inf, p-value 0) and counted as a
+            failure of kind ``"output_nonfinite"``.
+        ValueError
+            ``fdr`` or ``timeout_s`` out of range.
         """
         t0 = time.perf_counter()
+        q = check_fdr(fdr)
+        timeout = self.timeout_s if timeout_s is _DEFAULT else check_timeout(timeout_s)
         try:
             x32, finite = validate_batch(x, self.input_spec, nonfinite=self.nonfinite)
         except InvalidInputError as err:
@@ -237,45 +296,135 @@ class Guard:
         tv = time.perf_counter()
         n = len(x32)
         nf = len(self.feature_names)
+        rule = "alpha" if q is None else "bh"
         if n == 0:
             empty = np.empty(0)
             return CheckResult(
                 empty, empty, empty.astype(bool), np.empty((0, nf), np.float32),
-                self.feature_names, self.alpha, self.threshold,
+                self.feature_names, self.alpha, self.threshold, rule, q,
             )
-        if finite is None:
-            features = self.engine.run(x32)
-        else:
-            features = np.full((n, nf), np.nan, dtype=np.float32)
-            if finite.any():
-                features[finite] = self.engine.run(np.ascontiguousarray(x32[finite]))
+        try:
+            if finite is None:
+                features = self._features(x32, timeout)
+            else:
+                features = np.full((n, nf), np.nan, dtype=np.float32)
+                if finite.any():
+                    features[finite] = self._features(np.ascontiguousarray(x32[finite]),
+                                                      timeout)
+                if self.metrics is not None:
+                    self.metrics.observe_refused("non_finite", int((~finite).sum()))
+            t1 = time.perf_counter()
+            score = self.scorer.score(features)
+            p = self.scorer.p_value(score)
+        except GuardFailure as err:
             if self.metrics is not None:
-                self.metrics.observe_refused("non_finite", int((~finite).sum()))
-        t1 = time.perf_counter()
-        score = self.scorer.score(features)
-        p = self.scorer.p_value(score)
+                self.metrics.observe_failure(err.reason)
+            raise
+        # Finite input whose features are not finite: float32 overflow of an input far outside
+        # the training range, or a faulty engine — the two cannot be told apart here. Either
+        # way the row is flagged (never served as in-distribution: bad input must not bypass
+        # the guard through on_error="open") and the event is counted as a guard failure.
         if finite is not None:
             score[~finite] = np.inf
             p[~finite] = 0.0
-        is_ood = p <= self.alpha
+        if not np.isfinite(features).all():  # one pass in the common case
+            overflow = ~np.isfinite(features).all(axis=1)
+            if finite is not None:
+                overflow &= finite
+        else:
+            overflow = None
+        if overflow is not None and overflow.any():
+            score[overflow] = np.inf
+            p[overflow] = 0.0
+            if self.metrics is not None:
+                self.metrics.observe_failure("output_nonfinite")
+            log.warning("guard %r: non-finite features for %d finite input rows; flagged OOD",
+                        self.name, int(overflow.sum()))
+        if q is None:
+            is_ood = p <= self.alpha
+        else:
+            is_ood = batch_decisions(score, p, q)
         t2 = time.perf_counter()
         if self.metrics is not None:
             self.metrics.observe_check(
                 score, p, int(is_ood.sum()), engine_s=t1 - tv, scoring_s=t2 - t1, total_s=t2 - t0
             )
         return CheckResult(score, p, is_ood, features, self.feature_names, self.alpha,
-                           self.threshold)
+                           self.threshold, rule, q)
+
+    def _features(self, x32: np.ndarray, timeout: float | None) -> np.ndarray:
+        """The engine's features for finite rows, checked; any fault is a GuardFailure."""
+        n, nf = len(x32), len(self.feature_names)
+        try:
+            if timeout is None:
+                features = self.engine.run(x32)
+            else:
+                features = self._run_with_timeout(x32, timeout)
+            features = check_features(features, n, nf)
+        except GuardFailure:
+            raise
+        except Exception as err:  # the engine's (onnxruntime's) own exception types
+            raise GuardFailure(
+                f"guard {self.name!r}: the engine failed on a batch of {n} rows "
+                f"({type(err).__name__}: {err})", reason="engine_error",
+            ) from err
+        return features
+
+    def _run_with_timeout(self, x32: np.ndarray, timeout: float) -> np.ndarray:
+        with self._timed_lock:
+            if self._abandoned >= _MAX_ABANDONED:
+                raise GuardFailure(
+                    f"guard {self.name!r}: {self._abandoned} earlier checks timed out and their "
+                    "engine runs have not finished; refusing to queue another (timeout). The "
+                    "engine is stalled — check the host's load", reason="timeout",
+                )
+            if self._timed_pool is None:
+                self._timed_pool = ThreadPoolExecutor(_MAX_ABANDONED + _TIMED_WORKERS,
+                                                      thread_name_prefix="oodguard-timed")
+            pool = self._timed_pool
+        opts = self.engine.new_run_options()
+        future = pool.submit(self.engine.run, x32, run_options=opts)
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            opts.terminate = True  # ONNX Runtime stops the run at its next node
+            if not future.cancel():
+                with self._timed_lock:
+                    self._abandoned += 1
+                future.add_done_callback(self._release_abandoned)
+            raise GuardFailure(
+                f"guard {self.name!r}: the engine did not answer within {timeout:g} s for a "
+                f"batch of {len(x32)} rows (timeout)", reason="timeout",
+            ) from None
+
+    def _release_abandoned(self, _future: Any) -> None:
+        with self._timed_lock:
+            self._abandoned = max(0, self._abandoned - 1)
 
     def wrap(
         self,
-        predict: Callable[[np.ndarray], P],
+        predict: Callable[[Any], P],
         *,
         on_ood: str = "flag",
-        fallback: Callable[[np.ndarray], Any] | None = None,
+        fallback: Callable[[Any], Any] | None = None,
         on_error: str = "open",
+        fdr: float | None = None,
+        timeout_s: float | None = _DEFAULT,
     ) -> GuardedModel[P]:
-        """Guard a model's inference; see :class:`GuardedModel` for the policies."""
-        return GuardedModel(self, predict, on_ood=on_ood, fallback=fallback, on_error=on_error)
+        """Guard a model's inference; see :class:`GuardedModel` for the policies.
+
+        ``fdr`` and ``timeout_s`` are passed to every :meth:`check`.
+        """
+        timeout = self.timeout_s if timeout_s is _DEFAULT else check_timeout(timeout_s)
+        return GuardedModel(self, predict, on_ood=on_ood, fallback=fallback, on_error=on_error,
+                            fdr=check_fdr(fdr), timeout_s=timeout)
+
+    def close(self) -> None:
+        """Stop the guard's threads (the engine's and the timed checks'); it stays usable."""
+        pool, self._timed_pool = self._timed_pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        self.engine.close()
 
 
 def _rows(x: Any, sample_rank: int) -> int:
@@ -286,83 +435,3 @@ def _rows(x: Any, sample_rank: int) -> int:
         return max(int(shape[0]), 1)
     return 1
 
-
-class GuardedModel(Generic[P]):
-    """A model's ``predict`` behind a guard.
-
-    Calling it with a batch ``x`` checks ``x`` and then, by ``on_ood``:
-
-    - ``"flag"``: runs the model on the whole batch; the result says which rows are OOD;
-    - ``"raise"``: raises :class:`OODInputError` (holding the result) if any row is OOD, and
-      does not run the model;
-    - ``"fallback"``: runs ``predict`` on the in-distribution rows and ``fallback`` on the OOD
-      rows and reassembles the predictions in row order (both must return arrays with one row
-      per input).
-
-    When the guard itself fails (engine error), ``on_error="open"`` logs, counts the failure
-    and runs the model unguarded (``result=None``); ``"closed"`` raises :class:`GuardFailure`.
-    Invalid input (wrong dtype, rank, shape) is the caller's error and always raises
-    :class:`InvalidInputError` before the model runs.
-    """
-
-    def __init__(
-        self,
-        guard: Guard,
-        predict: Callable[[np.ndarray], P],
-        *,
-        on_ood: str,
-        fallback: Callable[[np.ndarray], Any] | None,
-        on_error: str,
-    ) -> None:
-        if on_ood not in ("flag", "raise", "fallback"):
-            raise ValueError(f"on_ood must be 'flag', 'raise' or 'fallback'. Got {on_ood!r}")
-        if on_error not in ("open", "closed"):
-            raise ValueError(f"on_error must be 'open' or 'closed'. Got {on_error!r}")
-        if (on_ood == "fallback") != (fallback is not None):
-            raise ValueError("pass fallback= exactly when on_ood='fallback'")
-        self.guard, self.predict, self.fallback = guard, predict, fallback
-        self.on_ood, self.on_error = on_ood, on_error
-
-    def _timed(self, fn: Callable[[np.ndarray], Any], x: np.ndarray) -> Any:
-        t0 = time.perf_counter()
-        out = fn(x)
-        if self.guard.metrics is not None:
-            self.guard.metrics.observe_model(time.perf_counter() - t0)
-        return out
-
-    def __call__(self, x: Any) -> GuardedOutput[P]:
-        try:
-            result = self.guard.check(x)
-        except InvalidInputError:
-            raise
-        except Exception as err:  # the guard must never take the host model down with it
-            kind = type(err).__name__
-            if self.guard.metrics is not None:
-                self.guard.metrics.observe_failure(kind)
-            if self.on_error == "closed":
-                raise GuardFailure(f"guard {self.guard.name!r} failed: {kind}: {err}") from err
-            log.warning("guard %r failed (%s); serving unguarded (on_error='open')",
-                        self.guard.name, kind)
-            return GuardedOutput(self._timed(self.predict, x), None)
-        if self.on_ood == "raise" and result.n_ood:
-            raise OODInputError(
-                f"{result.n_ood} of {len(result)} inputs are out of distribution "
-                f"(p ≤ {result.alpha:g}); rows {np.flatnonzero(result.is_ood)[:10].tolist()}",
-                result=result,
-            )
-        if self.on_ood == "fallback" and result.n_ood:
-            assert_fallback = self.fallback
-            if assert_fallback is None:  # excluded in __init__; narrows the type
-                raise GuardFailure("fallback policy without a fallback")
-            xa = np.asarray(x)
-            ood = result.is_ood
-            parts_in = self._timed(self.predict, xa[~ood]) if (~ood).any() else None
-            parts_ood = np.asarray(assert_fallback(xa[ood]))
-            pred_in = None if parts_in is None else np.asarray(parts_in)
-            dtype = parts_ood.dtype if pred_in is None else np.result_type(parts_ood, pred_in)
-            merged = np.empty((len(xa), *parts_ood.shape[1:]), dtype=dtype)
-            merged[ood] = parts_ood
-            if pred_in is not None:
-                merged[~ood] = pred_in
-            return GuardedOutput(merged, result)  # type: ignore[arg-type]
-        return GuardedOutput(self._timed(self.predict, x), result)

@@ -45,8 +45,8 @@ from starlette.routing import Route
 
 from oodguard._version import __version__
 from oodguard.batching import Batcher
-from oodguard.decisions import benjamini_hochberg
-from oodguard.errors import InvalidInputError
+from oodguard.decisions import batch_decisions
+from oodguard.errors import GuardFailure, InvalidInputError
 from oodguard.guard import Guard
 from oodguard.http_body import BodyReader, Dropped, Hold
 from oodguard.protocol import HEADER_LENGTH, ProtocolError, encode_response, model_metadata
@@ -245,15 +245,17 @@ class _Service:
         try:
             result = await self.batcher.submit(req.x)
         except Exception as err:  # the engine failed: the server's fault, counted as such
-            kind = type(err).__name__
+            counted = isinstance(err, GuardFailure)  # guard.check counted it already
+            kind = err.reason if isinstance(err, GuardFailure) else type(err).__name__
             log.exception("guard failed on a batch")
-            if self.guard.metrics is not None:
+            if self.guard.metrics is not None and not counted:
                 self.guard.metrics.observe_failure(kind)
             return _error(500, f"the guard failed: {kind}", "guard_failure")
         if req.fdr is not None:
             # This request's rows only: a coalesced batch mixes other clients' rows, and the
             # BH decision of a row depends on every row it is tested with.
-            result = replace(result, is_ood=benjamini_hochberg(result.p_value, req.fdr))
+            is_ood = batch_decisions(result.score, result.p_value, req.fdr)
+            result = replace(result, is_ood=is_ood, rule="bh", fdr=req.fdr)
         content, headers = encode_response(self.name, req, result)
         return Response(content, headers=headers)
 

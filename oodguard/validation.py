@@ -6,6 +6,13 @@ Outcomes (each documented in the README and tested):
 input             outcome
 ================= ====================================================================
 float32           used as is (no copy when C-contiguous)
+tensor-like       an object with ``detach()``, ``cpu()`` and ``numpy()`` (a torch tensor,
+                  also one that requires grad or lives on a GPU) is converted with
+                  ``x.detach().cpu().numpy()`` and then checked like an array; torch is
+                  never imported. A conversion that fails (e.g. bfloat16):
+                  :class:`InvalidInputError` ``reason="type"``
+other objects     converted with ``numpy.asarray``; any failure to convert:
+                  :class:`InvalidInputError` ``reason="type"``
 float16 / float64 cast to float32; values beyond float32 range become inf (see below)
 other dtypes      :class:`InvalidInputError` ``reason="dtype"`` (ints, bools, objects…)
 wrong rank        :class:`InvalidInputError` ``reason="rank"`` (a single sample: add x[None])
@@ -19,6 +26,7 @@ NaN / ±inf rows   ``nonfinite="flag"``: the row is OOD with score +inf, p-value
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -26,7 +34,10 @@ import numpy as np
 from oodguard.bundle import InputSpec
 from oodguard.errors import InvalidInputError, NonFiniteInputError
 
-__all__ = ["NONFINITE_POLICIES", "validate_batch"]
+__all__ = [
+    "NONFINITE_POLICIES", "as_array", "check_fdr", "check_timeout", "is_tensor_like",
+    "validate_batch",
+]
 
 NONFINITE_POLICIES = ("flag", "raise")
 
@@ -43,13 +54,7 @@ def validate_batch(
     """
     want = f"float32 array of shape (N, {', '.join(map(str, spec.shape))})"
     if not isinstance(x, np.ndarray):
-        try:
-            x = np.asarray(x)
-        except (TypeError, ValueError) as err:
-            raise InvalidInputError(
-                f"expected a {want}; got {type(x).__name__} that numpy cannot convert ({err})",
-                reason="type",
-            ) from err
+        x = as_array(x, want)
     if x.dtype.kind != "f":
         raise InvalidInputError(
             f"expected a {want}; got dtype {x.dtype}. Scale the input as in training and "
@@ -90,3 +95,52 @@ def validate_batch(
             "such rows OOD"
         )
     return x32, np.asarray(finite_rows, dtype=bool)
+
+
+def is_tensor_like(x: Any) -> bool:
+    """Whether ``x`` converts like a torch tensor: ``x.detach().cpu().numpy()``."""
+    return all(callable(getattr(x, name, None)) for name in ("detach", "cpu", "numpy"))
+
+
+def as_array(x: Any, want: str = "float32 array") -> np.ndarray:
+    """``x`` as a numpy array (tensor-likes detached and copied to host memory first).
+
+    Raises
+    ------
+    InvalidInputError
+        ``reason="type"`` for anything that does not convert, whatever the converter raised
+        (bad input is never a guard failure).
+    """
+    try:
+        if is_tensor_like(x):
+            return np.asarray(x.detach().cpu().numpy())
+        return np.asarray(x)
+    except Exception as err:  # a foreign __array__ / numpy() may raise anything
+        hint = (" (for a torch tensor of a dtype numpy lacks, such as bfloat16, pass "
+                "x.float())" if is_tensor_like(x) else "")
+        raise InvalidInputError(
+            f"expected a {want}; got {type(x).__name__} that cannot be converted to a numpy "
+            f"array ({type(err).__name__}: {err}){hint}",
+            reason="type",
+        ) from err
+
+
+def check_timeout(timeout_s: float | None) -> float | None:
+    """``timeout_s`` as a float, or None; refuses anything but a positive finite number."""
+    if timeout_s is None:
+        return None
+    if (isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float, np.floating))
+            or not math.isfinite(timeout_s) or timeout_s <= 0):
+        raise ValueError(f"timeout_s must be a positive number of seconds or None. "
+                         f"Got {timeout_s!r}")
+    return float(timeout_s)
+
+
+def check_fdr(fdr: float | None) -> float | None:
+    """``fdr`` as a float in (0, 1), or None."""
+    if fdr is None:
+        return None
+    if (isinstance(fdr, bool) or not isinstance(fdr, (int, float, np.floating))
+            or not 0.0 < fdr < 1.0):
+        raise ValueError(f"fdr must be a float in (0, 1) or None. Got {fdr!r}")
+    return float(fdr)

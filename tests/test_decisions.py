@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from oodguard.decisions import benjamini_hochberg
+from oodguard.decisions import batch_decisions, benjamini_hochberg
 from oodguard.scoring import conformal_p_values
 
 
@@ -60,3 +60,19 @@ def test_refuses_bad_levels_and_nan() -> None:
     with pytest.raises(ValueError, match="one-dimensional"):
         benjamini_hochberg(np.zeros((2, 2)), 0.1)
     assert benjamini_hochberg(np.array([]), 0.1).shape == (0,)
+
+
+def test_batch_decisions_keep_forced_rows_out_of_the_procedure() -> None:
+    # Two rows with score +inf (non-finite input) are OOD and must not loosen the BH threshold
+    # for the others: with them counted, m and the rank of each p-value would change.
+    p = np.array([0.0, 0.0, 0.04, 0.5, 0.9])
+    score = np.array([np.inf, np.inf, 3.0, 0.1, -1.0])
+    got = batch_decisions(score, p, 0.1)
+    want_rest = benjamini_hochberg(p[2:], 0.1)
+    assert got[:2].all()
+    assert (got[2:] == want_rest).all()
+    # Counting the forced rows would have flagged row 2 (0.04 <= 0.1*3/5): the rule differs.
+    assert benjamini_hochberg(p, 0.1)[2] and not got[2]
+    finite = np.array([1.0, 2.0, 3.0])
+    assert (batch_decisions(finite, np.array([0.01, 0.2, 0.5]), 0.1)
+            == benjamini_hochberg(np.array([0.01, 0.2, 0.5]), 0.1)).all()

@@ -46,9 +46,9 @@ def test_batch_threads_split_large_batches_and_agree(parts, x) -> None:  # type:
     calls: list[int] = []
     run_chunk = eng._run_chunk
 
-    def spy(xc, out):  # type: ignore[no-untyped-def]
+    def spy(xc, out, *rest):  # type: ignore[no-untyped-def]
         calls.append(len(xc))
-        return run_chunk(xc, out)
+        return run_chunk(xc, out, *rest)
 
     eng._run_chunk = spy  # type: ignore[method-assign]
     got = eng.run(x)
@@ -86,9 +86,9 @@ def test_the_caller_runs_chunks_and_concurrent_callers_agree(parts, x) -> None: 
     threads: set[str] = set()
     run_chunk = eng._run_chunk
 
-    def spy(xc, out):  # type: ignore[no-untyped-def]
+    def spy(xc, out, *rest):  # type: ignore[no-untyped-def]
         threads.add(threading.current_thread().name)
-        return run_chunk(xc, out)
+        return run_chunk(xc, out, *rest)
 
     eng._run_chunk = spy  # type: ignore[method-assign]
     with ThreadPoolExecutor(4, thread_name_prefix="caller") as pool:
@@ -112,7 +112,7 @@ def test_an_error_in_a_chunk_propagates_after_every_chunk_finished(parts, x) -> 
 
     failed: list[int] = []
 
-    def flaky(xc, out):  # type: ignore[no-untyped-def]
+    def flaky(xc, out, *rest):  # type: ignore[no-untyped-def]
         if threading.current_thread().name.startswith("oodguard"):
             failed.append(len(xc))
             raise RuntimeError("chunk failed")
@@ -212,3 +212,56 @@ def test_a_first_call_above_max_batch_still_learns_the_row_cost(parts, x) -> Non
     assert eng._row_seconds == 0.0
     eng.run(x)  # chunked, serial: the timings of the chunks give the estimate
     assert eng._row_seconds > 0
+
+
+def test_denormals_are_flushed_to_zero(parts) -> None:  # type: ignore[no-untyped-def]
+    from oodguard.engine import DENORMAL_AS_ZERO_KEY
+
+    eng = _engine(parts)
+    assert DENORMAL_AS_ZERO_KEY == "session.set_denormal_as_zero"
+    assert eng.session_options.get_session_config_entry(DENORMAL_AS_ZERO_KEY) == "1"
+
+
+def test_a_graph_that_switches_on_the_batch_size_is_loaded_with_a_warning(parts, caplog) -> None:  # type: ignore[no-untyped-def]
+    """Bundles of older versions hold an If on the batch size (two Elu forms that round
+    differently); they still load, but the engine says their scores are not batch invariant."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    model_bytes, manifest = parts
+    assert _engine(parts).batch_invariant
+    model = onnx.load_from_string(model_bytes)
+    model.graph.initializer.append(
+        helper.make_tensor("_switch_min_rows", TensorProto.INT64, [1], [64]))
+    with caplog.at_level("WARNING", logger="oodguard.engine"):
+        eng = Engine(model.SerializeToString(), manifest, providers="cpu")
+    assert not eng.batch_invariant
+    assert "switches Elu forms on the batch size" in caplog.text
+    assert "Re-export the bundle for batch-invariant scores" in caplog.text
+
+
+def test_intra_op_threads_give_up_batch_invariance_with_a_warning(parts, caplog) -> None:  # type: ignore[no-untyped-def]
+    with caplog.at_level("WARNING", logger="oodguard.engine"):
+        eng = _engine(parts, intra_op_threads=2)
+    assert not eng.batch_invariant
+    assert "intra_op_threads=2: ONNX Runtime splits some kernels" in caplog.text
+    assert _engine(parts, intra_op_threads=1).batch_invariant
+
+
+def test_a_graph_whose_rows_depend_on_the_batch_is_detected_at_load(parts, caplog) -> None:  # type: ignore[no-untyped-def]
+    """The load-time probe scores synthetic rows alone and in a batch of 67: a graph ending in
+    a Log (Eigen rounds a tensor's tail differently) over 9 features per row is caught."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper
+
+    model_bytes, manifest = parts
+    model = onnx.load_from_string(model_bytes)
+    out = manifest.output_name
+    producer = next(n for n in model.graph.node if out in n.output)
+    producer.output[list(producer.output).index(out)] = "pre_log"
+    model.graph.node.extend([helper.make_node("Abs", ["pre_log"], ["pre_abs"]),
+                             helper.make_node("Log", ["pre_abs"], [out])])
+    with caplog.at_level("WARNING", logger="oodguard.engine"):
+        eng = Engine(model.SerializeToString(), manifest, providers="cpu")
+    assert not eng.batch_invariant
+    assert "gives a row different bits alone and in a batch" in caplog.text

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -177,10 +179,13 @@ def test_guard_failure_fail_open_and_closed(bundle, data, registry, monkeypatch)
     monkeypatch.setattr(g.engine, "run", boom)
     out = g.wrap(_predict, on_error="open")(data["test"][:3])
     assert out.result is None and out.prediction.shape == (3, 1)
-    with pytest.raises(GuardFailure, match="guard 'g1' failed: RuntimeError: CUDA out of memory"):
+    with pytest.raises(GuardFailure, match=r"guard 'g1': the engine failed on a batch of 3 rows "
+                       r"\(RuntimeError: CUDA out of memory\)") as info:
         g.wrap(_predict, on_error="closed")(data["test"][:3])
+    assert info.value.reason == "engine_error"
+    assert isinstance(info.value.__cause__, RuntimeError)
     failures = registry.get_sample_value(
-        "oodguard_guard_failures_total", {"guard": "g1", "kind": "RuntimeError"})
+        "oodguard_guard_failures_total", {"guard": "g1", "kind": "engine_error"})
     assert failures == 2
     # invalid input is the caller's error under either policy
     with pytest.raises(InvalidInputError):
@@ -261,3 +266,271 @@ def test_fallback_merges_dtypes(guard, data) -> None:  # type: ignore[no-untyped
                        fallback=lambda x: np.full((len(x), 1), 7, np.int64))
     out = model(x).prediction
     assert out.dtype == np.float64 and out[2, 0] == 7
+
+
+# -- engine faults: every one is a counted GuardFailure, and on_error decides -----------------
+def _faulty(kind: str, release: threading.Event | None = None):  # type: ignore[no-untyped-def]
+    def run(x: np.ndarray, **_kw: object) -> object:
+        n = len(x)
+        if kind == "rows+1":
+            return np.zeros((n + 1, 9), np.float32)
+        if kind == "rows-1":
+            return np.zeros((n - 1, 9), np.float32)
+        if kind == "columns":
+            return np.zeros((n, 3), np.float32)
+        if kind == "dtype":
+            return np.zeros((n, 9), np.float64)
+        if kind == "not_an_array":
+            return [[0.0] * 9] * n
+        if kind == "raises":
+            raise RuntimeError("device lost")
+        if kind == "stall":
+            assert release is not None
+            release.wait(30)
+            return np.zeros((n, 9), np.float32)
+        raise AssertionError(kind)
+
+    return run
+
+
+FAULTS = {
+    "rows+1": ("output_shape", r"of shape \(4, 9\) for 3 input rows; expected float32 features "
+                               r"of shape \(3, 9\)"),
+    "rows-1": ("output_shape", r"of shape \(2, 9\) for 3 input rows"),
+    "columns": ("output_shape", r"of shape \(3, 3\) for 3 input rows"),
+    "dtype": ("output_dtype", r"features of dtype float64; expected float32"),
+    "not_an_array": ("output_shape", r"returned list of shape None"),
+    "raises": ("engine_error", r"the engine failed on a batch of 3 rows \(RuntimeError: "
+                               r"device lost\)"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_engine_faults_are_counted_guard_failures(bundle, data, registry, monkeypatch,
+                                                  fault) -> None:  # type: ignore[no-untyped-def]
+    reason, message = FAULTS[fault]
+    g = Guard.load(bundle, registry=registry, name="f")
+    assert g.feature_names and len(g.feature_names) == 9
+    monkeypatch.setattr(g.engine, "run", _faulty(fault))
+    x = data["test"][:3]
+    with pytest.raises(GuardFailure, match=message) as info:
+        g.check(x)
+    assert info.value.reason == reason
+    calls: list[int] = []
+
+    def predict(a: np.ndarray) -> np.ndarray:
+        calls.append(len(a))
+        return _predict(a)
+
+    out = g.wrap(predict, on_error="open")(x)
+    assert out.result is None and calls == [3]  # served unguarded, and counted
+    with pytest.raises(GuardFailure, match=message):
+        g.wrap(predict, on_error="closed")(x)
+    assert calls == [3]  # closed: the model did not run
+    get = registry.get_sample_value
+    assert get("oodguard_guard_failures_total", {"guard": "f", "kind": reason}) == 3
+
+
+def test_a_short_chunk_is_not_broadcast_over_its_rows(bundle, data) -> None:  # type: ignore[no-untyped-def]
+    """numpy would silently copy one returned row into every row of a chunk's slice."""
+    g = Guard.load(bundle, registry=None, providers="cpu", max_batch=4,
+                   engine_options={"batch_threads": 1})
+    real = g.engine._session
+
+    class OneRow:
+        def run(self, names, feeds, opts=None):  # type: ignore[no-untyped-def]
+            return [real.run(names, feeds, opts)[0][:1]]
+
+    g.engine._session = OneRow()
+    with pytest.raises(GuardFailure, match=r"of shape \(1, 9\) for 4 input rows") as info:
+        g.check(data["test"][:10])
+    assert info.value.reason == "output_shape"
+
+
+def test_nan_features_of_finite_rows_are_flagged_and_counted(bundle, data, registry,
+                                                            monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A NaN from the engine cannot be told from an input that overflows float32: the row is
+    flagged OOD under either policy (never served as in-distribution) and counted."""
+    g = Guard.load(bundle, registry=registry, name="nan")
+    x = data["test"][:5]
+    clean = g.check(x)
+    run = g.engine.run
+
+    def nan_row(a: np.ndarray, **kw: object) -> np.ndarray:
+        out = run(a, **kw).copy()
+        out[1, 2] = np.nan
+        return out
+
+    monkeypatch.setattr(g.engine, "run", nan_row)
+    for on_error in ("open", "closed"):
+        out = g.wrap(_predict, on_error=on_error)(x)
+        assert out.result is not None
+        assert out.result.is_ood[1] and out.result.score[1] == np.inf
+        assert out.result.p_value[1] == 0.0
+        others = [0, 2, 3, 4]
+        np.testing.assert_array_equal(out.result.score[others], clean.score[others])
+    assert registry.get_sample_value(
+        "oodguard_guard_failures_total", {"guard": "nan", "kind": "output_nonfinite"}) == 2
+
+
+def test_huge_finite_inputs_are_flagged_not_failures(guard) -> None:  # type: ignore[no-untyped-def]
+    x = np.full((2, 16), 0.5, np.float32)
+    x[1] = 3e38  # overflows inside the graph: NaN and inf features
+    r = guard.check(x)
+    assert r.is_ood[1] and r.score[1] == np.inf and np.isfinite(r.score[0])
+
+
+# -- timeout -------------------------------------------------------------------------------
+def test_a_stalled_engine_times_out_under_both_policies(bundle, data, registry,
+                                                        monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    g = Guard.load(bundle, registry=registry, name="t", timeout_s=0.2)
+    release = threading.Event()
+    monkeypatch.setattr(g.engine, "run", _faulty("stall", release))
+    x = data["test"][:3]
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(GuardFailure, match=r"did not answer within 0.2 s for a batch of 3 "
+                                               r"rows \(timeout\)") as info:
+            g.check(x)
+        assert info.value.reason == "timeout" and time.monotonic() - t0 < 5
+        out = g.wrap(_predict, on_error="open")(x)
+        assert out.result is None and out.prediction.shape == (3, 1)
+        with pytest.raises(GuardFailure, match="timeout"):
+            g.wrap(_predict, on_error="closed", timeout_s=0.05)(x)
+        # a per-call timeout overrides the guard's; None waits (released below)
+        assert registry.get_sample_value(
+            "oodguard_guard_failures_total", {"guard": "t", "kind": "timeout"}) == 3
+    finally:
+        release.set()
+
+
+def test_abandoned_runs_are_bounded(bundle, data, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Stalled runs do not pile up: past _MAX_ABANDONED a timed check fails at once, and
+    once the stalled runs finish, checks work again."""
+    from oodguard import guard as guard_module
+
+    g = Guard.load(bundle, registry=None, timeout_s=0.05)
+    release = threading.Event()
+    stalled = _faulty("stall", release)
+    monkeypatch.setattr(g.engine, "run", stalled)
+    x = data["test"][:3]
+    try:
+        for _ in range(guard_module._MAX_ABANDONED):
+            with pytest.raises(GuardFailure, match="did not answer within"):
+                g.check(x)
+        t0 = time.monotonic()
+        with pytest.raises(GuardFailure, match=r"earlier checks timed out and their engine "
+                                               r"runs have not finished"):
+            g.check(x)
+        assert time.monotonic() - t0 < 0.05  # refused at once, nothing queued
+        assert g._timed_pool is not None
+        assert len(g._timed_pool._threads) == guard_module._MAX_ABANDONED  # one per stalled run
+    finally:
+        release.set()
+    monkeypatch.undo()
+    deadline = time.monotonic() + 10
+    while g._abandoned and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert g._abandoned == 0
+    assert len(g.check(x, timeout_s=10)) == 3
+    g.close()
+
+
+def test_concurrent_timed_checks_do_not_queue_behind_each_other(bundle, data) -> None:  # type: ignore[no-untyped-def]
+    """16 callers whose engine runs each take 0.5 s, with a 1.5 s timeout: none times out
+    (with one thread per 4 callers they would wait 2 s)."""
+    g = Guard.load(bundle, registry=None, timeout_s=1.5)
+    run = g.engine.run
+
+    def slow(x: np.ndarray, **kw: object) -> np.ndarray:
+        time.sleep(0.5)
+        return run(x, **kw)
+
+    g.engine.run = slow  # type: ignore[method-assign]
+    with ThreadPoolExecutor(16) as ex:
+        results = list(ex.map(lambda _: len(g.check(data["test"][:3])), range(16)))
+    assert results == [3] * 16
+    g.close()
+
+
+def test_a_timed_check_gives_the_untimed_bits(bundle, data) -> None:  # type: ignore[no-untyped-def]
+    g = Guard.load(bundle, registry=None)
+    x = np.concatenate([data["test"], data["noise"]])
+    np.testing.assert_array_equal(g.check(x, timeout_s=30).score, g.check(x).score)
+    g.close()
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), True, "1"])
+def test_bad_timeouts_are_refused(bundle, guard, bad) -> None:  # type: ignore[no-untyped-def]
+    msg = r"timeout_s must be a positive number of seconds or None. Got "
+    with pytest.raises(ValueError, match=msg):
+        Guard.load(bundle, registry=None, timeout_s=bad)
+    with pytest.raises(ValueError, match=msg):
+        guard.check(np.zeros((1, 16), np.float32), timeout_s=bad)
+
+
+# -- FDR -----------------------------------------------------------------------------------
+def test_fdr_decisions_are_benjamini_hochberg_over_finite_rows(guard, data) -> None:  # type: ignore[no-untyped-def]
+    from oodguard.decisions import benjamini_hochberg
+
+    x = np.concatenate([data["test"][:60], data["noise"][:20]])
+    x[3, 0] = np.nan
+    r = guard.check(x, fdr=0.1)
+    assert r.rule == "bh" and r.fdr == 0.1
+    finite = np.ones(len(x), bool)
+    finite[3] = False
+    want = np.ones(len(x), bool)
+    want[finite] = benjamini_hochberg(r.p_value[finite], 0.1)
+    np.testing.assert_array_equal(r.is_ood, want)
+    assert r.is_ood[3]
+    plain = guard.check(x)
+    assert plain.rule == "alpha" and plain.fdr is None
+    np.testing.assert_array_equal(plain.is_ood, plain.p_value <= guard.alpha)
+    np.testing.assert_array_equal(plain.p_value, r.p_value)  # scores do not depend on the rule
+    model = guard.wrap(_predict, on_ood="raise", fdr=0.1)
+    with pytest.raises(OODInputError, match=r"BH at FDR 0.1"):
+        model(x)
+
+
+def test_fdr_controls_false_discoveries_on_generated_batches(guard, data) -> None:  # type: ignore[no-untyped-def]
+    """Batches of 40 in-distribution and 10 noise rows (fixed seed, 200 batches): the mean
+    share of in-distribution rows among flagged ones stays below q = 0.1 (+0.03 tolerance
+    for 200 batches), and every OOD-only batch flags most noise rows."""
+    rng = np.random.default_rng(0)
+    pool_in, pool_out = data["test"], data["noise"]
+    fdp = []
+    for _ in range(200):
+        xi = pool_in[rng.choice(len(pool_in), 40, replace=False)]
+        xo = pool_out[rng.choice(len(pool_out), 10, replace=False)]
+        r = guard.check(np.concatenate([xi, xo]), fdr=0.1)
+        flagged = r.is_ood.sum()
+        fdp.append(r.is_ood[:40].sum() / max(flagged, 1))
+    assert np.mean(fdp) <= 0.1 + 0.03
+
+
+@pytest.mark.parametrize("bad", [0, 1, 1.5, -0.1, True, "0.1"])
+def test_bad_fdr_is_refused(guard, bad) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match=r"fdr must be a float in \(0, 1\) or None. Got "):
+        guard.check(np.zeros((1, 16), np.float32), fdr=bad)
+    with pytest.raises(ValueError, match=r"fdr must be a float in \(0, 1\) or None"):
+        guard.wrap(_predict, fdr=bad)
+
+
+def test_errors_module_imports_nothing_from_the_package() -> None:
+    import ast
+    from pathlib import Path
+
+    import oodguard.errors
+
+    tree = ast.parse(Path(oodguard.errors.__file__).read_text())
+    imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in imported if m and m.split(".")[0] == "oodguard"]
+    # and it loads on its own, outside the package
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_errors_alone", oodguard.errors.__file__)
+    assert spec is not None and spec.loader is not None
+    alone = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(alone)
+    assert issubclass(alone.GuardFailure, RuntimeError)

@@ -171,10 +171,10 @@ def test_engine_failure_is_a_json_500_counted_as_guard_failure(guard, registry, 
         x = data["test"][:2]
         r = client.post("/v2/models/t/infer", content=body(x))
         assert r.status_code == 500 and r.json() == {
-            "error": "the guard failed: RuntimeError", "reason": "guard_failure"}
+            "error": "the guard failed: engine_error", "reason": "guard_failure"}
         assert client.get("/v2/health/live").status_code == 200
         text = client.get("/metrics").text
-    assert metric_value(text, "oodguard_guard_failures_total", kind="RuntimeError") == 1
+    assert metric_value(text, "oodguard_guard_failures_total", kind="engine_error") == 1
 
 
 def test_not_ready_before_startup_and_no_metrics_without_registry(guard) -> None:

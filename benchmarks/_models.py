@@ -107,6 +107,14 @@ def batch_of(model: BenchModel, n: int) -> np.ndarray:
 _EXACT = "donot_use_mm_for_euclid_dist"
 
 
+def reference_tensors(baselines: LatentBaselines,
+                      device: str = "cpu") -> list[tuple[torch.Tensor, ...]]:
+    """``[(bank, mean, whitening)]`` at ``z0`` and at ``zT``, as tensors on ``device``."""
+    return [tuple(torch.from_numpy(np.ascontiguousarray(v)).to(device)
+                  for v in (ref.bank, ref.mean, ref.whitening))
+            for ref in (baselines.initial, baselines.terminal)]
+
+
 @torch.inference_mode()
 def torch_reference(
     encoder: nn.Module,
@@ -121,12 +129,48 @@ def torch_reference(
     """The features as a user would write them from the paper: a Python loop over ``T`` steps
     and the features in plain torch, batch first, distances by ``torch.cdist`` (in its exact
     mode: the default matrix-product mode loses ~1e-2 near an attractor, where in-distribution
-    codes end).
-
-    The latent baselines are ``torch.cdist`` + ``topk`` over the bank and ``‖(z − μ) W‖``.
+    codes end). The latent baselines are ``torch.cdist`` + ``topk`` over the bank and
+    ``‖(z − μ) W‖``.
 
     Returns features ``[N, F]`` in :data:`oodguard.features.FEATURE_NAMES` order.
     """
+    refs = reference_tensors(baselines, str(x.device))
+    return reference_features(encoder, decoder, attractors, x, steps, tol, baselines.k, refs)
+
+
+class CompiledReference(nn.Module):
+    """:func:`reference_features` as a module for ``torch.compile`` (the constants are
+    buffers, so the compiled graph has no numpy conversion in it)."""
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, attractors: torch.Tensor, *,
+                 steps: int, tol: float, baselines: LatentBaselines) -> None:
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+        self.register_buffer("attractors", attractors)
+        self.steps, self.tol, self.k = steps, tol, baselines.k
+        for i, ref in enumerate(reference_tensors(baselines)):
+            for name, t in zip(("bank", "mean", "w"), ref, strict=True):
+                self.register_buffer(f"{name}{i}", t)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        refs = [(getattr(self, f"bank{i}"), getattr(self, f"mean{i}"), getattr(self, f"w{i}"))
+                for i in range(2)]
+        return reference_features(self.encoder, self.decoder, self.attractors, x, self.steps,
+                                  self.tol, self.k, refs)
+
+
+def reference_features(
+    encoder: nn.Module,
+    decoder: nn.Module,
+    attractors: torch.Tensor,
+    x: torch.Tensor,
+    steps: int,
+    tol: float,
+    k: int,
+    refs: list[tuple[torch.Tensor, ...]],
+) -> torch.Tensor:
+    """The body of :func:`torch_reference` (no ``inference_mode`` decorator, so that
+    ``torch.compile`` traces it whole)."""
     n = x.shape[0]
     z = encoder(x)
     x_hat = decoder(z)
@@ -149,13 +193,9 @@ def torch_reference(
     dist = torch.cdist(zs.reshape(-1, d), attractors, compute_mode=_EXACT).min(dim=1).values
     dist = dist.reshape(n, steps + 1)
     base = []
-    for ref, zq in ((baselines.initial, zs[:, 0]), (baselines.terminal, zs[:, -1])):
-        bank = torch.from_numpy(ref.bank).to(x.device)
-        mean = torch.from_numpy(ref.mean).to(x.device)
-        knn = torch.cdist(zq, bank, compute_mode=_EXACT).topk(
-            baselines.k, dim=1, largest=False).values[:, -1]
-        maha = ((zq - mean) @ torch.from_numpy(ref.whitening).to(x.device)).norm(dim=-1)
-        base += [knn, maha]
+    for (bank, mean, w), zq in zip(refs, (zs[:, 0], zs[:, -1]), strict=True):
+        knn = torch.cdist(zq, bank, compute_mode=_EXACT).topk(k, dim=1, largest=False).values
+        base += [knn[:, -1], ((zq - mean) @ w).norm(dim=-1)]
     return torch.stack(
         [
             recon,

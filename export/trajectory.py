@@ -9,8 +9,8 @@ attractor, which is precisely where in-distribution codes end up. The trajectory
 time-major ``[T+1, N, d]`` inside the graph (contiguous slices over ``t``).
 
 The latent baselines (see :mod:`oodguard.export.baselines`) take the same route on codes centred
-on the reference mean: ``2k`` candidates by one matrix product with a bias and a TopK, then their
-exact distances and the ``k``-th smallest; Mahalanobis is ``‖(z − μ) W‖``.
+on the reference mean: the ``k`` nearest by one float64 matrix product with a bias and a TopK,
+then their exact distances, of which the largest; Mahalanobis is ``‖(z − μ) W‖``.
 """
 
 from __future__ import annotations
@@ -92,8 +92,6 @@ class TrajectoryFeatures(nn.Module):
             baselines = reference_from_points(a.numpy(), DEFAULT_KNN_K)
         self.baselines = baselines
         self.knn_k = int(baselines.k)
-        bank_size = min(len(baselines.initial.bank), len(baselines.terminal.bank))
-        self.knn_candidates = min(2 * self.knn_k, bank_size)
         for tag, ref in (("initial", baselines.initial), ("terminal", baselines.terminal)):
             mean = torch.from_numpy(ref.mean).float()
             bank = torch.from_numpy(ref.bank).float() - mean
@@ -113,19 +111,19 @@ class TrajectoryFeatures(nn.Module):
         """Distance ``[N]`` from each row of ``zc = z − μ [N, d]`` to its ``k``-th nearest bank
         code (the bank is stored centred on the same ``μ``).
 
-        The candidates come from the expanded form ``zc·b − ‖b‖²/2`` in float64: in float32
+        The ``k`` nearest come from the expanded form ``zc·b − ‖b‖²/2`` in float64: in float32
         its error (``~‖zc‖²·1e-7``) exceeded the spread of the many terminal bank codes that sit
         on one attractor, so torch and ONNX Runtime picked different neighbours for the same
-        ``zT`` (terminal_knn differed by 4e-4 on the demo autoencoder). ``2k`` candidates are
-        taken from it and the ``k``-th smallest of their exact float32 distances returned.
+        ``zT`` (terminal_knn differed by 4e-4 on the demo autoencoder). The largest of their
+        exact float32 distances is returned. (Taking ``2k`` float32 candidates instead did not
+        fix the disagreement and cost a second TopK.)
         """
         bank = getattr(self, f"{tag}_bank")
         score = torch.addmm(getattr(self, f"{tag}_bank_half_sq"), zc.double(),
                             getattr(self, f"{tag}_bank_t"))
-        idx = torch.topk(score, self.knn_candidates, dim=1).indices  # [N, c], c ≥ k
-        near = bank.index_select(0, idx.reshape(-1)).reshape(zc.shape[0], self.knn_candidates, -1)
-        exact = torch.linalg.vector_norm(zc[:, None, :] - near, dim=-1)  # [N, c]
-        return torch.topk(exact, self.knn_k, dim=1, largest=False).values.amax(dim=1)
+        idx = torch.topk(score, self.knn_k, dim=1).indices  # [N, k], in any order
+        near = bank.index_select(0, idx.reshape(-1)).reshape(zc.shape[0], self.knn_k, -1)
+        return torch.linalg.vector_norm(zc[:, None, :] - near, dim=-1).amax(dim=1)
 
     def mahalanobis(self, zc: torch.Tensor, tag: str) -> torch.Tensor:
         """``‖(z − μ) W‖ [N]`` from ``zc = z − μ``: Mahalanobis distance under the reference

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from oodguard.export.baselines import LatentBaselines
+
 
 @dataclass
 class BenchModel:
@@ -25,6 +27,7 @@ class BenchModel:
     attractors: np.ndarray  # (K, d) float32
     tol: float
     inputs: np.ndarray  # (M, dim) float32, tiled to the batch sizes
+    train: np.ndarray  # training inputs: the latent baselines' reference sets are fitted on them
     layers: list[tuple[int, int]]  # (in, out) of every Linear of encoder then decoder
     description: str
 
@@ -66,7 +69,7 @@ def demo_model(*, epochs: int = 40, seed: int = 0) -> BenchModel:
     a, tol = _attractors(enc, dec, data.train)
     inputs = np.concatenate([data.test, *(v for _, v in data.ood.values())]).astype(np.float32)
     return BenchModel(
-        "demo", enc, dec, a, tol, inputs,
+        "demo", enc, dec, a, tol, inputs, data.train,
         [(64, 32), (32, 8), (8, 32), (32, 64)],
         f"demo MLPAutoencoder 64-32-8, trained {epochs} epochs on digits 0-4",
     )
@@ -82,10 +85,18 @@ def large_model(*, seed: int = 0) -> BenchModel:
     inputs = rng.uniform(0, 1, size=(1024, 784)).astype(np.float32)
     a, tol = _attractors(enc, dec, inputs[:256])
     return BenchModel(
-        "large", enc, dec, a, tol, inputs,
+        "large", enc, dec, a, tol, inputs, inputs[:256],
         [(784, 512), (512, 256), (256, 32), (32, 256), (256, 512), (512, 784)],
         "MLP autoencoder 784-512-256-32, random weights",
     )
+
+
+def baselines_of(model: BenchModel, steps: int) -> LatentBaselines:
+    """The latent baselines' reference sets for ``T = steps``, as the exporter fits them."""
+    from oodguard.export.baselines import fit_latent_baselines
+
+    return fit_latent_baselines(model.encoder, model.decoder, model.train, steps=steps,
+                                resolution=model.tol)
 
 
 def batch_of(model: BenchModel, n: int) -> np.ndarray:
@@ -94,6 +105,14 @@ def batch_of(model: BenchModel, n: int) -> np.ndarray:
 
 
 _EXACT = "donot_use_mm_for_euclid_dist"
+
+
+def reference_tensors(baselines: LatentBaselines,
+                      device: str = "cpu") -> list[tuple[torch.Tensor, ...]]:
+    """``[(bank, mean, whitening)]`` at ``z0`` and at ``zT``, as tensors on ``device``."""
+    return [tuple(torch.from_numpy(np.ascontiguousarray(v)).to(device)
+                  for v in (ref.bank, ref.mean, ref.whitening))
+            for ref in (baselines.initial, baselines.terminal)]
 
 
 @torch.inference_mode()
@@ -105,14 +124,53 @@ def torch_reference(
     *,
     steps: int,
     tol: float,
+    baselines: LatentBaselines,
 ) -> torch.Tensor:
     """The features as a user would write them from the paper: a Python loop over ``T`` steps
     and the features in plain torch, batch first, distances by ``torch.cdist`` (in its exact
     mode: the default matrix-product mode loses ~1e-2 near an attractor, where in-distribution
-    codes end).
+    codes end). The latent baselines are ``torch.cdist`` + ``topk`` over the bank and
+    ``‖(z − μ) W‖``.
 
-    Returns features ``[N, 9]`` in :data:`oodguard.features.FEATURE_NAMES` order.
+    Returns features ``[N, F]`` in :data:`oodguard.features.FEATURE_NAMES` order.
     """
+    refs = reference_tensors(baselines, str(x.device))
+    return reference_features(encoder, decoder, attractors, x, steps, tol, baselines.k, refs)
+
+
+class CompiledReference(nn.Module):
+    """:func:`reference_features` as a module for ``torch.compile`` (the constants are
+    buffers, so the compiled graph has no numpy conversion in it)."""
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, attractors: torch.Tensor, *,
+                 steps: int, tol: float, baselines: LatentBaselines) -> None:
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+        self.register_buffer("attractors", attractors)
+        self.steps, self.tol, self.k = steps, tol, baselines.k
+        for i, ref in enumerate(reference_tensors(baselines)):
+            for name, t in zip(("bank", "mean", "w"), ref, strict=True):
+                self.register_buffer(f"{name}{i}", t)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        refs = [(getattr(self, f"bank{i}"), getattr(self, f"mean{i}"), getattr(self, f"w{i}"))
+                for i in range(2)]
+        return reference_features(self.encoder, self.decoder, self.attractors, x, self.steps,
+                                  self.tol, self.k, refs)
+
+
+def reference_features(
+    encoder: nn.Module,
+    decoder: nn.Module,
+    attractors: torch.Tensor,
+    x: torch.Tensor,
+    steps: int,
+    tol: float,
+    k: int,
+    refs: list[tuple[torch.Tensor, ...]],
+) -> torch.Tensor:
+    """The body of :func:`torch_reference` (no ``inference_mode`` decorator, so that
+    ``torch.compile`` traces it whole)."""
     n = x.shape[0]
     z = encoder(x)
     x_hat = decoder(z)
@@ -134,6 +192,10 @@ def torch_reference(
     d = zs.shape[-1]
     dist = torch.cdist(zs.reshape(-1, d), attractors, compute_mode=_EXACT).min(dim=1).values
     dist = dist.reshape(n, steps + 1)
+    base = []
+    for (bank, mean, w), zq in zip(refs, (zs[:, 0], zs[:, -1]), strict=True):
+        knn = torch.cdist(zq, bank, compute_mode=_EXACT).topk(k, dim=1, largest=False).values
+        base += [knn[:, -1], ((zq - mean) @ w).norm(dim=-1)]
     return torch.stack(
         [
             recon,
@@ -145,6 +207,7 @@ def torch_reference(
             (zs[:, -1] - zs[:, 0]).norm(dim=-1),
             dist[:, -1],
             dist.mean(dim=1),
+            *base,
         ],
         dim=1,
     )

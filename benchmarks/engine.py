@@ -2,10 +2,14 @@
 
 For each model (``demo``: the demo autoencoder 64-32-8 trained briefly on digits; ``large``: an
 MLP autoencoder 784-512-256-32 with random weights), each ``T`` and each batch size, the same
-nine features are computed by
+features (trajectory features and latent baselines) are computed by
 
 - ``torch``: :func:`_models.torch_reference`, a Python loop over ``T`` steps and the features
   in torch under ``inference_mode`` (what a user would write from the paper);
+- ``torch-compile``: the same code as a module through ``torch.compile`` (default inductor
+  backend; on CPU it compiles C++ with the system's gcc, offline) — the fastest a torch user
+  gets without oodguard. Compilation (per batch size until torch marks the batch dynamic) is
+  done before timing and reported as ``compile_s`` in ``checks``;
 - ``onnx-unrolled``: the exported graph (``T`` steps unrolled) through :class:`oodguard.Engine`;
 - ``onnx-intra``: the same graph and engine with ONNX Runtime's own intra-op threading
   (``intra_op_threads=threads, batch_threads=1``) instead of the engine's default (single-threaded
@@ -13,7 +17,14 @@ nine features are computed by
 - ``onnx-loop``: the same graph built around an ONNX ``Loop`` (see ``_loop.py``);
 
 interleaved in one run, and reported as samples/s, p50/p99 latency per call, the ratio to
-``torch`` measured in the same run, and achieved GFLOP/s against the machine's sgemm rate.
+``torch`` and to ``torch-compile`` measured in the same run, and achieved GFLOP/s against the
+machine's sgemm rate.
+
+Denormals: converging trajectories produce subnormal step differences, and torch on x86 ran
+the reference ~50× slower until ``torch.set_flush_denormal(True)``; the benchmark sets it for
+the whole run (recorded as ``machine.torch_flush_denormal``) so that the torch rows are not
+handicapped, and ONNX Runtime sessions set ``session.set_denormal_as_zero`` (see
+:mod:`oodguard.export.dynamics`).
 
     python benchmarks/engine.py --quick --out results/engine.json
     python benchmarks/engine.py --providers cuda --compare results/engine.json   # on a GPU
@@ -45,11 +56,12 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-IMPLS = ("torch", "onnx-unrolled", "onnx-intra", "onnx-loop")
+IMPLS = ("torch", "torch-compile", "onnx-unrolled", "onnx-intra", "onnx-loop")
 COLUMNS = [
     ("model", "model", ""), ("impl", "impl", ""), ("T", "T", "d"), ("batch", "batch", "d"),
     ("samples_per_s", "samples/s", ",.0f"), ("p50_ms", "p50 ms", ".3f"),
     ("p99_ms", "p99 ms", ".3f"), ("ratio_vs_torch", "× torch", ".2f"),
+    ("ratio_vs_compile", "× compile", ".2f"),
     ("gflops", "GFLOP/s", ".1f"), ("pct_sgemm", "% sgemm", ".0f"),
 ]
 
@@ -99,12 +111,20 @@ def _check(ref: np.ndarray, got: np.ndarray) -> float:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from _loop import loop_model
-    from _models import batch_of, demo_model, large_model, torch_reference
+    from _models import (
+        CompiledReference,
+        baselines_of,
+        batch_of,
+        demo_model,
+        large_model,
+        torch_reference,
+    )
 
     from oodguard.export.exporter import export_onnx
     from oodguard.export.trajectory import TrajectoryFeatures
 
     torch.set_num_threads(args.threads)
+    flush = torch.set_flush_denormal(True)
     steps_list = [int(s) for s in (args.steps or ("32" if args.quick else "16,32,64")).split(",")]
     batches = [int(b) for b in (args.batches or ("1,256,4096" if args.quick
                                                   else "1,32,256,4096")).split(",")]
@@ -118,6 +138,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     machine = machine_info()
     machine["threads"] = args.threads
     machine["torch_device"] = device
+    machine["torch_flush_denormal"] = flush
     print(f"# {machine['cpu']}, {machine['logical_cores']} cores, threads={args.threads}, "
           f"load {machine.get('load_average_at_start')}", flush=True)
     sgemm = measure_sgemm(args.threads, budget_s=1.5 if args.quick else 4.0)
@@ -137,9 +158,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         enc, dec = bm.encoder.to(device), bm.decoder.to(device)
         a_dev = torch.from_numpy(bm.attractors).to(device)
         for steps in steps_list:
+            baselines = baselines_of(bm, steps)
             module = TrajectoryFeatures(bm.encoder.cpu(), bm.decoder.cpu(),
                                         torch.from_numpy(bm.attractors), steps=steps,
-                                        tol=bm.tol).eval()
+                                        tol=bm.tol, baselines=baselines).eval()
             example = torch.from_numpy(batch_of(bm, 4))
             unrolled = export_onnx(module, example)
             engines = {"onnx-unrolled": _engine(unrolled, bm, steps, args)}
@@ -151,20 +173,41 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             enc, dec = bm.encoder.to(device), bm.decoder.to(device)
             xc = batch_of(bm, 256)
             ref = torch_reference(enc, dec, a_dev, torch.from_numpy(xc).to(device),
-                                  steps=steps, tol=bm.tol).cpu().numpy()
+                                  steps=steps, tol=bm.tol, baselines=baselines).cpu().numpy()
             for impl, eng in engines.items():
                 checks.append({"model": bm.name, "T": steps, "impl": impl,
                                "max_scaled_diff_vs_torch": _check(ref, eng.run(xc))})
+            compiled = None
+            if "torch-compile" in impls:
+                compiled = torch.compile(CompiledReference(
+                    enc, dec, a_dev, steps=steps, tol=bm.tol, baselines=baselines).to(device))
+                t0 = time.perf_counter()
+                with torch.inference_mode():
+                    got = compiled(torch.from_numpy(xc).to(device)).cpu().numpy()
+                    for batch in batches:  # compile every shape before timing
+                        compiled(torch.from_numpy(batch_of(bm, batch)).to(device))
+                checks.append({"model": bm.name, "T": steps, "impl": "torch-compile",
+                               "max_scaled_diff_vs_torch": _check(ref, got),
+                               "compile_s": time.perf_counter() - t0})
             for batch in batches:
                 x = batch_of(bm, batch)
                 xt = torch.from_numpy(x).to(device)
 
                 def ref_fn(xt: Any = xt, steps: int = steps, enc: Any = enc, dec: Any = dec,
-                           a_dev: Any = a_dev, tol: float = bm.tol) -> Any:
-                    out = torch_reference(enc, dec, a_dev, xt, steps=steps, tol=tol)
+                           a_dev: Any = a_dev, tol: float = bm.tol,
+                           baselines: Any = baselines) -> Any:
+                    out = torch_reference(enc, dec, a_dev, xt, steps=steps, tol=tol,
+                                          baselines=baselines)
                     return out.cpu() if device == "cuda" else out
 
                 fns: dict[str, Any] = {"torch": ref_fn}
+                if compiled is not None:
+                    def compiled_fn(xt: Any = xt, compiled: Any = compiled) -> Any:
+                        with torch.inference_mode():
+                            out = compiled(xt)
+                        return out.cpu() if device == "cuda" else out
+
+                    fns["torch-compile"] = compiled_fn
                 for impl, eng in engines.items():
                     fns[impl] = lambda eng=eng, x=x: eng.run(x)
                 flops = bm.flops(steps, batch)
@@ -173,16 +216,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 lat = time_interleaved(fns, budget_s=budget, rounds=3 if heavy else 5,
                                        min_calls=1 if heavy else 3, warmup=1 if heavy else 2)
                 base = summarise(lat["torch"], batch)
+                comp = summarise(lat["torch-compile"], batch) if "torch-compile" in lat else None
                 for impl, ls in lat.items():
                     s = summarise(ls, batch)
                     gflops = flops / (s["p50_ms"] / 1e3) / 1e9
-                    on_gpu = (device == "cuda") if impl == "torch" else (
+                    on_gpu = (device == "cuda") if impl.startswith("torch") else (
                         engines[impl].providers[0] == "CUDAExecutionProvider")
                     limit = sgemm_gpu if on_gpu and sgemm_gpu else sgemm_best
                     row = {"model": bm.name, "impl": impl, "T": steps, "batch": batch, **s,
                            "ratio_vs_torch": s["samples_per_s"] / base["samples_per_s"],
+                           "ratio_vs_compile": (s["samples_per_s"] / comp["samples_per_s"]
+                                                if comp else None),
                            "gflops": gflops, "pct_sgemm": 100 * gflops / limit,
-                           "provider": "torch-" + device if impl == "torch"
+                           "provider": "torch-" + device if impl.startswith("torch")
                            else engines[impl].providers[0]}
                     rows.append(row)
                     print(format_table([row], COLUMNS).splitlines()[-1], flush=True)

@@ -7,6 +7,10 @@ with a bias (argmax of ``z·a − ‖a‖²/2``) over all ``N·(T+1)`` trajector
 to the chosen one is then computed exactly: the expanded form alone loses precision near an
 attractor, which is precisely where in-distribution codes end up. The trajectory is kept
 time-major ``[T+1, N, d]`` inside the graph (contiguous slices over ``t``).
+
+The latent baselines (see :mod:`oodguard.export.baselines`) take the same route on codes centred
+on the reference mean: the ``k`` nearest by one float64 matrix product with a bias and a TopK,
+then their exact distances, of which the largest; Mahalanobis is ``‖(z − μ) W‖``.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from oodguard.export.baselines import DEFAULT_KNN_K, LatentBaselines, reference_from_points
 from oodguard.features import FEATURE_NAMES
 
 __all__ = ["TrajectoryFeatures", "slope_weights"]
@@ -41,6 +46,10 @@ class TrajectoryFeatures(nn.Module):
         Convergence tolerance on ``‖z_{t+1} − z_t‖`` (``steps_to_converge``; also the ``eps``
         inside ``convergence_rate``'s logarithm, so converged steps flatten at ``log(tol)``
         instead of amplifying float rounding).
+    baselines : LatentBaselines, optional
+        Reference sets for ``latent_*`` and ``terminal_*`` (fitted on training codes by the
+        exporter). Without them the attractor bank serves as the reference set for both, with
+        ``k = min(5, K)`` — for tests and benchmarks, not for a bundle.
     """
 
     feature_names = FEATURE_NAMES
@@ -58,6 +67,7 @@ class TrajectoryFeatures(nn.Module):
         *,
         steps: int,
         tol: float,
+        baselines: LatentBaselines | None = None,
     ) -> None:
         super().__init__()
         if steps < 2:
@@ -78,6 +88,52 @@ class TrajectoryFeatures(nn.Module):
         self.register_buffer("attractor_half_sq", -0.5 * (a * a).sum(1))
         self.register_buffer("slope_w", slope_weights(self.steps))
         self.register_buffer("t_index", torch.arange(self.steps, dtype=torch.float32))
+        if baselines is None:
+            baselines = reference_from_points(a.numpy(), DEFAULT_KNN_K)
+        self.baselines = baselines
+        self.knn_k = int(baselines.k)
+        for tag, ref in (("initial", baselines.initial), ("terminal", baselines.terminal)):
+            mean = torch.from_numpy(ref.mean).float()
+            bank = torch.from_numpy(ref.bank).float() - mean
+            if bank.shape[1] != a.shape[1] or len(bank) < self.knn_k:
+                raise ValueError(
+                    f"the {tag} kNN bank must be (M >= k={self.knn_k}, d={a.shape[1]}). "
+                    f"Got {tuple(bank.shape)}"
+                )
+            self.register_buffer(f"{tag}_bank", bank)
+            b64 = bank.double()
+            self.register_buffer(f"{tag}_bank_t", b64.T.contiguous())
+            self.register_buffer(f"{tag}_bank_half_sq", -0.5 * (b64 * b64).sum(1))
+            self.register_buffer(f"{tag}_mean", mean)
+            self.register_buffer(f"{tag}_whitening", torch.from_numpy(ref.whitening).float())
+
+    def knn_distance(self, zc: torch.Tensor, tag: str) -> torch.Tensor:
+        """Distance ``[N]`` from each row of ``zc = z − μ [N, d]`` to its ``k``-th nearest bank
+        code (the bank is stored centred on the same ``μ``).
+
+        The ``k`` nearest come from the expanded form ``zc·b − ‖b‖²/2`` in float64: in float32
+        its error (``~‖zc‖²·1e-7``) exceeded the spread of the many terminal bank codes that sit
+        on one attractor, so torch and ONNX Runtime picked different neighbours for the same
+        ``zT`` (terminal_knn differed by 4e-4 on the demo autoencoder). The largest of their
+        exact float32 distances is returned. (Taking ``2k`` float32 candidates instead did not
+        fix the disagreement and cost a second TopK.)
+        """
+        bank = getattr(self, f"{tag}_bank")
+        score = torch.addmm(getattr(self, f"{tag}_bank_half_sq"), zc.double(),
+                            getattr(self, f"{tag}_bank_t"))
+        idx = torch.topk(score, self.knn_k, dim=1).indices  # [N, k], in any order
+        near = bank.index_select(0, idx.reshape(-1)).reshape(zc.shape[0], self.knn_k, -1)
+        return torch.linalg.vector_norm(zc[:, None, :] - near, dim=-1).amax(dim=1)
+
+    def mahalanobis(self, zc: torch.Tensor, tag: str) -> torch.Tensor:
+        """``‖(z − μ) W‖ [N]`` from ``zc = z − μ``: Mahalanobis distance under the reference
+        set's shrunk covariance."""
+        return torch.linalg.vector_norm(zc @ getattr(self, f"{tag}_whitening"), dim=-1)
+
+    def baseline_features(self, z: torch.Tensor, tag: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(knn [N], mahalanobis [N])`` of ``z [N, d]`` against the ``tag`` reference set."""
+        zc = z - getattr(self, f"{tag}_mean")
+        return self.knn_distance(zc, tag), self.mahalanobis(zc, tag)
 
     def time_major(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(Z [T+1, N, d], x̂ [N, *shape])``: the trajectory, time first, and ``D(z0)``.
@@ -128,6 +184,8 @@ class TrajectoryFeatures(nn.Module):
                                dim=1)
         dist = torch.linalg.vector_norm(points - self.attractors.index_select(0, nearest), dim=-1)
         dist = dist.reshape(self.steps + 1, n)
+        knn0, maha0 = self.baseline_features(traj[0], "initial")
+        knn_t, maha_t = self.baseline_features(traj[-1], "terminal")
         return torch.stack(
             [
                 recon,
@@ -139,6 +197,10 @@ class TrajectoryFeatures(nn.Module):
                 torch.linalg.vector_norm(traj[-1] - traj[0], dim=-1),
                 dist[-1],
                 dist.mean(dim=0),
+                knn0,
+                maha0,
+                knn_t,
+                maha_t,
             ],
             dim=1,
         )

@@ -27,7 +27,7 @@ def test_engine_benchmark_writes_rows(tmp_path) -> None:  # type: ignore[no-unty
     doc = json.loads(out.read_text())
     assert {"machine", "sgemm", "rows", "checks"} <= set(doc)
     impls = {r["impl"] for r in doc["rows"]}
-    assert impls == {"torch", "onnx-unrolled", "onnx-intra", "onnx-loop"}
+    assert impls == {"torch", "torch-compile", "onnx-unrolled", "onnx-intra", "onnx-loop"}
     for r in doc["rows"]:
         assert {"model", "impl", "T", "batch", "samples_per_s", "ratio_vs_torch", "p50_ms",
                 "p99_ms"} <= set(r)

@@ -296,16 +296,16 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmpdir)
         if args.artifacts:
             for d in sorted(p for p in args.artifacts.iterdir() if (p / "data.npz").exists()):
-                bundle = tmp / d.name
-                shutil.copytree(d / "bundle", bundle)
-                with np.load(d / "data.npz") as z:
-                    ood = {k[5:]: z[k] for k in z.files if k.startswith("ood__")}
-                    val, test = z["x_val"], z["x_test"]
-                bl = None
-                if (d / "baselines.npz").exists():
-                    with np.load(d / "baselines.npz") as z:
-                        bl = {k: z[k] for k in z.files}
-                try:
+                try:  # artifacts may be rewritten while we read: skip what is not complete
+                    bundle = tmp / d.name
+                    shutil.copytree(d / "bundle", bundle)
+                    with np.load(d / "data.npz") as z:
+                        ood = {k[5:]: z[k] for k in z.files if k.startswith("ood__")}
+                        val, test = z["x_val"], z["x_test"]
+                    bl = None
+                    if (d / "baselines.npz").exists():
+                        with np.load(d / "baselines.npz") as z:
+                            bl = {k: z[k] for k in z.files}
                     results.append(evaluate(d.name, bundle, val, test, ood, None, args.seed, bl))
                 except Exception as err:  # one broken artifact must not stop the study
                     print(f"{d.name}: skipped ({type(err).__name__}: {err})", file=sys.stderr)

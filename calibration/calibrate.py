@@ -358,7 +358,7 @@ def calibrate(
         log.info("selecting features on %d %s inputs", len(ref_x),
                  "OOD validation" if x_ood is not None else "synthetic-outlier")
         reference = engine.run(np.ascontiguousarray(ref_x))
-    unstable = unstable_features(getattr(source.manifest, "dynamics", None))
+    unstable = unstable_features(source.manifest.dynamics)
     scorer, info = fit_scorer(
         features[fit_idx], features[cal_idx], source.manifest.feature_names, alpha=alpha,
         reference_features=reference, reference_groups=groups, combine=combine, use=use,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
 import numpy as np
 import pytest
 
-from oodguard.bundle import CALIBRATION_FILE, read_bundle
+from oodguard.bundle import CALIBRATION_FILE, MODEL_FILE, read_bundle, write_bundle
 from oodguard.calibration import calibrate, fit_scorer, required_samples
 from oodguard.calibration.calibrate import check_sizes
 from oodguard.calibration.selection import DEFAULT_PROXY_KINDS
@@ -159,3 +160,22 @@ def test_conformal_split_is_untouched_by_selection() -> None:
     for ref in (None, _shifted(200, rng, 3.0), _shifted(200, rng, 0.3)):
         scorer, _ = fit_scorer(fit, cal, NAMES, reference_features=ref)
         np.testing.assert_array_equal(scorer.calibration_scores, np.sort(scorer.score(cal)))
+
+
+def test_calibrate_leaves_out_features_the_exporter_found_unstable(raw_bundle, data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The exporter's per-feature stability record (manifest ``dynamics``): unstable features
+    are not candidates and ``dropped`` says why; a manifest without the record (older
+    bundles) leaves every feature a candidate."""
+    src = read_bundle(raw_bundle)
+    assert "stability" not in src.manifest.dynamics  # the fixture is written without it
+    stability = {n: {"stable": n != "recon_error"} for n in src.manifest.feature_names}
+    manifest = dataclasses.replace(src.manifest, dynamics={**src.manifest.dynamics, "stability": stability})
+    unstable = write_bundle(tmp_path / "unstable", manifest, {MODEL_FILE: src.files[MODEL_FILE]})
+    report = calibrate(unstable, data["val"], out=tmp_path / "a")
+    assert "recon_error" not in [report.scorer.feature_names[i] for i in report.scorer.used]
+    assert "numerically unstable" in report.dropped["recon_error"]
+    # without recon_error in the score, the report says so
+    assert any(w.startswith("recon_error, the classic baseline, is not in the score "
+                            "(numerically unstable") for w in report.warnings)
+    plain = calibrate(raw_bundle, data["val"], out=tmp_path / "b")
+    assert "recon_error" not in plain.dropped

@@ -162,14 +162,15 @@ def test_conformal_split_is_untouched_by_selection() -> None:
         np.testing.assert_array_equal(scorer.calibration_scores, np.sort(scorer.score(cal)))
 
 
-def test_calibrate_leaves_out_features_the_exporter_found_unstable(raw_bundle, data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_calibrate_leaves_out_unstable_features(raw_bundle, data, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The exporter's per-feature stability record (manifest ``dynamics``): unstable features
     are not candidates and ``dropped`` says why; a manifest without the record (older
     bundles) leaves every feature a candidate."""
     src = read_bundle(raw_bundle)
     assert "stability" not in src.manifest.dynamics  # the fixture is written without it
     stability = {n: {"stable": n != "recon_error"} for n in src.manifest.feature_names}
-    manifest = dataclasses.replace(src.manifest, dynamics={**src.manifest.dynamics, "stability": stability})
+    dynamics = {**src.manifest.dynamics, "stability": stability}
+    manifest = dataclasses.replace(src.manifest, dynamics=dynamics)
     unstable = write_bundle(tmp_path / "unstable", manifest, {MODEL_FILE: src.files[MODEL_FILE]})
     report = calibrate(unstable, data["val"], out=tmp_path / "a")
     assert "recon_error" not in [report.scorer.feature_names[i] for i in report.scorer.used]

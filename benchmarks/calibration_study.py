@@ -54,16 +54,13 @@ VARIANTS: dict[str, tuple[tuple[str, ...] | None, dict[str, Any]]] = {
     "old+required": (OLD_PROXIES, {"keep_sign": (), "two_sided_margin": None}),
     "rich": (PROXY_KINDS, {"required": (), "keep_sign": (), "two_sided_margin": None}),
     "rich+required": (PROXY_KINDS, {"keep_sign": (), "two_sided_margin": None}),
-    "rich+required+2s": (PROXY_KINDS, {"keep_sign": ()}),
-    "rich+required+2s cauchy": (PROXY_KINDS, {"keep_sign": (), "combine": "cauchy"}),
-    "rich+required+2s fisher": (PROXY_KINDS, {"keep_sign": (), "combine": "fisher"}),
-    "rich+req+2s+keepsign": (PROXY_KINDS, {}),
+    "rich+req+2s": (PROXY_KINDS, {"keep_sign": ()}),
+    "rich+req+2s+keepsign": (PROXY_KINDS, {}),  # the default
     "rich+req+2s+keepsign cauchy": (PROXY_KINDS, {"combine": "cauchy"}),
     "rich+req+2s+keepsign fisher": (PROXY_KINDS, {"combine": "fisher"}),
     "old+req+2s+keepsign": (OLD_PROXIES, {}),
     "baselines only, 2s max": (None, {"use": BASELINES}),
     "all features, 2s max": (None, {}),
-    "all features, 2s cauchy": (None, {"combine": "cauchy"}),
 }
 
 
@@ -291,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
-    results = []
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+    results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         if args.artifacts:
@@ -311,12 +310,17 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{d.name}: skipped ({type(err).__name__}: {err})", file=sys.stderr)
                     continue
                 print(f"{d.name}: done", file=sys.stderr, flush=True)
+                if args.out:  # partial results survive an interrupted run
+                    args.out.write_text(json.dumps({"results": results}, indent=1))
+                print(f"{d.name}: done", file=sys.stderr, flush=True)
         else:
             for name in args.models:
                 path, data, model = _train_and_export(name, tmp, args.seed)
                 results.append(evaluate(name, path, data["val"], data["test"], data["ood"],
                                         _latent_extra(model, data["train"]), args.seed))
                 print(f"{name}: done", file=sys.stderr, flush=True)
+                if args.out:  # partial results survive an interrupted run
+                    args.out.write_text(json.dumps({"results": results}, indent=1))
     summary = summarise(results)
     print(f"{'variant':28s} {'pairs':>5s} {'≤0.02':>6s} {'mean':>7s} {'best_bl':>7s} "
           f"{'gap':>7s} {'worst':>7s}  fpr range")
@@ -325,7 +329,6 @@ def main(argv: list[str] | None = None) -> int:
               f"{s['best_baseline_mean']:7.4f} {s['mean_gap']:+7.4f} {s['worst_gap']:+7.4f}  "
               f"{s['fpr_range']} resampled {s['fpr_resampled_range']}")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"summary": summary, "results": results}, indent=1))
     return 0
 

@@ -321,12 +321,20 @@ def calibrate(
     alpha : target false-positive rate of the OOD verdict (default 0.05).
     fit_fraction : share of ``x_val`` that fits the transform; the rest calibrates.
     select : "auto" — choose features and directions on ``x_ood`` if given, else on synthetic
-        outliers made from the fit part (see :mod:`oodguard.calibration.selection`);
+        outliers made from the fit part (see :mod:`oodguard.calibration.selection`); the
+        classic baselines present in the bundle are always kept and never inverted;
         "all" — every feature, two-sided.
     x_ood : optional OOD validation inputs, used only for the selection.
-    combine : "max" (default), "max_mahalanobis" or "mahalanobis" (see oodguard.scoring).
+    combine : "max" (default), "max_mahalanobis", "mahalanobis", "fisher" or "cauchy" (see
+        :mod:`oodguard.scoring`; docs/calibration.md has what each gave).
     use : candidate feature names; default all.
     out : where to write the calibrated bundle; default in place (atomically).
+
+    Every run leaves out the features the exporter measured as unstable (manifest
+    ``dynamics["stability"]``; ``report.dropped`` says so) and checks that trivially far inputs
+    (constants at ``±1e3·max|x|``, noise at 10× the data's s.d.) come out OOD; what fails, and a
+    selection without ``recon_error`` or with an inverted baseline, is logged as a warning and
+    listed in ``report.warnings`` and ``calibration.json`` ``info["warnings"]``.
 
     Raises
     ------

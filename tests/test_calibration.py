@@ -180,3 +180,19 @@ def test_calibrate_leaves_out_unstable_features(raw_bundle, data, tmp_path) -> N
                             "(numerically unstable") for w in report.warnings)
     plain = calibrate(raw_bundle, data["val"], out=tmp_path / "b")
     assert "recon_error" not in plain.dropped
+
+
+def test_default_calibration_fpr_whatever_the_batch(bundle, data) -> None:  # type: ignore[no-untyped-def]
+    """End to end with the default selection (the session's calibrated bundle, n_cal = 360):
+    600 fresh in-distribution inputs checked in one batch and one at a time get the same
+    verdicts (a batch-size-dependent feature would make the calibration and the checks
+    disagree), and the held-out FPR lies within 0.05 ± 0.045 (s.d. of one split ≈ 0.0145:
+    calibration draw plus test binomial; ±3 s.d.)."""
+    guard = Guard.load(bundle, registry=None)
+    whole = guard.check(data["test"])
+    one = [guard.check(data["test"][i : i + 1]) for i in range(0, 600, 10)]
+    np.testing.assert_array_equal(np.concatenate([r.is_ood for r in one]), whole.is_ood[::10])
+    np.testing.assert_allclose(np.concatenate([r.score for r in one]), whole.score[::10],
+                               rtol=1e-4)
+    assert 0.005 <= float(whole.is_ood.mean()) <= 0.095
+    assert guard.alpha == 0.05

@@ -124,6 +124,24 @@ def gaussian_log_sf(z: np.ndarray) -> np.ndarray:
     return np.where(np.asarray(z) >= 0, upper, lower)
 
 
+_LOG2 = math.log(2.0)
+_SQRT2 = math.sqrt(2.0)
+
+
+def _log_sf_scalar(z: float) -> float:
+    """:func:`gaussian_log_sf` for one Python float, the same arithmetic (the guard's small
+    batches score in plain Python)."""
+    x = abs(z) / _SQRT2
+    t = 1.0 / (1.0 + 0.5 * x)
+    poly = 0.0
+    for c in _ERFC_COEF:
+        poly = poly * t + c
+    upper = math.log(t) - x * x + poly - _LOG2
+    if z >= 0:
+        return upper
+    return math.log1p(-math.exp(min(upper, 0.0)))
+
+
 def _two_sided_q(a: np.ndarray) -> np.ndarray:
     """``1 − 2·Φ̄(a) = erf(a/√2)`` for ``a ≥ 0``: its Maclaurin series (17 terms) below
     ``a = 1``, where ``1 − p`` would lose the small value; the erfc fit above."""
@@ -203,7 +221,8 @@ class _Plan:
         self.p_table = _p_table(len(s.calibration_scores))  # conformal_p_values, precomputed
         # The same transform as plain Python floats, for batches of a few rows, where numpy's
         # per-call cost is most of the work (tested equal to the numpy path).
-        self.scalar = s.combine == "max" and not self.log_branch
+        self.scalar = s.combine in ("max", "fisher") and not self.log_branch
+        self.fisher = s.combine == "fisher"
         self.rows = [
             (
                 int(s.used[k]),
@@ -220,10 +239,13 @@ class _Plan:
         ]
 
     def score_rows(self, features: np.ndarray) -> list[float]:
-        """``combine="max"`` scores of a few rows in plain Python (non-finite ▶ +inf)."""
+        """``combine="max"`` or ``"fisher"`` scores of a few rows in plain Python (non-finite
+        ▶ +inf)."""
         out = []
+        fisher = self.fisher
         for row in features.tolist():
             best = -_INF
+            total = 0.0
             for j, off, pm, pa, lp, ln, qm, qa, d in self.rows:
                 v = row[j]
                 if off is not None:
@@ -243,8 +265,18 @@ class _Plan:
                     break
                 z = t * qm + qa
                 z = abs(z) if d == 0.0 else d * z
-                if z > best:
+                if fisher:
+                    if z != z or z in (_INF, -_INF):
+                        best = _INF
+                        break
+                    lp_ = _log_sf_scalar(z)
+                    if d == 0.0:
+                        lp_ = min(lp_ + _LOG2, 0.0)
+                    total -= 2.0 * lp_
+                elif z > best:
                     best = z
+            if fisher and best != _INF:
+                best = total
             out.append(best if best == best and best != -_INF else _INF)
         return out
 

@@ -276,3 +276,30 @@ def test_cauchy_is_finite_and_ordered_far_in_the_tail() -> None:
     f[:, 1] = [1.0, 10.0, 1e3, 1e6]
     s = scorer.score(f)
     assert np.isfinite(s).all() and (np.diff(s) > 0).all()
+
+
+@pytest.fixture(scope="module")
+def fisher_scorers() -> list[Scorer]:
+    fit, cal = _features(300, 0), _features(300, 1)
+    ref = _features(300, 2) * np.random.default_rng(3).uniform(0.5, 3.0, size=(1, 4))
+    return [fit_scorer(fit, cal, NAMES, combine="fisher")[0],  # two-sided
+            fit_scorer(fit, cal, NAMES, combine="fisher", reference_features=ref)[0]]
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32),
+                                        st.floats(-1e3, 1e3), st.floats(0, 1)),
+                              min_size=4, max_size=4),
+                     min_size=1, max_size=4))
+def test_fisher_scalar_path_equals_numpy_path(fisher_scorers, rows) -> None:  # type: ignore[no-untyped-def]
+    """Batches of up to 4 rows score Fisher in plain Python: equal to the numpy path (1e-9),
+    +inf for the same rows."""
+    f = np.asarray(rows, dtype=np.float32)
+    for scorer in fisher_scorers:
+        assert scorer._plan.scalar
+        small = scorer.score(f)
+        big = scorer.score(np.concatenate([f] * 3))[: len(f)]
+        assert np.array_equal(np.isinf(small), np.isinf(big))
+        fin = np.isfinite(big)
+        np.testing.assert_allclose(small[fin], big[fin], rtol=1e-9, atol=1e-9)
+        assert not np.isnan(small).any() and not np.isnan(big).any()

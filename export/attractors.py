@@ -31,6 +31,9 @@ class AttractorReport:
         Median ``‖z0‖`` of the training codes; tolerances are relative to it.
     tol, merge_radius : float
         Absolute convergence tolerance and merge radius.
+    n_nonfinite : int
+        Codes (training and Gaussian) whose iteration overflowed to NaN or infinity; their
+        terminal points were dropped.
     """
 
     attractors: np.ndarray
@@ -45,12 +48,14 @@ class AttractorReport:
     tol: float
     merge_radius: float
     seconds: float
+    n_nonfinite: int = 0
 
     def summary(self) -> str:
         return (
             f"{len(self.attractors)} attractors from {self.n_data} training codes "
             f"({self.n_data_converged} converged) and {self.n_noise} Gaussian codes "
-            f"({self.n_noise_converged} converged) in {self.seconds:.2f}s; "
+            f"({self.n_noise_converged} converged, {self.n_nonfinite} diverged to NaN/inf and "
+            f"dropped) in {self.seconds:.2f}s; "
             f"tol={self.tol:.3g}, merge radius={self.merge_radius:.3g}"
         )
 
@@ -143,14 +148,30 @@ def discover_attractors(
     )
     terminal, converged = _iterate(encoder, decoder, torch.cat([codes, noise]), tol, max_steps)
     n = len(codes)
-    ok = converged.numpy()
     points = terminal.numpy()
+    finite = np.isfinite(points).all(axis=1)
+    n_nonfinite = int((~finite).sum())
+    if n_nonfinite == len(points):
+        raise ExportError(
+            f"the latent map z ▶ E(D(z)) diverges: all {len(points)} codes (training and "
+            f"Gaussian) reached NaN or infinity within {max_steps} steps, so there is no "
+            "attractor to measure distances to. Check the model (a decoder without a bounded "
+            "output activation, exploding weights); training with weight decay or denoising "
+            "makes the map contractive"
+        )
+    if n_nonfinite:
+        log.warning(
+            "%d of %d codes diverged to NaN/infinity under z ▶ E(D(z)) within %d steps; their "
+            "terminal points are dropped from the attractor bank", n_nonfinite, len(points),
+            max_steps,
+        )
+    ok = converged.numpy() & finite
     if not ok.any():
         log.warning(
             "no code converged within %d steps (tol %.3g); using all terminal points — the map "
             "may not be contractive (train with weight decay / denoising)", max_steps, tol
         )
-        ok = np.ones(len(points), dtype=bool)
+        ok = finite
     centers, members = merge_points(points[ok], radius)
     dropped = 0
     if len(centers) > max_attractors:
@@ -170,6 +191,7 @@ def discover_attractors(
         tol=tol,
         merge_radius=radius,
         seconds=time.perf_counter() - t0,
+        n_nonfinite=n_nonfinite,
     )
     log.info("attractor discovery: %s", report.summary())
     return report

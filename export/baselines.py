@@ -30,6 +30,7 @@ points ``zT`` of the same training codes after ``T`` steps of ``f = E∘D``:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +48,8 @@ __all__ = [
     "fit_reference",
     "ledoit_wolf",
 ]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_KNN_K = 5
 DEFAULT_MAX_BANK = 4096
@@ -189,7 +192,12 @@ def fit_latent_baselines(
     z = torch.from_numpy(initial.bank.copy())
     for _ in range(steps):
         z = encoder(decoder(z))
-    terminal = fit_reference(z.numpy(), k=k, max_bank=max_bank, seed=seed,
+    term = z.numpy()
+    finite = np.isfinite(term).all(axis=1)
+    if not finite.all():
+        log.warning("%d of %d bank codes reach NaN/infinity within T=%d steps; the terminal "
+                    "reference set leaves them out", int((~finite).sum()), len(term), steps)
+    terminal = fit_reference(term[finite], k=k, max_bank=max_bank, seed=seed,
                              resolution=resolution)
     return LatentBaselines(k=k, initial=initial, terminal=terminal)
 

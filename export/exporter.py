@@ -29,18 +29,25 @@ from oodguard.export.baselines import (
     LatentBaselines,
     fit_latent_baselines,
 )
+from oodguard.export.dynamics import (
+    STABILITY_QUANTILE,
+    STABILITY_THRESHOLD,
+    flush_denormal,
+    measure_contraction,
+    measure_stability,
+)
 from oodguard.export.parity import (
     DEFAULT_ATOL,
     DEFAULT_RTOL,
     FP16_ATOL,
     FP16_RTOL,
     ParityReport,
-    check_parity,
+    check_same_trajectory,
 )
 from oodguard.export.rewrite import rewrite_elu_nodes, with_fast_elu
 from oodguard.export.trajectory import TrajectoryFeatures
 
-__all__ = ["ExportReport", "export_bundle", "export_onnx", "rewrite_elu_nodes"]
+__all__ = ["ExportReport", "export_bundle", "export_graphs", "export_onnx", "rewrite_elu_nodes"]
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +61,27 @@ class ExportReport:
     attractors: AttractorReport
     parity: ParityReport
     baselines: LatentBaselines
+    dynamics: dict[str, Any]
     onnx_bytes: int
     export_seconds: float
 
 
-def export_onnx(
-    module: TrajectoryFeatures, example: torch.Tensor, *, rewrite_elu: bool = True
-) -> bytes:
-    """Export the trajectory module with a dynamic batch axis; returns the model bytes,
-    checked by ``onnx.checker`` (full check, with shape inference).
+CHECK_OUTPUTS = ("_check_trajectory", "_check_x_hat")
 
-    ``rewrite_elu`` gives batches large enough to gain from it a copy of the graph whose ``Elu``
-    nodes are replaced by an equal, faster expression (see :mod:`oodguard.export.rewrite`).
-    """
+
+class _WithTrajectory(nn.Module):
+    """The trajectory module with the time-major trajectory and ``x̂`` as extra outputs."""
+
+    def __init__(self, module: TrajectoryFeatures) -> None:
+        super().__init__()
+        self.m = module
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        traj, x_hat = self.m.time_major(x)
+        return self.m.features(x, x_hat, traj), traj, x_hat
+
+
+def _torch_export(module: nn.Module, example: torch.Tensor, outputs: list[str]) -> onnx.ModelProto:
     batch = torch.export.Dim("batch", min=1)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -83,7 +98,7 @@ def export_onnx(
                     (example,),
                     path,
                     input_names=[INPUT_NAME],
-                    output_names=[OUTPUT_NAME],
+                    output_names=outputs,
                     dynamo=True,
                     external_data=False,
                     dynamic_shapes={"x": {0: batch}},
@@ -97,24 +112,88 @@ def export_onnx(
         finally:
             for lg, lvl in zip(noisy, levels, strict=True):
                 lg.setLevel(lvl)
-        data = Path(path).read_bytes()
-    model = onnx.load_from_string(data)
+        return onnx.load_from_string(Path(path).read_bytes())
+
+
+def _features_only(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy with only the ``features`` output, and without the nodes only the extra outputs
+    needed (none in practice: the trajectory and ``x̂`` feed the features)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    keep = [o for o in g.output if o.name == OUTPUT_NAME]
+    del g.output[:]
+    g.output.extend(keep)
+    needed = {OUTPUT_NAME}
+    nodes = []
+    for node in reversed(g.node):
+        if any(o in needed for o in node.output):
+            nodes.append(node)
+            needed.update(i for i in node.input if i)
+    if len(nodes) != len(g.node):
+        del g.node[:]
+        g.node.extend(reversed(nodes))
+    return out
+
+
+def export_graphs(
+    module: TrajectoryFeatures, example: torch.Tensor, *, rewrite_elu: bool = True
+) -> tuple[bytes, list[onnx.ModelProto]]:
+    """``(bundle model bytes, check models)``.
+
+    The module is exported once with the trajectory and ``x̂`` as extra outputs; the check
+    models are that graph (and, with ``rewrite_elu``, its copy with the rewritten ``Elu``, the
+    other branch of the bundle's ``If``), the bundle graph is the same graph with only the
+    ``features`` output — so the parity check sees exactly the nodes the bundle runs.
+    """
+    check = _torch_export(_WithTrajectory(module), example, [OUTPUT_NAME, *CHECK_OUTPUTS])
+    checks = [check]
+    model = _features_only(check)
     if rewrite_elu:
+        fast = onnx.ModelProto()
+        fast.CopyFrom(check)
+        if rewrite_elu_nodes(fast):
+            checks.append(fast)
         model = with_fast_elu(model)
-        data = model.SerializeToString()
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as err:
         raise ExportError(f"onnx.checker rejected the exported graph: {err}") from err
-    return data
+    return model.SerializeToString(), checks
+
+
+def export_onnx(
+    module: TrajectoryFeatures, example: torch.Tensor, *, rewrite_elu: bool = True
+) -> bytes:
+    """Export the trajectory module with a dynamic batch axis; returns the model bytes,
+    checked by ``onnx.checker`` (full check, with shape inference).
+
+    ``rewrite_elu`` gives batches large enough to gain from it a copy of the graph whose ``Elu``
+    nodes are replaced by an equal, faster expression (see :mod:`oodguard.export.rewrite`).
+    """
+    return export_graphs(module, example, rewrite_elu=rewrite_elu)[0]
+
+
+def _session(data: bytes) -> Any:
+    """An ONNX Runtime CPU session that treats denormals as zero (as the runtime engine does;
+    see :mod:`oodguard.export.dynamics`)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.add_session_config_entry("session.set_denormal_as_zero", "1")
+    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+
+
+def _check_outputs(model: onnx.ModelProto, x: np.ndarray) -> tuple[np.ndarray, ...]:
+    """ONNX Runtime's ``(features, trajectory [T+1, N, d], x̂)`` from a check model."""
+    sess = _session(model.SerializeToString())
+    return tuple(sess.run(None, {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)}))
 
 
 def _onnx_features(data: bytes, x: np.ndarray, *, by_row: bool) -> tuple[np.ndarray, ...]:
     """ONNX Runtime's features for the whole batch and, with ``by_row``, one row at a time
     (small batches take the graph's other branch, see :mod:`oodguard.export.rewrite`)."""
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    sess = _session(data)
     x = np.ascontiguousarray(x, dtype=np.float32)
     full = sess.run(None, {INPUT_NAME: x})[0]
     if not by_row:
@@ -161,8 +240,11 @@ def export_bundle(
         inputs over the training range (so off-distribution paths are checked too).
     parity_rtol, parity_atol : float, optional
         Parity tolerance (see :mod:`oodguard.export.parity`). The bundle is not written when
-        any feature differs beyond it. Default ``DEFAULT_RTOL``/``DEFAULT_ATOL``, or
-        ``FP16_RTOL``/``FP16_ATOL`` with ``precision="float16"``.
+        the one-step map or the features of one and the same trajectory differ beyond it;
+        whole trajectories are compared too and recorded per feature in
+        ``manifest.dynamics["stability"]`` (see :mod:`oodguard.export.dynamics`).
+        Default ``DEFAULT_RTOL``/``DEFAULT_ATOL``, or ``FP16_RTOL``/``FP16_ATOL`` with
+        ``precision="float16"``.
     precision : "float32" or "float16"
         ``"float16"`` runs the encoder and decoder in half precision inside the graph (for
         GPUs with fast fp16); inputs, the trajectory between steps and the features stay
@@ -218,32 +300,33 @@ def export_bundle(
             _Half(enc), _Half(dec), torch.from_numpy(report.attractors), steps=steps,
             tol=report.tol, baselines=baselines,
         ).eval()
+    x_check_given = x_check is not None
     if x_check is None:
         rng = np.random.default_rng(seed)
         lo, hi = float(x_train.min()), float(x_train.max())
         noise = rng.uniform(lo, hi, size=(64, *x_train.shape[1:])).astype(np.float32)
         x_check = np.concatenate([x_train[:256], noise])
     x_check = np.ascontiguousarray(x_check, dtype=np.float32)
+    train_rows = np.zeros(len(x_check), dtype=bool)
+    train_rows[: min(256, len(x_train))] = True
+    if x_check_given:
+        train_rows[:] = True
     log.info("exporting the trajectory graph (T=%d, K=%d)", steps, len(report.attractors))
-    data = export_onnx(module, torch.from_numpy(x_check[: min(len(x_check), 4)]),
-                       rewrite_elu=rewrite_elu)
-    onnx_features, *other_branch = _onnx_features(data, x_check, by_row=rewrite_elu)
-    with torch.inference_mode():
-        ref = module(torch.from_numpy(x_check)).numpy()
-    parity = check_parity(module, onnx_features, x_check, rtol=parity_rtol, atol=parity_atol,
-                          reference=ref)
-    for small in other_branch:  # the manifest records the worse of both branches
-        parity = parity.combine(check_parity(module, small, x_check, rtol=parity_rtol,
-                                             atol=parity_atol, reference=ref))
-    if not parity.ok:
-        worst = {k: v for k, v in parity.failures.items() if v}
-        raise ExportError(
-            f"ONNX Runtime's features disagree with torch beyond the tolerance "
-            f"(rtol={parity_rtol:g}, atol={parity_atol:g}) on {worst} of {parity.n} inputs; "
-            f"max differences {parity.max_abs_diff}. The bundle was not written"
-        )
-    log.info("parity ok on %d inputs; max |diff| %s", parity.n,
-             {k: f"{v:.2g}" for k, v in parity.max_abs_diff.items()})
+    with flush_denormal():
+        data, checks = export_graphs(module, torch.from_numpy(x_check[: min(len(x_check), 4)]),
+                                     rewrite_elu=rewrite_elu)
+        parity = _verify(module, checks, x_check, parity_rtol, parity_atol)
+        onnx_runs = _onnx_features(data, x_check, by_row=rewrite_elu)
+        with torch.inference_mode():
+            ref = module(torch.from_numpy(x_check)).numpy()
+        stability = measure_stability(module.feature_names, ref, onnx_runs, train_rows,
+                                      atol=parity_atol)
+        contraction = measure_contraction(enc, dec, baselines.initial.bank, steps=steps,
+                                          tol=report.tol)
+    unstable = [k for k, v in stability.items() if not v["stable"]]
+    if unstable:
+        log.warning("features unstable under float32 round-off (whole trajectories, ONNX "
+                    "Runtime vs torch): %s; calibration leaves them out", unstable)
     manifest = Manifest(
         input=InputSpec(name=INPUT_NAME, shape=tuple(x_train.shape[1:])),
         output_name=OUTPUT_NAME,
@@ -252,12 +335,40 @@ def export_bundle(
         attractor_count=len(report.attractors),
         latent_dim=int(report.attractors.shape[1]),
         convergence_tol=report.tol,
-        parity=_parity_doc(parity, module32 if half else None, onnx_features, x_check),
+        parity=_parity_doc(parity, module32 if half else None, onnx_runs[0], x_check),
         versions=_versions(data),
-        dynamics={"baselines": baselines.to_dict()},
+        dynamics={"baselines": baselines.to_dict(), "contraction": contraction,
+                  "stability": stability,
+                  "stability_rule": {"quantile": STABILITY_QUANTILE,
+                                     "threshold": STABILITY_THRESHOLD,
+                                     "scale": "IQR over training rows"},
+                  "attractor_nonfinite_dropped": report.n_nonfinite},
     )
     out = write_bundle(path, manifest, {MODEL_FILE: data}, overwrite=overwrite)
-    return ExportReport(out, report, parity, baselines, len(data), time.perf_counter() - t0)
+    return ExportReport(out, report, parity, baselines, dict(manifest.dynamics), len(data),
+                        time.perf_counter() - t0)
+
+
+def _verify(module: TrajectoryFeatures, checks: list[onnx.ModelProto], x: np.ndarray,
+            rtol: float, atol: float) -> ParityReport:
+    """The deterministic parity check on every check model; raises when any input fails."""
+    parity: ParityReport | None = None
+    for check in checks:
+        p = check_same_trajectory(module, x, *_check_outputs(check, x), rtol=rtol, atol=atol)
+        parity = p if parity is None else parity.combine(p)
+    if parity is None:
+        raise ExportError("no check graph was exported; this is a bug in oodguard.export")
+    if not parity.ok:
+        raise ExportError(
+            "ONNX Runtime disagrees with torch on the same trajectory (the one-step map "
+            f"z ▶ E(D(z)) or the features of a given trajectory): {parity.describe()}. The "
+            "bundle was not written. A kernel or an exported formula differs; pass "
+            "parity_rtol/parity_atol only if the differences above are acceptable"
+        )
+    log.info("parity ok on %d inputs; max |diff| %s; one-step map %.2g", parity.n,
+             {k: f"{v:.2g}" for k, v in parity.max_abs_diff.items()},
+             parity.one_step_max_abs_diff)
+    return parity
 
 
 class _Half(nn.Module):

@@ -103,8 +103,9 @@ class TrajectoryFeatures(nn.Module):
                     f"Got {tuple(bank.shape)}"
                 )
             self.register_buffer(f"{tag}_bank", bank)
-            self.register_buffer(f"{tag}_bank_t", bank.T.contiguous())
-            self.register_buffer(f"{tag}_bank_half_sq", -0.5 * (bank * bank).sum(1))
+            b64 = bank.double()
+            self.register_buffer(f"{tag}_bank_t", b64.T.contiguous())
+            self.register_buffer(f"{tag}_bank_half_sq", -0.5 * (b64 * b64).sum(1))
             self.register_buffer(f"{tag}_mean", mean)
             self.register_buffer(f"{tag}_whitening", torch.from_numpy(ref.whitening).float())
 
@@ -112,12 +113,14 @@ class TrajectoryFeatures(nn.Module):
         """Distance ``[N]`` from each row of ``zc = z − μ [N, d]`` to its ``k``-th nearest bank
         code (the bank is stored centred on the same ``μ``).
 
-        Centring keeps the expanded form's float32 error (``~‖z‖²·1e-7``) small for codes far
-        from the origin; ``2k`` candidates are taken from it and the ``k``-th smallest of
-        their exact distances returned, so that near-ties in the expanded form do not matter.
+        The candidates come from the expanded form ``zc·b − ‖b‖²/2`` in float64: in float32
+        its error (``~‖zc‖²·1e-7``) exceeded the spread of the many terminal bank codes that sit
+        on one attractor, so torch and ONNX Runtime picked different neighbours for the same
+        ``zT`` (terminal_knn differed by 4e-4 on the demo autoencoder). ``2k`` candidates are
+        taken from it and the ``k``-th smallest of their exact float32 distances returned.
         """
         bank = getattr(self, f"{tag}_bank")
-        score = torch.addmm(getattr(self, f"{tag}_bank_half_sq"), zc,
+        score = torch.addmm(getattr(self, f"{tag}_bank_half_sq"), zc.double(),
                             getattr(self, f"{tag}_bank_t"))
         idx = torch.topk(score, self.knn_candidates, dim=1).indices  # [N, c], c ≥ k
         near = bank.index_select(0, idx.reshape(-1)).reshape(zc.shape[0], self.knn_candidates, -1)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+import re
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -113,14 +116,52 @@ def test_merge_points() -> None:
 
 
 def test_exporter_refuses_a_bundle_that_disagrees(monkeypatch, autoencoder, data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Features 1% off on the same trajectory: refused, and every input counted once however
+    many features and branches fail."""
     import oodguard.export.exporter as exporter
 
-    real = exporter._onnx_features
-    monkeypatch.setattr(exporter, "_onnx_features",
-                        lambda d, x, by_row: tuple(f * 1.01 for f in real(d, x, by_row=by_row)))
-    with pytest.raises(ExportError, match="disagree with torch .* not written"):
-        export_bundle(tmp_path / "b", model=autoencoder, x_train=data["train"], steps=4)
+    real = exporter._check_outputs
+
+    def wrong(model, x):  # type: ignore[no-untyped-def]
+        f, traj, x_hat = real(model, x)
+        return f * 1.01, traj, x_hat
+
+    monkeypatch.setattr(exporter, "_check_outputs", wrong)
+    n = 256 + 64  # the default check set: up to 256 training rows and 64 noise inputs
+    with pytest.raises(ExportError, match=rf"same trajectory .*: {n} of {n} inputs out of "
+                                          r"tolerance .* not written") as err:
+        export_bundle(tmp_path / "b", model=autoencoder, x_train=data["train"][:300], steps=4)
+    msg = str(err.value)
+    per_feature = ast.literal_eval(re.search(r"failures per feature (\{.*?\})", msg)[1])
+    assert max(per_feature.values()) == n  # inputs per feature, not summed over both branches
+    assert "'recon_error': 0.00" in msg  # max differences are reported, not 0.0
     assert not (tmp_path / "b").exists()
+
+
+def test_exporter_refuses_a_wrong_one_step_map(monkeypatch, autoencoder, data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A one-step map that differs (z_{t+1} shifted for 5 inputs): refused, 5 inputs named."""
+    import oodguard.export.exporter as exporter
+
+    real = exporter._check_outputs
+
+    def wrong(model, x):  # type: ignore[no-untyped-def]
+        f, traj, x_hat = real(model, x)
+        traj = traj.copy()
+        traj[2:, :5] += 0.1
+        return f, traj, x_hat
+
+    monkeypatch.setattr(exporter, "_check_outputs", wrong)
+    with pytest.raises(ExportError, match=r"one-step map failures 5; .* one-step map 0.1"):
+        export_bundle(tmp_path / "b", model=autoencoder, x_train=data["train"][:300], steps=4)
+
+
+def test_parity_counts_nan_mismatch_as_infinite_difference() -> None:
+    from oodguard.export.parity import compare_values
+
+    diff, bad = compare_values(np.array([1.0, np.nan, np.nan, np.inf]),
+                               np.array([1.0, np.nan, 2.0, np.inf]), 1e-3, 1e-4)
+    assert bad.tolist() == [False, False, True, False]
+    assert diff.tolist() == [0.0, 0.0, np.inf, 0.0]
 
 
 def test_export_with_encoder_decoder_pair(autoencoder, data, tmp_path) -> None:  # type: ignore[no-untyped-def]

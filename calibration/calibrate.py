@@ -47,6 +47,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MIN_FIT_PER_FEATURE = 5
+# Fisher's combination of the per-feature Gaussian tail p-values: in the calibration study
+# (docs/calibration.md) it stayed within 0.02 AUROC of the best classic baseline on more
+# (model, OOD set) pairs than the max (Tippett) combination, at a batch-1 cost close to it.
+DEFAULT_COMBINE = "fisher"
 
 
 def required_samples(alpha: float, n_features: int, fit_fraction: float) -> int:
@@ -306,7 +310,7 @@ def calibrate(
     fit_fraction: float = 0.4,
     select: str = "auto",
     x_ood: np.ndarray | None = None,
-    combine: str = "max",
+    combine: str = DEFAULT_COMBINE,
     use: Sequence[str] | None = None,
     out: str | os.PathLike[str] | None = None,
     seed: int = 0,
@@ -325,7 +329,7 @@ def calibrate(
         classic baselines present in the bundle are always kept and never inverted;
         "all" — every feature, two-sided.
     x_ood : optional OOD validation inputs, used only for the selection.
-    combine : "max" (default), "max_mahalanobis", "mahalanobis", "fisher" or "cauchy" (see
+    combine : "fisher" (default), "max", "max_mahalanobis", "mahalanobis" or "cauchy" (see
         :mod:`oodguard.scoring`; docs/calibration.md has what each gave).
     use : candidate feature names; default all.
     out : where to write the calibrated bundle; default in place (atomically).

@@ -167,7 +167,6 @@ def test_calibrate_leaves_out_unstable_features(raw_bundle, data, tmp_path) -> N
     are not candidates and ``dropped`` says why; a manifest without the record (older
     bundles) leaves every feature a candidate."""
     src = read_bundle(raw_bundle)
-    assert "stability" not in src.manifest.dynamics  # the fixture is written without it
     stability = {n: {"stable": n != "recon_error"} for n in src.manifest.feature_names}
     dynamics = {**src.manifest.dynamics, "stability": stability}
     manifest = dataclasses.replace(src.manifest, dynamics=dynamics)
@@ -178,6 +177,11 @@ def test_calibrate_leaves_out_unstable_features(raw_bundle, data, tmp_path) -> N
     # without recon_error in the score, the report says so
     assert any(w.startswith("recon_error, the classic baseline, is not in the score "
                             "(numerically unstable") for w in report.warnings)
+    # an older bundle, written without the record: nothing is left out for stability
+    old = dataclasses.replace(src.manifest, dynamics={})
+    older = write_bundle(tmp_path / "older", old, {MODEL_FILE: src.files[MODEL_FILE]})
+    r_old = calibrate(older, data["val"], out=tmp_path / "c")
+    assert not any("unstable" in why for why in r_old.dropped.values())
     plain = calibrate(raw_bundle, data["val"], out=tmp_path / "b")
     assert "recon_error" not in plain.dropped
 

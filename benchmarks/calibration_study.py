@@ -312,7 +312,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{d.name}: done", file=sys.stderr, flush=True)
                 if args.out:  # partial results survive an interrupted run
                     args.out.write_text(json.dumps({"results": results}, indent=1))
-                print(f"{d.name}: done", file=sys.stderr, flush=True)
         else:
             for name in args.models:
                 path, data, model = _train_and_export(name, tmp, args.seed)

@@ -59,9 +59,13 @@ VARIANTS: dict[str, tuple[tuple[str, ...] | None, dict[str, Any]]] = {
     "rich+req+2s+keepsign cauchy": (PROXY_KINDS, {"combine": "cauchy"}),
     "rich+req+2s+keepsign fisher": (PROXY_KINDS, {"combine": "fisher"}),
     "old+req+2s+keepsign": (OLD_PROXIES, {}),
+    "rich+req split tails fisher": (PROXY_KINDS, {"split_tails": True, "combine": "fisher"}),
+    "rich+req split tails max": (PROXY_KINDS, {"split_tails": True}),
     "baselines only, 2s max": (None, {"use": BASELINES}),
     "all features, 2s max": (None, {}),
 }
+
+SELECTED: list[str] = list(VARIANTS)  # the variants this run evaluates (--variants)
 
 
 # -- data and models trained here ----------------------------------------------------------
@@ -205,6 +209,8 @@ def evaluate(
     out: dict[str, Any] = {"model": name, "features": all_names, "baselines": base,
                            "excluded": exclude, "variants": {}}
     for vname, (kinds, kw) in VARIANTS.items():
+        if vname not in SELECTED:
+            continue
         ref = groups = None
         if kinds is not None:
             rows = np.concatenate([kind_rows[k] for k in kinds])
@@ -240,7 +246,7 @@ def evaluate(
 
 def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
-    for vname in VARIANTS:
+    for vname in SELECTED:
         gaps, comb, best, fprs, rfprs = [], [], [], [], []
         for r in results:
             v = r["variants"][vname]
@@ -285,8 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--artifacts", type=Path, help="benchmark suite artifacts (read-only)")
     ap.add_argument("--models", nargs="*", default=list(MODELS))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
+    SELECTED[:] = args.variants
     logging.basicConfig(level=logging.ERROR)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

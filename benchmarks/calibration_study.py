@@ -59,8 +59,6 @@ VARIANTS: dict[str, tuple[tuple[str, ...] | None, dict[str, Any]]] = {
     "rich+req+2s+keepsign cauchy": (PROXY_KINDS, {"combine": "cauchy"}),
     "rich+req+2s+keepsign fisher": (PROXY_KINDS, {"combine": "fisher"}),
     "old+req+2s+keepsign": (OLD_PROXIES, {}),
-    "rich+req split tails fisher": (PROXY_KINDS, {"split_tails": True, "combine": "fisher"}),
-    "rich+req split tails max": (PROXY_KINDS, {"split_tails": True}),
     "baselines only, 2s max": (None, {"use": BASELINES}),
     "all features, 2s max": (None, {}),
 }

@@ -10,7 +10,6 @@ most ``alpha`` on exchangeable in-distribution data, in finite samples — which
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -135,7 +134,6 @@ def fit_scorer(
     required: Sequence[str] = BASELINE_FEATURES,
     keep_sign: Sequence[str] = BASELINE_FEATURES,
     two_sided_margin: float | None = 0.1,
-    split_tails: bool = False,
     seed: int = 0,
 ) -> tuple[Scorer, dict[str, Any]]:
     """Fit a scorer on in-distribution features and calibrate it at ``alpha``.
@@ -157,9 +155,6 @@ def fit_scorer(
         classic baselines ``recon_error``, ``latent_knn``, ``latent_mahalanobis``).
     keep_sign : features never given direction −1 (two-sided instead; default the baselines).
     two_sided_margin : see :func:`~oodguard.calibration.selection.select_features`.
-    split_tails : experimental (measured in docs/calibration.md, not the default): each
-        feature's upper and lower tail are separate one-sided candidates; the baselines' upper
-        tails are required, any other tail is added only under the selection's rules.
 
     Returns
     -------
@@ -194,22 +189,13 @@ def fit_scorer(
         groups = _regroup(reference_groups, ok)
         z_fit, z_ref = probe.standardize(fit), probe.standardize(ref[ok])
         req = [used_names.index(n) for n in required if n in used_names]
-        if split_tails:
-            u = len(used_names)
-            sel = select_features(np.hstack([z_fit, -z_fit]), np.hstack([z_ref, -z_ref]),
-                                  groups=groups, required=req, learn_direction=False)
-            keep = np.asarray([k % u for k in sel.selected], dtype=np.intp)
-            direction = np.asarray([1.0 if k < u else -1.0 for k in sel.selected])
-            sel = dataclasses.replace(sel, aurocs=sel.aurocs[:u],
-                                      group_aurocs=sel.group_aurocs[:, :u])
-        else:
-            sel = select_features(
-                z_fit, z_ref, groups=groups, required=req,
-                keep_sign=[used_names.index(n) for n in keep_sign if n in used_names],
-                two_sided_margin=two_sided_margin,
-            )
-            keep = np.asarray(sel.selected, dtype=np.intp)
-            direction = sel.direction[keep]
+        sel = select_features(
+            z_fit, z_ref, groups=groups, required=req,
+            keep_sign=[used_names.index(n) for n in keep_sign if n in used_names],
+            two_sided_margin=two_sided_margin,
+        )
+        keep = np.asarray(sel.selected, dtype=np.intp)
+        direction = sel.direction[keep]
         info["selection"] = {
             "reference_auroc": {n: round(float(a), 4) for n, a in zip(used_names, sel.aurocs,
                                                                         strict=True)},

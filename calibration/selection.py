@@ -143,7 +143,6 @@ def select_features(
     groups: Sequence[np.ndarray] | None = None,
     required: Sequence[int] = (),
     keep_sign: Sequence[int] = (),
-    learn_direction: bool = True,
     min_gain: float = 0.01,
     max_loss: float = 0.002,
     two_sided_margin: float | None = 0.1,
@@ -171,15 +170,13 @@ def select_features(
     z_ref : ndarray, shape (m, U) — the same for the reference (OOD or proxy) set
     groups : index arrays into ``z_ref``, one per kind of reference input; default one group
     required : candidate positions that are always selected
-    learn_direction : False: every direction is +1 (the columns are already signed, e.g. the
-        two tails of each feature as separate candidates)
     """
     u = z_id.shape[1]
     parts = list(groups) if groups is not None else [np.arange(len(z_ref))]
     a = np.array([auroc(scores_in=z_id[:, j], scores_out=z_ref[:, j]) for j in range(u)])
     ga = np.array([[auroc(scores_in=z_id[:, j], scores_out=z_ref[g, j]) for j in range(u)]
                    for g in parts])
-    direction = _directions(a, ga, two_sided_margin) if learn_direction else np.ones(u)
+    direction = _directions(a, ga, two_sided_margin)
     for j in keep_sign:
         if direction[j] < 0:
             direction[j] = 0.0

@@ -100,7 +100,7 @@ def fit_transform(
     post_c, post_s = _robust_center_scale(y)
     z = (y - post_c) / post_s
     loc = prec = None
-    if combine != "max":
+    if combine in ("mahalanobis", "max_mahalanobis"):
         if len(z) <= len(idx) + 1:
             raise CalibrationError(
                 f"combine={combine!r} needs more fit samples than features ({len(idx)}); "

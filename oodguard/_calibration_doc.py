@@ -16,7 +16,12 @@ from typing import Any
 import numpy as np
 
 from oodguard.errors import BundleError
-from oodguard.scoring import CALIBRATION_SCHEMA_VERSION, COMBINE_METHODS, score_threshold
+from oodguard.scoring import (
+    _MAHALANOBIS_COMBINATIONS,
+    CALIBRATION_SCHEMA_VERSION,
+    COMBINE_METHODS,
+    score_threshold,
+)
 
 __all__ = ["scorer_fields"]
 
@@ -97,7 +102,7 @@ def scorer_fields(d: Mapping[str, Any], feature_names: Sequence[str]) -> dict[st
         raise ValueError(f"combine must be one of {COMBINE_METHODS}, got {combine!r:.40}")
     maha = d.get("mahalanobis")
     loc = prec = None
-    if combine != "max":
+    if combine in _MAHALANOBIS_COMBINATIONS:
         if not isinstance(maha, Mapping) or not maha:
             raise ValueError(f"combine={combine!r} needs the 'mahalanobis' block")
         loc = _vec(maha, "location", u, -_MAHA_BOUND, _MAHA_BOUND)

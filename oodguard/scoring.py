@@ -16,8 +16,14 @@ unusual) or ``0`` (both tails, ``|z_j|``). A feature's direction under a shift i
 advance (see DESIGN.md), so the calibrator learns it, or leaves the test two-sided.
 ``combine="max"`` takes ``max_j d_j·z_j`` (Tippett's minimum p-value over per-feature Gaussian
 tests), ``"mahalanobis"`` the robust Mahalanobis distance of ``z`` turned into a Gaussian
-quantile (Wilson–Hilferty), ``"max_mahalanobis"`` the larger of the two. Higher score = more
-OOD. The p-value is conformal,
+quantile (Wilson–Hilferty), ``"max_mahalanobis"`` the larger of the two. ``"fisher"`` and
+``"cauchy"`` combine the per-feature Gaussian tail p-values ``p_j = Φ̄(d_j·z_j)`` (two-sided:
+``2·Φ̄(|z_j|)``): Fisher's ``−2·Σ_j log p_j``, and the Cauchy combination of Liu & Xie (2020)
+``mean_j tan((½ − p_j)·π)`` (robust to dependence between the tests; ``1 − p_j ≥ 1e-15``),
+reported as ``asinh`` of
+that mean (monotone, so the same ranks and p-values, and finite where a term overflows). The
+Gaussian p-values need not be exact: the final p-value is conformal whatever the statistic.
+Higher score = more OOD. The p-value is conformal,
 ``p = (1 + #{calibration scores ≥ s}) / (n + 1)``, so ``P(p ≤ alpha) ≤ alpha`` for an
 in-distribution input in finite samples.
 """
@@ -38,13 +44,16 @@ __all__ = [
     "COMBINE_METHODS",
     "Scorer",
     "conformal_p_values",
+    "gaussian_log_sf",
     "score_threshold",
     "wilson_hilferty",
     "yeo_johnson",
 ]
 
 CALIBRATION_SCHEMA_VERSION = 1
-COMBINE_METHODS = ("max", "mahalanobis", "max_mahalanobis")
+COMBINE_METHODS = ("max", "mahalanobis", "max_mahalanobis", "fisher", "cauchy")
+_P_COMBINATIONS = ("fisher", "cauchy")
+_MAHALANOBIS_COMBINATIONS = ("mahalanobis", "max_mahalanobis")
 _EPS = float(np.spacing(1.0))
 _INF = float("inf")
 _NAN = float("nan")
@@ -94,6 +103,79 @@ def wilson_hilferty(d2: np.ndarray, dof: int) -> np.ndarray:
     return (np.cbrt(np.maximum(d2, 0.0) / k) - (1.0 - c)) / np.sqrt(c)
 
 
+# Chebyshev fit of erfc (Numerical Recipes, "erfcc"): fractional error < 1.2e-7 everywhere,
+# and it gives log(erfc) directly, so tails far beyond float64's range stay finite.
+_ERFC_COEF = (0.17087277, -0.82215223, 1.48851587, -1.13520398, 0.27886807, -0.18628806,
+              0.09678418, 0.37409196, 1.00002368, -1.26551223)
+
+
+def gaussian_log_sf(z: np.ndarray) -> np.ndarray:
+    """``log Φ̄(z) = log P(N(0, 1) > z)`` elementwise, finite for every finite ``z``
+    (relative error of ``Φ̄`` < 1.2e-7)."""
+    x = np.abs(np.asarray(z, dtype=np.float64)) / math.sqrt(2.0)
+    t = 1.0 / (1.0 + 0.5 * x)
+    poly = np.zeros_like(t)
+    for c in _ERFC_COEF:
+        poly = poly * t + c
+    log_erfc_abs = np.log(t) - x * x + poly  # log erfc(|z|/√2)
+    upper = log_erfc_abs - math.log(2.0)  # log Φ̄(|z|)
+    # z < 0: Φ̄(z) = 1 − Φ̄(|z|)
+    lower = np.log1p(-np.exp(np.minimum(upper, 0.0)))
+    return np.where(np.asarray(z) >= 0, upper, lower)
+
+
+_LOG2 = math.log(2.0)
+_SQRT2 = math.sqrt(2.0)
+
+
+def _log_sf_scalar(z: float) -> float:
+    """:func:`gaussian_log_sf` for one Python float, the same arithmetic (the guard's small
+    batches score in plain Python)."""
+    x = abs(z) / _SQRT2
+    t = 1.0 / (1.0 + 0.5 * x)
+    poly = 0.0
+    for c in _ERFC_COEF:
+        poly = poly * t + c
+    upper = math.log(t) - x * x + poly - _LOG2
+    if z >= 0:
+        return upper
+    return math.log1p(-math.exp(min(upper, 0.0)))
+
+
+def _two_sided_q(a: np.ndarray) -> np.ndarray:
+    """``1 − 2·Φ̄(a) = erf(a/√2)`` for ``a ≥ 0``: its Maclaurin series (17 terms) below
+    ``a = 1``, where ``1 − p`` would lose the small value; the erfc fit above."""
+    x = np.minimum(np.abs(a), 1.0) / math.sqrt(2.0)
+    x2, term, series = x * x, x.copy(), x.copy()
+    for n in range(1, 17):
+        term = term * (-x2) / n
+        series = series + term / (2 * n + 1)
+    return np.where(np.abs(a) < 1.0, series * (2.0 / math.sqrt(math.pi)),
+                    -np.expm1(np.log(2.0) + gaussian_log_sf(np.abs(a))))
+
+
+def _combine_p(signed: np.ndarray, two_sided: np.ndarray, method: str) -> np.ndarray:
+    """Fisher or Cauchy statistic of rows of per-feature Gaussian tail p-values (see the
+    module docstring); ``signed [N, U]`` is ``d_j·z_j`` (``|z_j|`` where two-sided)."""
+    logp = gaussian_log_sf(signed)
+    if two_sided.any():
+        logp = np.where(two_sided, np.minimum(logp + math.log(2.0), 0.0), logp)
+    if method == "fisher":
+        return -2.0 * logp.sum(axis=1)
+    p = np.exp(logp)
+    # tan((½ − p)π) = cot(pπ) = −cot(qπ) with q = 1 − p. Each side is taken where it is
+    # accurate: below p = 1e-8 as 1/(pπ) from log p (capped at e^700, so no term overflows);
+    # above p = ½ from q computed directly (1 − p rounds away the q of a very typical value).
+    # q ≥ 1e-15: p = 1 (a two-sided z of exactly 0, a discrete feature at its median) would
+    # give −inf.
+    q = np.maximum(np.where(two_sided, _two_sided_q(signed),
+                            np.exp(gaussian_log_sf(-signed))), 1e-15)
+    terms = np.where(p <= 0.5, np.tan((0.5 - p) * math.pi), -1.0 / np.tan(q * math.pi))
+    small = logp < math.log(1e-8)
+    terms[small] = np.exp(np.minimum(-logp[small] - math.log(math.pi), 700.0))
+    return np.arcsinh(terms.mean(axis=1))
+
+
 def conformal_p_values(calibration_scores: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """``p = (1 + #{c ≥ s}) / (n + 1)`` for each score, against sorted calibration scores."""
     return _p_table(len(calibration_scores))[
@@ -139,7 +221,8 @@ class _Plan:
         self.p_table = _p_table(len(s.calibration_scores))  # conformal_p_values, precomputed
         # The same transform as plain Python floats, for batches of a few rows, where numpy's
         # per-call cost is most of the work (tested equal to the numpy path).
-        self.scalar = s.combine == "max" and not self.log_branch
+        self.scalar = s.combine in ("max", "fisher") and not self.log_branch
+        self.fisher = s.combine == "fisher"
         self.rows = [
             (
                 int(s.used[k]),
@@ -156,10 +239,13 @@ class _Plan:
         ]
 
     def score_rows(self, features: np.ndarray) -> list[float]:
-        """``combine="max"`` scores of a few rows in plain Python (non-finite ▶ +inf)."""
+        """``combine="max"`` or ``"fisher"`` scores of a few rows in plain Python (non-finite
+        ▶ +inf)."""
         out = []
+        fisher = self.fisher
         for row in features.tolist():
             best = -_INF
+            total = 0.0
             for j, off, pm, pa, lp, ln, qm, qa, d in self.rows:
                 v = row[j]
                 if off is not None:
@@ -179,8 +265,18 @@ class _Plan:
                     break
                 z = t * qm + qa
                 z = abs(z) if d == 0.0 else d * z
-                if z > best:
+                if fisher:
+                    if z != z or z in (_INF, -_INF):
+                        best = _INF
+                        break
+                    lp_ = _log_sf_scalar(z)
+                    if d == 0.0:
+                        lp_ = min(lp_ + _LOG2, 0.0)
+                    total -= 2.0 * lp_
+                elif z > best:
                     best = z
+            if fisher and best != _INF:
+                best = total
             out.append(best if best == best and best != -_INF else _INF)
         return out
 
@@ -298,6 +394,9 @@ class Scorer:
             return plan.max_score(features)
         z, bad = plan.standardize(features)
         parts = []
+        if self.combine in _P_COMBINATIONS:
+            signed = np.where(plan.two_sided, np.abs(z), self.direction * z)
+            parts.append(_combine_p(signed, plan.two_sided, self.combine))
         if self.combine in ("max", "max_mahalanobis"):
             if plan.all_one_sided:
                 signed = z * self.direction

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
 
-from oodguard.bundle import CALIBRATION_FILE, read_bundle
+from oodguard.bundle import CALIBRATION_FILE, MODEL_FILE, read_bundle, write_bundle
 from oodguard.calibration import calibrate, fit_scorer, required_samples
 from oodguard.calibration.calibrate import check_sizes
-from oodguard.calibration.selection import make_proxies, select_features
+from oodguard.calibration.selection import DEFAULT_PROXY_KINDS
 from oodguard.errors import CalibrationError
 from oodguard.guard import Guard
 
@@ -50,7 +52,7 @@ def test_non_finite_in_distribution_features_are_refused() -> None:
         fit_scorer(fit, _id_features(100, rng), NAMES)
 
 
-@pytest.mark.parametrize("combine", ["max", "max_mahalanobis"])
+@pytest.mark.parametrize("combine", ["max", "max_mahalanobis", "fisher", "cauchy"])
 def test_false_positive_rate_at_threshold(combine: str) -> None:
     """Conformal guarantee on generated data: over 40 independent calibrations
     (n_cal = 400 each) and 2 000 fresh in-distribution test points each (80 000 verdicts),
@@ -68,37 +70,18 @@ def test_false_positive_rate_at_threshold(combine: str) -> None:
     assert max(abs(r - 0.05) for r in rates) < 0.045
 
 
-def test_selection_learns_feature_and_direction() -> None:
-    """Only feature 2 carries the shift, and OOD values are *smaller*: the selection must find
-    that direction from the reference set and the combined AUROC must not be diluted."""
-    rng = np.random.default_rng(0)
-    z_id = rng.normal(size=(500, 4))
-    z_ref = rng.normal(size=(500, 4))
-    z_ref[:, 2] -= 2.5
-    sel = select_features(z_id, z_ref)
-    assert sel.selected[0] == 2
-    assert sel.direction[2] == -1.0
-    assert sel.combined_auroc > 0.95
-
-
-def test_proxies_shapes_and_kinds() -> None:
-    x = np.random.default_rng(0).uniform(size=(10, 2, 3)).astype(np.float32)
-    p = make_proxies(x)
-    assert p.shape == (30, 2, 3) and p.dtype == np.float32
-    # permute keeps each sample's values
-    np.testing.assert_allclose(np.sort(p[20:].reshape(10, -1), 1), np.sort(x.reshape(10, -1), 1),
-                               rtol=1e-6)
-    with pytest.raises(ValueError, match="unknown proxy kinds"):
-        make_proxies(x, kinds=["blur"])
-
-
 def test_calibrate_writes_plain_json_and_guard_uses_it(raw_bundle, data, tmp_path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "cal"
     report = calibrate(raw_bundle, data["val"], alpha=0.1, out=out, seed=3)
     b = read_bundle(out)
     doc = json.loads(b.files[CALIBRATION_FILE])
     assert doc["alpha"] == 0.1 and doc["info"]["n_cal"] == report.n_cal == 360
-    assert doc["info"]["selection"]["reference"] == ["noise", "mixup", "permute"]
+    assert doc["info"]["selection"]["reference"] == list(DEFAULT_PROXY_KINDS)
+    # the classic baseline is always in the score, and the far inputs came out OOD
+    assert "recon_error" in doc["used_features"]
+    assert doc["info"]["warnings"] == list(report.warnings) == []
+    assert all(v["flagged"] == v["n"] for v in doc["info"]["sanity"].values())
+    assert report.sanity == doc["info"]["sanity"]
     assert set(doc["used_features"]) <= set(b.manifest.feature_names)
     guard = Guard.load(out, registry=None)
     assert guard.alpha == 0.1
@@ -117,16 +100,103 @@ def test_calibrate_with_user_ood_and_all_features(raw_bundle, data, tmp_path) ->
         calibrate(raw_bundle, data["val"][:30], out=tmp_path / "c")
 
 
-def test_selection_does_not_add_a_feature_that_hurts_one_kind() -> None:
-    """Feature 1 separates group B strongly but *reverses* on group A: adding it to feature 0
-    would raise the pooled AUROC while costing group A, so it stays out."""
+def _shifted(n: int, rng: np.random.Generator, recon_factor: float) -> np.ndarray:
+    f = _id_features(n, rng)
+    f[:, 0] *= recon_factor
+    f[:, 1] += 1.0
+    return f
+
+
+def test_selection_keeps_recon_error_even_where_the_reference_prefers_another() -> None:
+    """Reference outliers separate on first_step only: the old rule kept first_step alone;
+    recon_error, a required baseline, stays in (never inverted)."""
+    rng = np.random.default_rng(0)
+    fit, cal = _id_features(300, rng), _id_features(300, rng)
+    ref = _shifted(300, rng, 1.0)
+    scorer, info = fit_scorer(fit, cal, NAMES, reference_features=ref)
+    used = [NAMES[i] for i in scorer.used]
+    assert used[0] == "recon_error" and "first_step" in used
+    assert scorer.direction[0] != -1.0 and info["warnings"] == []
+    old, old_info = fit_scorer(fit, cal, NAMES, reference_features=ref, required=())
+    assert [NAMES[i] for i in old.used] == ["first_step"]
+    (w,) = old_info["warnings"]
+    assert w.startswith("recon_error, the classic baseline, is not in the score")
+    assert re.search(r"reference AUROCs: recon_error 0\.[45]\d+, first_step 0\.9\d+", w)
+
+
+def test_inverted_baseline_is_two_sided_or_warned(caplog: pytest.LogCaptureFixture) -> None:
+    """Reference inputs that reconstruct *better* (recon_error × 0.3): by default recon_error
+    is tested two-sided (direction 0), never inverted; if inversion is allowed, it is warned
+    about with the evidence."""
     rng = np.random.default_rng(1)
-    n = 600
-    z_id = rng.normal(size=(n, 2))
-    a = rng.normal(size=(n, 2)) + [2.0, -1.5]
-    b = rng.normal(size=(n, 2)) + [1.2, 4.0]
-    z_ref = np.concatenate([a, b])
-    groups = [np.arange(n), np.arange(n, 2 * n)]
-    assert select_features(z_id, z_ref, groups=groups).selected == (0,)
-    # pooled alone (one group) takes it
-    assert select_features(z_id, z_ref).selected[:2] in ((0, 1), (1, 0))
+    fit, cal = _id_features(300, rng), _id_features(300, rng)
+    ref = _shifted(300, rng, 0.3)
+    scorer, info = fit_scorer(fit, cal, NAMES, reference_features=ref)
+    assert scorer.direction[list(scorer.used).index(0)] == 0.0 and info["warnings"] == []
+    with caplog.at_level("WARNING", logger="oodguard.calibration.calibrate"):
+        _, info = fit_scorer(fit, cal, NAMES, reference_features=ref, keep_sign=())
+    (w,) = info["warnings"]
+    assert w.startswith("recon_error was given direction -1 (small = unusual)")
+    assert "reference AUROCs: recon_error 0.0" in w
+    assert any("direction -1" in r.getMessage() for r in caplog.records)
+
+
+def test_excluded_features_are_left_out_and_reported() -> None:
+    rng = np.random.default_rng(2)
+    fit, cal = _id_features(200, rng), _id_features(200, rng)
+    scorer, info = fit_scorer(fit, cal, NAMES, exclude={"first_step": "unstable"})
+    assert "first_step" not in [NAMES[i] for i in scorer.used]
+    assert info["dropped_features"] == {"first_step": "unstable"}
+    assert scorer.info["dropped_features"] == {"first_step": "unstable"}
+    with pytest.raises(CalibrationError, match="no candidate feature is left"):
+        fit_scorer(fit, cal, NAMES, use=["first_step"], exclude={"first_step": "unstable"})
+
+
+def test_conformal_split_is_untouched_by_selection() -> None:
+    """The calibration scores are exactly the fitted scorer's scores of the calibration part:
+    changing the reference set changes the selection, never which rows calibrate."""
+    rng = np.random.default_rng(3)
+    fit, cal = _id_features(200, rng), _id_features(200, rng)
+    for ref in (None, _shifted(200, rng, 3.0), _shifted(200, rng, 0.3)):
+        scorer, _ = fit_scorer(fit, cal, NAMES, reference_features=ref)
+        np.testing.assert_array_equal(scorer.calibration_scores, np.sort(scorer.score(cal)))
+
+
+def test_calibrate_leaves_out_unstable_features(raw_bundle, data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The exporter's per-feature stability record (manifest ``dynamics``): unstable features
+    are not candidates and ``dropped`` says why; a manifest without the record (older
+    bundles) leaves every feature a candidate."""
+    src = read_bundle(raw_bundle)
+    stability = {n: {"stable": n != "recon_error"} for n in src.manifest.feature_names}
+    dynamics = {**src.manifest.dynamics, "stability": stability}
+    manifest = dataclasses.replace(src.manifest, dynamics=dynamics)
+    unstable = write_bundle(tmp_path / "unstable", manifest, {MODEL_FILE: src.files[MODEL_FILE]})
+    report = calibrate(unstable, data["val"], out=tmp_path / "a")
+    assert "recon_error" not in [report.scorer.feature_names[i] for i in report.scorer.used]
+    assert "numerically unstable" in report.dropped["recon_error"]
+    # without recon_error in the score, the report says so
+    assert any(w.startswith("recon_error, the classic baseline, is not in the score "
+                            "(numerically unstable") for w in report.warnings)
+    # an older bundle, written without the record: nothing is left out for stability
+    old = dataclasses.replace(src.manifest, dynamics={})
+    older = write_bundle(tmp_path / "older", old, {MODEL_FILE: src.files[MODEL_FILE]})
+    r_old = calibrate(older, data["val"], out=tmp_path / "c")
+    assert not any("unstable" in why for why in r_old.dropped.values())
+    plain = calibrate(raw_bundle, data["val"], out=tmp_path / "b")
+    assert "recon_error" not in plain.dropped
+
+
+def test_default_calibration_fpr_whatever_the_batch(bundle, data) -> None:  # type: ignore[no-untyped-def]
+    """End to end with the default selection (the session's calibrated bundle, n_cal = 360):
+    600 fresh in-distribution inputs checked in one batch and one at a time get the same
+    verdicts (a batch-size-dependent feature would make the calibration and the checks
+    disagree), and the held-out FPR lies within 0.05 ± 0.045 (s.d. of one split ≈ 0.0145:
+    calibration draw plus test binomial; ±3 s.d.)."""
+    guard = Guard.load(bundle, registry=None)
+    whole = guard.check(data["test"])
+    one = [guard.check(data["test"][i : i + 1]) for i in range(0, 600, 10)]
+    np.testing.assert_array_equal(np.concatenate([r.is_ood for r in one]), whole.is_ood[::10])
+    np.testing.assert_allclose(np.concatenate([r.score for r in one]), whole.score[::10],
+                               rtol=1e-4)
+    assert 0.005 <= float(whole.is_ood.mean()) <= 0.095
+    assert guard.alpha == 0.05

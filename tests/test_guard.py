@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from oodguard import (
+    FEATURE_NAMES,
     CheckResult,
     Guard,
     GuardFailure,
@@ -269,34 +270,37 @@ def test_fallback_merges_dtypes(guard, data) -> None:  # type: ignore[no-untyped
 
 
 # -- engine faults: every one is a counted GuardFailure, and on_error decides -----------------
+NF = len(FEATURE_NAMES)
+
+
 def _faulty(kind: str, release: threading.Event | None = None):  # type: ignore[no-untyped-def]
     def run(x: np.ndarray, **_kw: object) -> object:
         n = len(x)
         if kind == "rows+1":
-            return np.zeros((n + 1, 9), np.float32)
+            return np.zeros((n + 1, NF), np.float32)
         if kind == "rows-1":
-            return np.zeros((n - 1, 9), np.float32)
+            return np.zeros((n - 1, NF), np.float32)
         if kind == "columns":
             return np.zeros((n, 3), np.float32)
         if kind == "dtype":
-            return np.zeros((n, 9), np.float64)
+            return np.zeros((n, NF), np.float64)
         if kind == "not_an_array":
-            return [[0.0] * 9] * n
+            return [[0.0] * NF] * n
         if kind == "raises":
             raise RuntimeError("device lost")
         if kind == "stall":
             assert release is not None
             release.wait(30)
-            return np.zeros((n, 9), np.float32)
+            return np.zeros((n, NF), np.float32)
         raise AssertionError(kind)
 
     return run
 
 
 FAULTS = {
-    "rows+1": ("output_shape", r"of shape \(4, 9\) for 3 input rows; expected float32 features "
-                               r"of shape \(3, 9\)"),
-    "rows-1": ("output_shape", r"of shape \(2, 9\) for 3 input rows"),
+    "rows+1": ("output_shape", rf"of shape \(4, {NF}\) for 3 input rows; expected float32 "
+                               rf"features of shape \(3, {NF}\)"),
+    "rows-1": ("output_shape", rf"of shape \(2, {NF}\) for 3 input rows"),
     "columns": ("output_shape", r"of shape \(3, 3\) for 3 input rows"),
     "dtype": ("output_dtype", r"features of dtype float64; expected float32"),
     "not_an_array": ("output_shape", r"returned list of shape None"),
@@ -310,7 +314,7 @@ def test_engine_faults_are_counted_guard_failures(bundle, data, registry, monkey
                                                   fault) -> None:  # type: ignore[no-untyped-def]
     reason, message = FAULTS[fault]
     g = Guard.load(bundle, registry=registry, name="f")
-    assert g.feature_names and len(g.feature_names) == 9
+    assert g.feature_names and len(g.feature_names) == NF
     monkeypatch.setattr(g.engine, "run", _faulty(fault))
     x = data["test"][:3]
     with pytest.raises(GuardFailure, match=message) as info:
@@ -342,7 +346,7 @@ def test_a_short_chunk_is_not_broadcast_over_its_rows(bundle, data) -> None:  # 
             return [real.run(names, feeds, opts)[0][:1]]
 
     g.engine._session = OneRow()
-    with pytest.raises(GuardFailure, match=r"of shape \(1, 9\) for 4 input rows") as info:
+    with pytest.raises(GuardFailure, match=rf"of shape \(1, {NF}\) for 4 input rows") as info:
         g.check(data["test"][:10])
     assert info.value.reason == "output_shape"
 

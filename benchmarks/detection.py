@@ -1,0 +1,427 @@
+"""Public OOD detection benchmark: many small autoencoders, near / far / low-complexity OOD sets.
+
+Every model (data family × architecture × training recipe × latent size × seed, see
+:func:`plan`) is trained here in seconds, exported with DEFAULT settings through
+``oodguard.export.export_bundle``, calibrated through ``oodguard.calibration.calibrate(bundle,
+x_val, alpha)`` and scored by ``oodguard.Guard.load(...).check(...)`` — so the benchmark
+measures whatever the public API does today. Per (model, OOD set) it records AUROC and FPR95 of
+the calibrated combined score, of every feature in the bundle's manifest (as given and in its
+best direction), and of baselines computed outside the graph: reconstruction error, latent
+Mahalanobis (Ledoit–Wolf on training codes), latent kNN (k = 5), the paper's mean attractor
+distance (a graph feature) and PyOD's ``AutoEncoder`` trained on the same data. Per model: the
+held-out in-distribution FPR at ``alpha`` with its exact binomial 99% interval and the features
+calibration selected. Failures of export or calibration are results, not crashes.
+
+    python benchmarks/detection.py --quick
+    python benchmarks/detection.py --save-artifacts artifacts/ --overwrite
+
+Scores that come out NaN are counted as +inf (flagged) and the count is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import ROOT, format_table, machine_info, write_json  # noqa: E402
+from _detection_data import Family, add_trivial, load_family  # noqa: E402
+from _detection_models import RECIPES, ModelSpec, baselines, build, pyod_scores, train  # noqa: E402
+
+EPOCHS = {"digits": 100, "cancer": 200, "wine": 200, "patches": 30, "signals": 40}
+BASELINES = ("recon", "maha", "knn")
+TRIVIAL = ("trivial_constant_1e3", "trivial_normal_sd10")
+MARGIN = 0.02
+
+
+def plan(mode: str) -> list[ModelSpec]:
+    """The model set: ``tiny`` (smoke test), ``quick`` (< 5 min) or ``full``."""
+    specs: list[ModelSpec] = []
+
+    def add(fam: str, arch: str, recipes: tuple[str, ...], latents: tuple[int, ...],
+            seeds: tuple[int, ...], scale: float = 1.0) -> None:
+        for seed in seeds:
+            for latent in latents:
+                for r in recipes:
+                    specs.append(ModelSpec(fam, arch, r, latent, seed,
+                                           max(1, int(EPOCHS[fam] * scale))))
+
+    if mode == "tiny":
+        add("digits", "mlp", ("wd_denoise",), (8,), (0,), 0.05)
+        add("signals", "mlp", ("mask",), (8,), (0,), 0.05)
+    elif mode == "quick":
+        add("digits", "mlp", ("wd_denoise", "mask"), (8,), (0,))
+        add("patches", "mlp", ("wd_denoise",), (16,), (0,))
+        add("patches", "conv", ("none",), (32,), (0,))
+        add("signals", "mlp", ("wd_denoise", "none"), (8,), (0,))
+        add("cancer", "mlp", ("wd_denoise",), (4,), (0,))
+    elif mode == "full":
+        add("digits", "mlp", RECIPES, (8, 32), (0, 1))
+        add("digits", "mlp", ("wd_denoise",), (64,), (0, 1))
+        add("patches", "mlp", RECIPES, (16, 32), (0, 1))
+        add("patches", "conv", RECIPES, (32,), (0, 1))
+        add("signals", "mlp", RECIPES, (8, 16), (0, 1))
+        add("cancer", "mlp", RECIPES, (4,), (0, 1))
+        add("wine", "mlp", ("wd_denoise",), (4,), (0,))
+    else:
+        raise ValueError(f"mode must be tiny, quick or full. Got {mode!r}")
+    return specs
+
+
+def _metrics(s_in: np.ndarray, s_out: np.ndarray) -> dict[str, float]:
+    from oodguard.calibration import auroc, fpr_at_tpr
+
+    return {"auroc": round(auroc(s_in, s_out), 4), "fpr95": round(fpr_at_tpr(s_in, s_out), 4)}
+
+
+def _finite(s: np.ndarray) -> tuple[np.ndarray, int]:
+    s = np.asarray(s, dtype=np.float64)
+    bad = int(np.isnan(s).sum())
+    return np.where(np.isnan(s), np.inf, s), bad
+
+
+def binomial_interval(k: int, n: int, level: float = 0.99) -> tuple[float, float]:
+    """Exact (Clopper–Pearson) interval for a binomial proportion ``k / n``."""
+    from scipy.stats import beta
+
+    a = (1.0 - level) / 2.0
+    lo = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1.0 - a, k + 1, n - k))
+    return lo, hi
+
+
+def run_model(spec: ModelSpec, fam: Family, work: Path, *, alpha: float,
+              artifacts: Path | None, use_pyod: bool, threads: int) -> dict[str, Any]:
+    """Train, export, calibrate and score one model; return its result record."""
+    import torch
+
+    from oodguard import Guard
+    from oodguard.calibration import calibrate
+    from oodguard.export import export_bundle
+
+    t0 = time.perf_counter()
+    rec: dict[str, Any] = {"model_id": spec.model_id, "family": spec.family, "arch": spec.arch,
+                           "recipe": spec.recipe, "latent": spec.latent, "seed": spec.seed,
+                           "epochs": spec.epochs, "n_train": len(fam.train),
+                           "n_val": len(fam.val), "n_test": len(fam.test)}
+    ood = add_trivial(fam, spec.seed)
+    model = build(spec, fam.train.shape[1], fam.image_shape, fam.output)
+    train(model, fam.train, spec.recipe, epochs=spec.epochs, seed=spec.seed)
+    rec["train_s"] = round(time.perf_counter() - t0, 1)
+    home = (artifacts / spec.model_id) if artifacts is not None else (work / spec.model_id)
+    home.mkdir(parents=True, exist_ok=True)
+    if artifacts is not None:
+        np.savez_compressed(home / "data.npz", x_val=fam.val, x_test=fam.test,
+                            **{f"ood__{k}": v for k, (_, v) in ood.items()})
+    try:
+        t = time.perf_counter()
+        exp = export_bundle(home / "bundle", model=model, x_train=fam.train, seed=spec.seed,
+                            overwrite=True)
+        rec["export"] = {"ok": True, "seconds": round(time.perf_counter() - t, 1),
+                         "attractors": int(len(exp.attractors.attractors))}
+    except Exception as exc:  # a failure of the public API is a result
+        rec["export"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        _write_meta(home, rec, ood, artifacts)
+        return rec
+    base = baselines(model, fam.train)
+    sets = {"test": fam.test, **{k: v for k, (_, v) in ood.items()}}
+    b_scores = {k: base.scores(v) for k, v in sets.items()}
+    if use_pyod:
+        t = time.perf_counter()
+        torch.manual_seed(spec.seed)
+        p = pyod_scores(fam.train, sets, spec.seed, spec.epochs)
+        rec["pyod"] = {"ok": not isinstance(p, str), "seconds": round(time.perf_counter() - t, 1)}
+        if isinstance(p, str):
+            rec["pyod"]["error"] = p
+        else:
+            for k in sets:
+                b_scores[k]["pyod_ae"] = p[k]
+    try:
+        t = time.perf_counter()
+        cal = calibrate(home / "bundle", fam.val, alpha=alpha, seed=spec.seed,
+                        out=work / spec.model_id / "calibrated")
+        rec["calibration"] = {"ok": True, "seconds": round(time.perf_counter() - t, 1),
+                              "selected": [cal.scorer.feature_names[i] for i in cal.scorer.used],
+                              "direction": np.asarray(cal.scorer.direction).tolist(),
+                              "dropped": dict(cal.dropped), "n_fit": cal.n_fit,
+                              "n_cal": cal.n_cal}
+    except Exception as exc:
+        rec["calibration"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        _write_meta(home, rec, ood, artifacts, b_scores)
+        return rec
+    guard = Guard.load(cal.path, providers="cpu", registry=None, intra_op_threads=threads)
+    names = list(guard.feature_names)
+    rec["features"] = names
+    checks = {k: guard.check(v) for k, v in sets.items()}
+    r_in = checks["test"]
+    k_fp, n_in = int(r_in.is_ood.sum()), len(fam.test)
+    lo, hi = binomial_interval(k_fp, n_in)
+    rec["in_distribution"] = {"n": n_in, "flagged": k_fp, "fpr_at_alpha": round(k_fp / n_in, 4),
+                              "fpr_ci99": [round(lo, 4), round(hi, 4)]}
+    s_in, nan_in = _finite(r_in.score)
+    pairs = []
+    for name, (kind, _) in ood.items():
+        r = checks[name]
+        s_out, nan_out = _finite(r.score)
+        pair: dict[str, Any] = {"ood_set": name, "kind": kind, "n": len(s_out),
+                                "combined": {**_metrics(s_in, s_out),
+                                             "flagged_at_alpha": round(float(r.is_ood.mean()), 4)},
+                                "nan_scores": nan_in + nan_out}
+        for b in b_scores[name]:
+            pair[b] = _metrics(b_scores["test"][b], b_scores[name][b])
+        feats: dict[str, Any] = {}
+        for j, f in enumerate(names):
+            fi, _ = _finite(r_in.features[:, j])
+            fo, _ = _finite(r.features[:, j])
+            given = _metrics(fi, fo)
+            flipped = _metrics(-fi, -fo)
+            best = given if given["auroc"] >= flipped["auroc"] else flipped
+            feats[f] = {"given": given, "best": best,
+                        "best_direction": "higher" if best is given else "lower"}
+        pair["features"] = feats
+        if "mean_attractor_distance" in feats:
+            pair["mean_attractor_distance"] = feats["mean_attractor_distance"]["given"]
+        best_b = max(BASELINES, key=lambda b: pair[b]["auroc"])
+        pair["best_baseline"] = best_b
+        pair["combined_minus_best_baseline"] = round(pair["combined"]["auroc"]
+                                                     - pair[best_b]["auroc"], 4)
+        pairs.append(pair)
+    rec["pairs"] = pairs
+    rec["seconds"] = round(time.perf_counter() - t0, 1)
+    _write_meta(home, rec, ood, artifacts, b_scores)
+    return rec
+
+
+def _write_meta(home: Path, rec: dict[str, Any], ood: dict[str, tuple[str, np.ndarray]],
+                artifacts: Path | None,
+                b_scores: dict[str, dict[str, np.ndarray]] | None = None) -> None:
+    if artifacts is None:
+        return
+    meta = {k: rec[k] for k in ("model_id", "family", "arch", "recipe", "latent", "seed",
+                                "epochs", "n_train", "n_val", "n_test")}
+    meta["ood_sets"] = {k: kind for k, (kind, _) in ood.items()}
+    meta["export"] = rec.get("export")
+    meta["arrays"] = "data.npz: x_val (calibration), x_test (held-out in-distribution), " \
+                     "ood__<set> (one per OOD set)"
+    if b_scores is not None:  # baseline scores outside the graph, "<set>__<baseline>"
+        np.savez_compressed(home / "baselines.npz", **{f"{s}__{b}": v for s, d in b_scores.items()
+                                                       for b, v in d.items()})
+        meta["baselines_file"] = "baselines.npz: <set>__<baseline> (set 'test' = x_test)"
+    (home / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
+def summarise(results: list[dict[str, Any]], alpha: float) -> dict[str, Any]:
+    """The numbers the issue asks for, over every scored (model, OOD set) pair."""
+    scored = [r for r in results if "pairs" in r]
+    pairs = [p for r in scored for p in r["pairs"]]
+    nontrivial = [p for p in pairs if p["ood_set"] not in TRIVIAL]
+
+    def frac_ok(ps: list[dict[str, Any]]) -> float | None:
+        if not ps:
+            return None
+        return round(float(np.mean([p["combined_minus_best_baseline"] >= -MARGIN for p in ps])), 4)
+
+    scores = ["combined", *BASELINES, "mean_attractor_distance", "pyod_ae"]
+    mean_auroc = {s: round(float(np.mean([p[s]["auroc"] for p in pairs])), 4)
+                  for s in scores if pairs and all(s in p for p in pairs)}
+    best_base = max((mean_auroc[b] for b in BASELINES if b in mean_auroc), default=None)
+    fprs = [r["in_distribution"]["fpr_at_alpha"] for r in scored]
+    trivial = [p["combined"]["flagged_at_alpha"] for p in pairs if p["ood_set"] in TRIVIAL]
+    gaps = [p["combined_minus_best_baseline"] for p in pairs]
+    worst = min(pairs, key=lambda p: p["combined_minus_best_baseline"], default=None)
+    feature_best = {}
+    for r in scored:
+        for p in r["pairs"]:
+            for f, v in p["features"].items():
+                feature_best.setdefault(f, []).append(v["best"]["auroc"])
+    return {
+        "alpha": alpha,
+        "models": len(results),
+        "exported_with_defaults": sum(bool(r.get("export", {}).get("ok")) for r in results),
+        "calibrated": sum(bool(r.get("calibration", {}).get("ok")) for r in results),
+        "failures": {r["model_id"]: (r.get("calibration") or r["export"]).get("error")
+                     for r in results if "pairs" not in r},
+        "pairs": len(pairs),
+        "frac_pairs_combined_within_margin_of_best_baseline": frac_ok(pairs),
+        "frac_within_margin_excluding_trivial": frac_ok(nontrivial),
+        "margin": MARGIN,
+        "target_frac": 0.9,
+        "mean_auroc": mean_auroc,
+        "combined_minus_best_baseline_mean": (round(mean_auroc["combined"] - best_base, 4)
+                                              if best_base is not None else None),
+        "target_mean_gain": MARGIN,
+        "worst_pair": None if worst is None else {
+            "model_id": next(r["model_id"] for r in scored if worst in r["pairs"]),
+            "ood_set": worst["ood_set"], "combined": worst["combined"]["auroc"],
+            "best_baseline": worst["best_baseline"],
+            "best_baseline_auroc": worst[worst["best_baseline"]]["auroc"]},
+        "gap_quantiles": ([round(float(q), 4) for q in np.quantile(gaps, [0, 0.1, 0.5, 0.9, 1])]
+                          if gaps else None),
+        "in_distribution_fpr_range": [min(fprs), max(fprs)] if fprs else None,
+        "in_distribution_fpr_mean": round(float(np.mean(fprs)), 4) if fprs else None,
+        "trivially_far_min_flagged": min(trivial) if trivial else None,
+        "trivially_far_all_flagged": bool(trivial) and min(trivial) == 1.0,
+        "feature_mean_best_direction_auroc": {f: round(float(np.mean(v)), 4)
+                                              for f, v in feature_best.items()},
+    }
+
+
+def print_report(results: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    rows = []
+    for r in results:
+        for p in r.get("pairs", []):
+            rows.append({"model": r["model_id"], "set": p["ood_set"], "kind": p["kind"],
+                         "comb": p["combined"]["auroc"], "flag": p["combined"]["flagged_at_alpha"],
+                         **{b: p[b]["auroc"] for b in (*BASELINES, "mean_attractor_distance",
+                                                       "pyod_ae") if b in p},
+                         "gap": p["combined_minus_best_baseline"]})
+    cols = [("model", "model", ""), ("set", "OOD set", ""), ("kind", "kind", ""),
+            ("comb", "combined", ".3f"), ("flag", "flagged@α", ".3f"), ("recon", "recon", ".3f"),
+            ("maha", "maha", ".3f"), ("knn", "knn", ".3f"),
+            ("mean_attractor_distance", "mean_attr", ".3f"), ("pyod_ae", "pyod_ae", ".3f"),
+            ("gap", "comb−best", "+.3f")]
+    print(format_table(rows, cols))
+    print()
+    mrows = [{"model": r["model_id"],
+              "fpr": r.get("in_distribution", {}).get("fpr_at_alpha"),
+              "ci": "" if "in_distribution" not in r else
+              "[{:.3f}, {:.3f}]".format(*r["in_distribution"]["fpr_ci99"]),
+              "sel": ", ".join(r["calibration"]["selected"]) if r.get("calibration", {}).get("ok")
+              else (r.get("calibration") or r["export"]).get("error", "")[:80]}
+             for r in results]
+    print(format_table(mrows, [("model", "model", ""), ("fpr", "FPR@α test", ".3f"),
+                               ("ci", "99% CI", ""), ("sel", "selected / failure", "")]))
+    print()
+    print(json.dumps({k: v for k, v in summary.items()
+                      if k != "feature_mean_best_direction_auroc"}, indent=1))
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    """Per-pair combined vs best-baseline AUROC scatter, and a per-feature AUROC heat map."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = [(r, p) for r in results for p in r.get("pairs", [])]
+    if not pairs:
+        return
+    fig, (ax, hx) = plt.subplots(1, 2, figsize=(16, 7),
+                                 gridspec_kw={"width_ratios": [1, 1.6]})
+    fams = sorted({r["family"] for r, _ in pairs})
+    for i, f in enumerate(fams):
+        xs = [p[p["best_baseline"]]["auroc"] for r, p in pairs if r["family"] == f]
+        ys = [p["combined"]["auroc"] for r, p in pairs if r["family"] == f]
+        ax.scatter(xs, ys, s=14, alpha=0.7, label=f, color=f"C{i}")
+    ax.plot([0, 1], [0, 1], "k-", lw=0.8)
+    ax.plot([0, 1], [-MARGIN, 1 - MARGIN], "k:", lw=0.8)
+    ax.set(xlabel="best of recon / maha / knn AUROC", ylabel="calibrated combined AUROC",
+           xlim=(0, 1.02), ylim=(0, 1.02), title="per (model, OOD set) pair")
+    ax.legend()
+    feats = list(dict.fromkeys(f for _, p in pairs for f in p["features"]))
+    sets = list(dict.fromkeys(f"{r['family']}:{p['ood_set']}" for r, p in pairs))
+    grid = np.full((len(feats) + 4, len(sets)), np.nan)
+    rows = ["combined", *BASELINES, *feats]
+    for si, s in enumerate(sets):
+        sel = [p for r, p in pairs if f"{r['family']}:{p['ood_set']}" == s]
+        grid[0, si] = np.mean([p["combined"]["auroc"] for p in sel])
+        for bi, b in enumerate(BASELINES):
+            grid[1 + bi, si] = np.mean([p[b]["auroc"] for p in sel])
+        for fi, f in enumerate(feats):
+            grid[4 + fi, si] = np.mean([p["features"][f]["given"]["auroc"] for p in sel
+                                        if f in p["features"]])
+    im = hx.imshow(grid, vmin=0, vmax=1, cmap="RdBu_r", aspect="auto")
+    hx.set_yticks(range(len(rows)), rows, fontsize=7)
+    hx.set_xticks(range(len(sets)), sets, rotation=90, fontsize=6)
+    hx.set_title("mean AUROC over models (features as given: < 0.5 = inverted)")
+    fig.colorbar(im, ax=hx, fraction=0.03)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a small model set (< 5 min)")
+    ap.add_argument("--tiny", action="store_true", help="two models, a few epochs (smoke test)")
+    ap.add_argument("--families", default="", help="comma list: only these data families")
+    ap.add_argument("--alpha", type=float, default=0.05)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "detection.json"))
+    ap.add_argument("--plot", default=None, help="PNG path (default: --out with .png)")
+    ap.add_argument("--save-artifacts", default=None, metavar="DIR",
+                    help="write DIR/<model_id>/{bundle/, data.npz, meta.json, baselines.npz}")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace existing model folders under --save-artifacts")
+    ap.add_argument("--no-pyod", action="store_true", help="skip PyOD's AutoEncoder")
+    ap.add_argument("--threads", type=int, default=1, help="torch and ONNX Runtime threads")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    mode = "tiny" if args.tiny else "quick" if args.quick else "full"
+    specs = plan(mode)
+    if args.families:
+        keep = set(args.families.split(","))
+        specs = [s for s in specs if s.family in keep]
+    artifacts = Path(args.save_artifacts) if args.save_artifacts else None
+    if artifacts is not None and not args.overwrite:
+        taken = [s.model_id for s in specs if (artifacts / s.model_id).exists()]
+        if taken:
+            sys.exit(f"{artifacts} already holds {taken[:3]}{'…' if len(taken) > 3 else ''}; "
+                     "pass --overwrite to replace them, or another --save-artifacts folder")
+    use_pyod = not args.no_pyod
+    if use_pyod:
+        try:
+            import pyod  # noqa: F401
+        except ImportError:
+            print("note: PyOD is not installed, its AutoEncoder is skipped "
+                  "(pip install -r requirements/bench.txt)", flush=True)
+            use_pyod = False
+    families: dict[str, Family] = {}
+    results: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    print(f"detection benchmark ({mode}): {len(specs)} models, alpha={args.alpha}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="oodguard-detection-") as tmp:
+        for i, spec in enumerate(specs, 1):
+            if spec.family not in families:
+                families[spec.family] = load_family(spec.family, seed=0)
+            if artifacts is not None and (artifacts / spec.model_id).exists():
+                shutil.rmtree(artifacts / spec.model_id)  # --overwrite was given
+            rec = run_model(spec, families[spec.family], Path(tmp), alpha=args.alpha,
+                            artifacts=artifacts, use_pyod=use_pyod, threads=args.threads)
+            results.append(rec)
+            if "pairs" in rec:
+                gaps = [p["combined_minus_best_baseline"] for p in rec["pairs"]]
+                msg = (f"FPR@α {rec['in_distribution']['fpr_at_alpha']:.3f}, "
+                       f"combined−best baseline min {min(gaps):+.3f}, "
+                       f"selected {rec['calibration']['selected']}")
+            else:
+                msg = "FAILED: " + str((rec.get("calibration") or rec["export"]).get("error"))
+            print(f"[{i}/{len(specs)}] {spec.model_id}: {msg} "
+                  f"({time.perf_counter() - t0:.0f}s)", flush=True)
+    summary = summarise(results, args.alpha)
+    doc = {"benchmark": "detection", "mode": mode, "machine": machine_info(),
+           "seconds": round(time.perf_counter() - t0, 1), "summary": summary,
+           "models": results}
+    print_report(results, summary)
+    out = Path(args.out)
+    write_json(out, doc)
+    png = Path(args.plot) if args.plot else out.with_suffix(".png")
+    plot(results, png)
+    print(f"\nwrote {out} and {png} ({doc['seconds']:.0f}s)")
+    return doc
+
+
+if __name__ == "__main__":
+    main()

@@ -408,8 +408,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                        f"selected {rec['calibration']['selected']}")
             else:
                 msg = "FAILED: " + str((rec.get("calibration") or rec["export"]).get("error"))
-            print(f"[{i}/{len(specs)}] {spec.model_id}: {msg} "
-                  f"({time.perf_counter() - t0:.0f}s)", flush=True)
+            stages = {k: rec.get(k, {}).get("seconds") for k in ("export", "pyod", "calibration")}
+            print(f"[{i}/{len(specs)}] {spec.model_id}: {msg} (train {rec['train_s']}s, "
+                  + ", ".join(f"{k} {v}s" for k, v in stages.items() if v is not None)
+                  + f"; {time.perf_counter() - t0:.0f}s)", flush=True)
     summary = summarise(results, args.alpha)
     doc = {"benchmark": "detection", "mode": mode, "machine": machine_info(),
            "seconds": round(time.perf_counter() - t0, 1), "summary": summary,

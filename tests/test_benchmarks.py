@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch")
@@ -48,3 +49,102 @@ def test_guard_benchmark_reports_overhead_and_a_runtime_only_process(tmp_path) -
     assert [r["batch"] for r in doc["rows"]] == [1, 256]
     assert doc["startup"]["heavy_modules"] == []  # torch / sklearn / onnx not imported
     assert doc["startup"]["peak_rss_mb"] > 0
+
+
+def _detection():  # type: ignore[no-untyped-def]
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import detection
+
+    return detection
+
+
+@pytest.mark.slow
+def test_detection_benchmark_tiny_run_writes_results_and_artifacts(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out, art = tmp_path / "detection.json", tmp_path / "artifacts"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "detection.py"), "--tiny", "--out", str(out),
+           "--save-artifacts", str(art)]
+    run = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
+    assert "[2/2]" in run.stdout  # progress lines
+    doc = json.loads(out.read_text())
+    s = doc["summary"]
+    assert s["models"] == 2 and s["exported_with_defaults"] == 2 and s["calibrated"] == 2
+    assert out.with_suffix(".png").stat().st_size > 0
+    for m in doc["models"]:
+        names = json.loads((art / m["model_id"] / "bundle" / "manifest.json").read_text())
+        assert m["features"] == names["feature_names"]  # read from the manifest
+        lo, hi = m["in_distribution"]["fpr_ci99"]
+        assert lo <= m["in_distribution"]["fpr_at_alpha"] <= hi
+        sets = {p["ood_set"] for p in m["pairs"]}
+        assert {"trivial_constant_1e3", "trivial_normal_sd10"} <= sets
+        for p in m["pairs"]:
+            assert {"combined", "recon", "maha", "knn", "mean_attractor_distance"} <= set(p)
+            assert set(p["features"]) == set(m["features"])
+            for f in p["features"].values():  # best direction is the better of the two
+                assert f["best"]["auroc"] == pytest.approx(max(f["given"]["auroc"],
+                                                                1 - f["given"]["auroc"]))
+        with np.load(art / m["model_id"] / "data.npz") as z:
+            assert {"x_val", "x_test"} | {f"ood__{k}" for k in sets} == set(z.keys())
+            assert len(z["x_test"]) == m["n_test"]
+        assert not (art / m["model_id"] / "bundle" / "calibration.json").exists()
+        meta = json.loads((art / m["model_id"] / "meta.json").read_text())
+        assert meta["family"] == m["family"] and meta["seed"] == m["seed"]
+    # existing artifacts are not replaced without --overwrite
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode != 0 and "pass --overwrite" in again.stderr
+
+
+def test_detection_data_is_seeded_and_splits_are_disjoint() -> None:
+    det = _detection()
+    from _detection_data import add_trivial, load_family
+
+    for fam in ("digits", "patches", "signals", "cancer"):
+        a, b = load_family(fam, seed=0), load_family(fam, seed=0)
+        np.testing.assert_array_equal(a.train, b.train)
+        np.testing.assert_array_equal(a.ood[next(iter(a.ood))][1], b.ood[next(iter(b.ood))][1])
+        rows = {r.tobytes() for r in a.train}
+        assert not any(r.tobytes() in rows for r in a.test)
+        assert a.train.dtype == np.float32 and a.train.shape[1] == a.val.shape[1]
+        sets = add_trivial(a, seed=0)
+        assert np.all(sets["trivial_constant_1e3"][1] == 1e3)
+        assert abs(float(sets["trivial_normal_sd10"][1].std()) - 10.0) < 0.2
+    with pytest.raises(ValueError, match="unknown data family 'mnist'"):
+        load_family("mnist")
+    assert det.plan("quick") and {s.recipe for s in det.plan("full")} == {"wd_denoise", "none",
+                                                                          "mask"}
+
+
+def test_detection_binomial_interval_covers_at_the_stated_level() -> None:
+    det = _detection()
+    lo, hi = det.binomial_interval(0, 100)
+    assert lo == 0.0 and 0.04 < hi < 0.06  # 1 − 0.005^(1/100) = 0.0516
+    rng = np.random.default_rng(0)
+    n, p = 200, 0.05
+    ks = rng.binomial(n, p, size=2000)
+    cover = np.mean([det.binomial_interval(int(k), n)[0] <= p <= det.binomial_interval(int(k), n)[1]
+                     for k in ks])
+    assert cover >= 0.985  # exact interval: coverage ≥ 0.99, minus Monte-Carlo error
+
+
+def test_detection_summary_counts_pairs_within_the_margin() -> None:
+    det = _detection()
+
+    def pair(name: str, comb: float, recon: float, flagged: float = 0.5) -> dict:  # type: ignore[type-arg]
+        m = {"auroc": 0.0, "fpr95": 1.0}
+        return {"ood_set": name, "combined": {"auroc": comb, "fpr95": 0.0,
+                                              "flagged_at_alpha": flagged},
+                "recon": {**m, "auroc": recon}, "maha": m, "knn": m,
+                "mean_attractor_distance": m, "features": {},
+                "best_baseline": "recon", "combined_minus_best_baseline": comb - recon}
+
+    rec = {"model_id": "m", "family": "f", "export": {"ok": True}, "calibration": {"ok": True},
+           "in_distribution": {"fpr_at_alpha": 0.04},
+           "pairs": [pair("a", 0.90, 0.91), pair("b", 0.50, 0.80),
+                     pair("trivial_constant_1e3", 1.0, 1.0, 1.0)]}
+    failed = {"model_id": "x", "family": "f", "export": {"ok": False, "error": "ExportError: e"}}
+    s = det.summarise([rec, failed], 0.05)
+    assert s["pairs"] == 3 and s["models"] == 2 and s["exported_with_defaults"] == 1
+    assert s["frac_pairs_combined_within_margin_of_best_baseline"] == pytest.approx(2 / 3, abs=1e-4)
+    assert s["frac_within_margin_excluding_trivial"] == 0.5
+    assert s["failures"] == {"x": "ExportError: e"}
+    assert s["trivially_far_all_flagged"] is True
+    assert s["worst_pair"]["ood_set"] == "b"

@@ -60,7 +60,11 @@ def _blur(img: np.ndarray) -> np.ndarray:
     """3×3 box blur of ``(N, H, W)`` with edge padding (numpy only)."""
     p = np.pad(img, ((0, 0), (1, 1), (1, 1)), mode="edge")
     h, w = img.shape[1:]
-    return sum(p[:, i : i + h, j : j + w] for i in range(3) for j in range(3)) / 9.0
+    out = np.zeros(img.shape, dtype=img.dtype)
+    for i in range(3):
+        for j in range(3):
+            out += p[:, i : i + h, j : j + w]
+    return out / 9.0
 
 
 def _gradients(n: int, shape: tuple[int, int], rng: np.random.Generator, lo: float = 0.0,

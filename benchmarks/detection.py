@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -33,14 +34,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, format_table, machine_info, write_json  # noqa: E402
+from _common import ROOT, machine_info, write_json  # noqa: E402
 from _detection_data import Family, add_trivial, load_family  # noqa: E402
 from _detection_models import RECIPES, ModelSpec, baselines, build, pyod_scores, train  # noqa: E402
+from _detection_report import BASELINES, _failure, plot, print_report, summarise  # noqa: E402
 
 EPOCHS = {"digits": 100, "cancer": 200, "wine": 200, "patches": 30, "signals": 40}
-BASELINES = ("recon", "maha", "knn")
-TRIVIAL = ("trivial_constant_1e3", "trivial_normal_sd10")
-MARGIN = 0.02
 
 
 def plan(mode: str) -> list[ModelSpec]:
@@ -120,8 +119,9 @@ def run_model(spec: ModelSpec, fam: Family, work: Path, *, alpha: float,
     home = (artifacts / spec.model_id) if artifacts is not None else (work / spec.model_id)
     home.mkdir(parents=True, exist_ok=True)
     if artifacts is not None:
-        np.savez_compressed(home / "data.npz", x_val=fam.val, x_test=fam.test,
-                            **{f"ood__{k}": v for k, (_, v) in ood.items()})
+        arrays = {"x_val": fam.val, "x_test": fam.test,
+                  **{f"ood__{k}": v for k, (_, v) in ood.items()}}
+        np.savez_compressed(home / "data.npz", **arrays)  # type: ignore[arg-type]
     try:
         t = time.perf_counter()
         exp = export_bundle(home / "bundle", model=model, x_train=fam.train, seed=spec.seed,
@@ -158,10 +158,15 @@ def run_model(spec: ModelSpec, fam: Family, work: Path, *, alpha: float,
         rec["calibration"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         _write_meta(home, rec, ood, artifacts, b_scores)
         return rec
-    guard = Guard.load(cal.path, providers="cpu", registry=None, intra_op_threads=threads)
+    try:
+        guard = Guard.load(cal.path, providers="cpu", registry=None, intra_op_threads=threads)
+        checks = {k: guard.check(v) for k, v in sets.items()}
+    except Exception as exc:
+        rec["scoring"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        _write_meta(home, rec, ood, artifacts, b_scores)
+        return rec
     names = list(guard.feature_names)
     rec["features"] = names
-    checks = {k: guard.check(v) for k, v in sets.items()}
     r_in = checks["test"]
     k_fp, n_in = int(r_in.is_ood.sum()), len(fam.test)
     lo, hi = binomial_interval(k_fp, n_in)
@@ -213,141 +218,10 @@ def _write_meta(home: Path, rec: dict[str, Any], ood: dict[str, tuple[str, np.nd
     meta["arrays"] = "data.npz: x_val (calibration), x_test (held-out in-distribution), " \
                      "ood__<set> (one per OOD set)"
     if b_scores is not None:  # baseline scores outside the graph, "<set>__<baseline>"
-        np.savez_compressed(home / "baselines.npz", **{f"{s}__{b}": v for s, d in b_scores.items()
-                                                       for b, v in d.items()})
+        flat = {f"{s}__{b}": v for s, d in b_scores.items() for b, v in d.items()}
+        np.savez_compressed(home / "baselines.npz", **flat)  # type: ignore[arg-type]
         meta["baselines_file"] = "baselines.npz: <set>__<baseline> (set 'test' = x_test)"
     (home / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-
-
-def summarise(results: list[dict[str, Any]], alpha: float) -> dict[str, Any]:
-    """The numbers the issue asks for, over every scored (model, OOD set) pair."""
-    scored = [r for r in results if "pairs" in r]
-    pairs = [p for r in scored for p in r["pairs"]]
-    nontrivial = [p for p in pairs if p["ood_set"] not in TRIVIAL]
-
-    def frac_ok(ps: list[dict[str, Any]]) -> float | None:
-        if not ps:
-            return None
-        return round(float(np.mean([p["combined_minus_best_baseline"] >= -MARGIN for p in ps])), 4)
-
-    scores = ["combined", *BASELINES, "mean_attractor_distance", "pyod_ae"]
-    mean_auroc = {s: round(float(np.mean([p[s]["auroc"] for p in pairs])), 4)
-                  for s in scores if pairs and all(s in p for p in pairs)}
-    best_base = max((mean_auroc[b] for b in BASELINES if b in mean_auroc), default=None)
-    fprs = [r["in_distribution"]["fpr_at_alpha"] for r in scored]
-    trivial = [p["combined"]["flagged_at_alpha"] for p in pairs if p["ood_set"] in TRIVIAL]
-    gaps = [p["combined_minus_best_baseline"] for p in pairs]
-    worst = min(pairs, key=lambda p: p["combined_minus_best_baseline"], default=None)
-    feature_best = {}
-    for r in scored:
-        for p in r["pairs"]:
-            for f, v in p["features"].items():
-                feature_best.setdefault(f, []).append(v["best"]["auroc"])
-    return {
-        "alpha": alpha,
-        "models": len(results),
-        "exported_with_defaults": sum(bool(r.get("export", {}).get("ok")) for r in results),
-        "calibrated": sum(bool(r.get("calibration", {}).get("ok")) for r in results),
-        "failures": {r["model_id"]: (r.get("calibration") or r["export"]).get("error")
-                     for r in results if "pairs" not in r},
-        "pairs": len(pairs),
-        "frac_pairs_combined_within_margin_of_best_baseline": frac_ok(pairs),
-        "frac_within_margin_excluding_trivial": frac_ok(nontrivial),
-        "margin": MARGIN,
-        "target_frac": 0.9,
-        "mean_auroc": mean_auroc,
-        "combined_minus_best_baseline_mean": (round(mean_auroc["combined"] - best_base, 4)
-                                              if best_base is not None else None),
-        "target_mean_gain": MARGIN,
-        "worst_pair": None if worst is None else {
-            "model_id": next(r["model_id"] for r in scored if worst in r["pairs"]),
-            "ood_set": worst["ood_set"], "combined": worst["combined"]["auroc"],
-            "best_baseline": worst["best_baseline"],
-            "best_baseline_auroc": worst[worst["best_baseline"]]["auroc"]},
-        "gap_quantiles": ([round(float(q), 4) for q in np.quantile(gaps, [0, 0.1, 0.5, 0.9, 1])]
-                          if gaps else None),
-        "in_distribution_fpr_range": [min(fprs), max(fprs)] if fprs else None,
-        "in_distribution_fpr_mean": round(float(np.mean(fprs)), 4) if fprs else None,
-        "trivially_far_min_flagged": min(trivial) if trivial else None,
-        "trivially_far_all_flagged": bool(trivial) and min(trivial) == 1.0,
-        "feature_mean_best_direction_auroc": {f: round(float(np.mean(v)), 4)
-                                              for f, v in feature_best.items()},
-    }
-
-
-def print_report(results: list[dict[str, Any]], summary: dict[str, Any]) -> None:
-    rows = []
-    for r in results:
-        for p in r.get("pairs", []):
-            rows.append({"model": r["model_id"], "set": p["ood_set"], "kind": p["kind"],
-                         "comb": p["combined"]["auroc"], "flag": p["combined"]["flagged_at_alpha"],
-                         **{b: p[b]["auroc"] for b in (*BASELINES, "mean_attractor_distance",
-                                                       "pyod_ae") if b in p},
-                         "gap": p["combined_minus_best_baseline"]})
-    cols = [("model", "model", ""), ("set", "OOD set", ""), ("kind", "kind", ""),
-            ("comb", "combined", ".3f"), ("flag", "flagged@α", ".3f"), ("recon", "recon", ".3f"),
-            ("maha", "maha", ".3f"), ("knn", "knn", ".3f"),
-            ("mean_attractor_distance", "mean_attr", ".3f"), ("pyod_ae", "pyod_ae", ".3f"),
-            ("gap", "comb−best", "+.3f")]
-    print(format_table(rows, cols))
-    print()
-    mrows = [{"model": r["model_id"],
-              "fpr": r.get("in_distribution", {}).get("fpr_at_alpha"),
-              "ci": "" if "in_distribution" not in r else
-              "[{:.3f}, {:.3f}]".format(*r["in_distribution"]["fpr_ci99"]),
-              "sel": ", ".join(r["calibration"]["selected"]) if r.get("calibration", {}).get("ok")
-              else (r.get("calibration") or r["export"]).get("error", "")[:80]}
-             for r in results]
-    print(format_table(mrows, [("model", "model", ""), ("fpr", "FPR@α test", ".3f"),
-                               ("ci", "99% CI", ""), ("sel", "selected / failure", "")]))
-    print()
-    print(json.dumps({k: v for k, v in summary.items()
-                      if k != "feature_mean_best_direction_auroc"}, indent=1))
-
-
-def plot(results: list[dict[str, Any]], path: Path) -> None:
-    """Per-pair combined vs best-baseline AUROC scatter, and a per-feature AUROC heat map."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pairs = [(r, p) for r in results for p in r.get("pairs", [])]
-    if not pairs:
-        return
-    fig, (ax, hx) = plt.subplots(1, 2, figsize=(16, 7),
-                                 gridspec_kw={"width_ratios": [1, 1.6]})
-    fams = sorted({r["family"] for r, _ in pairs})
-    for i, f in enumerate(fams):
-        xs = [p[p["best_baseline"]]["auroc"] for r, p in pairs if r["family"] == f]
-        ys = [p["combined"]["auroc"] for r, p in pairs if r["family"] == f]
-        ax.scatter(xs, ys, s=14, alpha=0.7, label=f, color=f"C{i}")
-    ax.plot([0, 1], [0, 1], "k-", lw=0.8)
-    ax.plot([0, 1], [-MARGIN, 1 - MARGIN], "k:", lw=0.8)
-    ax.set(xlabel="best of recon / maha / knn AUROC", ylabel="calibrated combined AUROC",
-           xlim=(0, 1.02), ylim=(0, 1.02), title="per (model, OOD set) pair")
-    ax.legend()
-    feats = list(dict.fromkeys(f for _, p in pairs for f in p["features"]))
-    sets = list(dict.fromkeys(f"{r['family']}:{p['ood_set']}" for r, p in pairs))
-    grid = np.full((len(feats) + 4, len(sets)), np.nan)
-    rows = ["combined", *BASELINES, *feats]
-    for si, s in enumerate(sets):
-        sel = [p for r, p in pairs if f"{r['family']}:{p['ood_set']}" == s]
-        grid[0, si] = np.mean([p["combined"]["auroc"] for p in sel])
-        for bi, b in enumerate(BASELINES):
-            grid[1 + bi, si] = np.mean([p[b]["auroc"] for p in sel])
-        for fi, f in enumerate(feats):
-            grid[4 + fi, si] = np.mean([p["features"][f]["given"]["auroc"] for p in sel
-                                        if f in p["features"]])
-    im = hx.imshow(grid, vmin=0, vmax=1, cmap="RdBu_r", aspect="auto")
-    hx.set_yticks(range(len(rows)), rows, fontsize=7)
-    hx.set_xticks(range(len(sets)), sets, rotation=90, fontsize=6)
-    hx.set_title("mean AUROC over models (features as given: < 0.5 = inverted)")
-    fig.colorbar(im, ax=hx, fraction=0.03)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -364,6 +238,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="replace existing model folders under --save-artifacts")
     ap.add_argument("--no-pyod", action="store_true", help="skip PyOD's AutoEncoder")
     ap.add_argument("--threads", type=int, default=1, help="torch and ONNX Runtime threads")
+    ap.add_argument("--models", default="", help="regular expression: only matching model ids")
     args = ap.parse_args(argv)
 
     import torch
@@ -374,6 +249,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.families:
         keep = set(args.families.split(","))
         specs = [s for s in specs if s.family in keep]
+    if args.models:
+        specs = [s for s in specs if re.search(args.models, s.model_id)]
     artifacts = Path(args.save_artifacts) if args.save_artifacts else None
     if artifacts is not None and not args.overwrite:
         taken = [s.model_id for s in specs if (artifacts / s.model_id).exists()]
@@ -407,7 +284,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                        f"combined−best baseline min {min(gaps):+.3f}, "
                        f"selected {rec['calibration']['selected']}")
             else:
-                msg = "FAILED: " + str((rec.get("calibration") or rec["export"]).get("error"))
+                msg = f"FAILED: {_failure(rec)}"
             stages = {k: rec.get(k, {}).get("seconds") for k in ("export", "pyod", "calibration")}
             print(f"[{i}/{len(specs)}] {spec.model_id}: {msg} (train {rec['train_s']}s, "
                   + ", ".join(f"{k} {v}s" for k, v in stages.items() if v is not None)

@@ -265,6 +265,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print("note: PyOD is not installed, its AutoEncoder is skipped "
                   "(pip install -r requirements/bench.txt)", flush=True)
             use_pyod = False
+    out = Path(args.out)
+    machine = machine_info()  # load average at the start
     families: dict[str, Family] = {}
     results: list[dict[str, Any]] = []
     t0 = time.perf_counter()
@@ -278,6 +280,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rec = run_model(spec, families[spec.family], Path(tmp), alpha=args.alpha,
                             artifacts=artifacts, use_pyod=use_pyod, threads=args.threads)
             results.append(rec)
+            write_json(out, {"benchmark": "detection", "mode": mode, "complete": False,
+                             "summary": summarise(results, args.alpha), "models": results})
             if "pairs" in rec:
                 gaps = [p["combined_minus_best_baseline"] for p in rec["pairs"]]
                 msg = (f"FPR@α {rec['in_distribution']['fpr_at_alpha']:.3f}, "
@@ -290,11 +294,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   + ", ".join(f"{k} {v}s" for k, v in stages.items() if v is not None)
                   + f"; {time.perf_counter() - t0:.0f}s)", flush=True)
     summary = summarise(results, args.alpha)
-    doc = {"benchmark": "detection", "mode": mode, "machine": machine_info(),
+    doc = {"benchmark": "detection", "mode": mode, "complete": True, "machine": machine,
            "seconds": round(time.perf_counter() - t0, 1), "summary": summary,
            "models": results}
     print_report(results, summary)
-    out = Path(args.out)
     write_json(out, doc)
     png = Path(args.plot) if args.plot else out.with_suffix(".png")
     plot(results, png)

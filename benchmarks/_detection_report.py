@@ -73,6 +73,14 @@ def summarise(results: list[dict[str, Any]], alpha: float) -> dict[str, Any]:
         "in_distribution_fpr_mean": round(float(np.mean(fprs)), 4) if fprs else None,
         "trivially_far_min_flagged": min(trivial) if trivial else None,
         "trivially_far_all_flagged": bool(trivial) and min(trivial) == 1.0,
+        "trivially_far_missed": {
+            f"{r['model_id']}:{p['ood_set']}": p["combined"]["flagged_at_alpha"]
+            for r in scored for p in r["pairs"]
+            if p["ood_set"] in TRIVIAL and p["combined"]["flagged_at_alpha"] < 1},
+        "models_fpr_above_alpha_at_99": [r["model_id"] for r in scored
+                                         if r["in_distribution"]["fpr_ci99"][0] > alpha],
+        "by_family": _groups(scored, "family", frac_ok),
+        "by_recipe": _groups(scored, "recipe", frac_ok),
         "feature_mean_best_direction_auroc": {f: round(float(np.mean(v)), 4)
                                               for f, v in feature_best.items()},
     }
@@ -151,3 +159,19 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _groups(scored: list[dict[str, Any]], key: str, frac_ok: Any) -> dict[str, Any]:
+    """Per value of ``key`` (family, recipe): pairs, fraction within the margin, mean AUROCs of
+    the combined score, of the per-pair best baseline and of each baseline."""
+    out: dict[str, Any] = {}
+    for g in sorted({r[key] for r in scored}):
+        ps = [p for r in scored if r[key] == g for p in r["pairs"]]
+        out[g] = {"models": sum(r[key] == g for r in scored), "pairs": len(ps),
+                  "frac_within_margin": frac_ok(ps),
+                  "combined": round(float(np.mean([p["combined"]["auroc"] for p in ps])), 4),
+                  "best_baseline_per_pair": round(float(np.mean(
+                      [p[p["best_baseline"]]["auroc"] for p in ps])), 4),
+                  **{b: round(float(np.mean([p[b]["auroc"] for p in ps])), 4) for b in BASELINES}}
+    return out
+

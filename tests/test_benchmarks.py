@@ -136,8 +136,9 @@ def test_detection_summary_counts_pairs_within_the_margin() -> None:
                 "mean_attractor_distance": m, "features": {},
                 "best_baseline": "recon", "combined_minus_best_baseline": comb - recon}
 
-    rec = {"model_id": "m", "family": "f", "export": {"ok": True}, "calibration": {"ok": True},
-           "in_distribution": {"fpr_at_alpha": 0.04},
+    rec = {"model_id": "m", "family": "f", "recipe": "r", "export": {"ok": True},
+           "calibration": {"ok": True},
+           "in_distribution": {"fpr_at_alpha": 0.08, "fpr_ci99": [0.06, 0.11]},
            "pairs": [pair("a", 0.90, 0.91), pair("b", 0.50, 0.80),
                      pair("trivial_constant_1e3", 1.0, 1.0, 1.0)]}
     failed = {"model_id": "x", "family": "f", "export": {"ok": False, "error": "ExportError: e"}}
@@ -148,3 +149,6 @@ def test_detection_summary_counts_pairs_within_the_margin() -> None:
     assert s["failures"] == {"x": "ExportError: e"}
     assert s["trivially_far_all_flagged"] is True
     assert s["worst_pair"]["ood_set"] == "b"
+    assert s["models_fpr_above_alpha_at_99"] == ["m"]  # interval [0.06, 0.11] excludes 0.05
+    assert s["by_family"]["f"]["pairs"] == 3
+    assert s["by_family"]["f"]["combined"] == pytest.approx((0.9 + 0.5 + 1.0) / 3, abs=1e-4)

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from oodguard.export.baselines import LatentBaselines
+
 
 @dataclass
 class BenchModel:
@@ -25,6 +27,7 @@ class BenchModel:
     attractors: np.ndarray  # (K, d) float32
     tol: float
     inputs: np.ndarray  # (M, dim) float32, tiled to the batch sizes
+    train: np.ndarray  # training inputs: the latent baselines' reference sets are fitted on them
     layers: list[tuple[int, int]]  # (in, out) of every Linear of encoder then decoder
     description: str
 
@@ -66,7 +69,7 @@ def demo_model(*, epochs: int = 40, seed: int = 0) -> BenchModel:
     a, tol = _attractors(enc, dec, data.train)
     inputs = np.concatenate([data.test, *(v for _, v in data.ood.values())]).astype(np.float32)
     return BenchModel(
-        "demo", enc, dec, a, tol, inputs,
+        "demo", enc, dec, a, tol, inputs, data.train,
         [(64, 32), (32, 8), (8, 32), (32, 64)],
         f"demo MLPAutoencoder 64-32-8, trained {epochs} epochs on digits 0-4",
     )
@@ -82,10 +85,18 @@ def large_model(*, seed: int = 0) -> BenchModel:
     inputs = rng.uniform(0, 1, size=(1024, 784)).astype(np.float32)
     a, tol = _attractors(enc, dec, inputs[:256])
     return BenchModel(
-        "large", enc, dec, a, tol, inputs,
+        "large", enc, dec, a, tol, inputs, inputs[:256],
         [(784, 512), (512, 256), (256, 32), (32, 256), (256, 512), (512, 784)],
         "MLP autoencoder 784-512-256-32, random weights",
     )
+
+
+def baselines_of(model: BenchModel, steps: int) -> LatentBaselines:
+    """The latent baselines' reference sets for ``T = steps``, as the exporter fits them."""
+    from oodguard.export.baselines import fit_latent_baselines
+
+    return fit_latent_baselines(model.encoder, model.decoder, model.train, steps=steps,
+                                resolution=model.tol)
 
 
 def batch_of(model: BenchModel, n: int) -> np.ndarray:
@@ -105,13 +116,16 @@ def torch_reference(
     *,
     steps: int,
     tol: float,
+    baselines: LatentBaselines,
 ) -> torch.Tensor:
     """The features as a user would write them from the paper: a Python loop over ``T`` steps
     and the features in plain torch, batch first, distances by ``torch.cdist`` (in its exact
     mode: the default matrix-product mode loses ~1e-2 near an attractor, where in-distribution
     codes end).
 
-    Returns features ``[N, 9]`` in :data:`oodguard.features.FEATURE_NAMES` order.
+    The latent baselines are ``torch.cdist`` + ``topk`` over the bank and ``‖(z − μ) W‖``.
+
+    Returns features ``[N, F]`` in :data:`oodguard.features.FEATURE_NAMES` order.
     """
     n = x.shape[0]
     z = encoder(x)
@@ -134,6 +148,14 @@ def torch_reference(
     d = zs.shape[-1]
     dist = torch.cdist(zs.reshape(-1, d), attractors, compute_mode=_EXACT).min(dim=1).values
     dist = dist.reshape(n, steps + 1)
+    base = []
+    for ref, zq in ((baselines.initial, zs[:, 0]), (baselines.terminal, zs[:, -1])):
+        bank = torch.from_numpy(ref.bank).to(x.device)
+        mean = torch.from_numpy(ref.mean).to(x.device)
+        knn = torch.cdist(zq, bank, compute_mode=_EXACT).topk(
+            baselines.k, dim=1, largest=False).values[:, -1]
+        maha = ((zq - mean) @ torch.from_numpy(ref.whitening).to(x.device)).norm(dim=-1)
+        base += [knn, maha]
     return torch.stack(
         [
             recon,
@@ -145,6 +167,7 @@ def torch_reference(
             (zs[:, -1] - zs[:, 0]).norm(dim=-1),
             dist[:, -1],
             dist.mean(dim=1),
+            *base,
         ],
         dim=1,
     )

@@ -2,7 +2,7 @@
 
 For each model (``demo``: the demo autoencoder 64-32-8 trained briefly on digits; ``large``: an
 MLP autoencoder 784-512-256-32 with random weights), each ``T`` and each batch size, the same
-nine features are computed by
+features (trajectory features and latent baselines) are computed by
 
 - ``torch``: :func:`_models.torch_reference`, a Python loop over ``T`` steps and the features
   in torch under ``inference_mode`` (what a user would write from the paper);
@@ -99,7 +99,7 @@ def _check(ref: np.ndarray, got: np.ndarray) -> float:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from _loop import loop_model
-    from _models import batch_of, demo_model, large_model, torch_reference
+    from _models import baselines_of, batch_of, demo_model, large_model, torch_reference
 
     from oodguard.export.exporter import export_onnx
     from oodguard.export.trajectory import TrajectoryFeatures
@@ -137,9 +137,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         enc, dec = bm.encoder.to(device), bm.decoder.to(device)
         a_dev = torch.from_numpy(bm.attractors).to(device)
         for steps in steps_list:
+            baselines = baselines_of(bm, steps)
             module = TrajectoryFeatures(bm.encoder.cpu(), bm.decoder.cpu(),
                                         torch.from_numpy(bm.attractors), steps=steps,
-                                        tol=bm.tol).eval()
+                                        tol=bm.tol, baselines=baselines).eval()
             example = torch.from_numpy(batch_of(bm, 4))
             unrolled = export_onnx(module, example)
             engines = {"onnx-unrolled": _engine(unrolled, bm, steps, args)}
@@ -151,7 +152,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             enc, dec = bm.encoder.to(device), bm.decoder.to(device)
             xc = batch_of(bm, 256)
             ref = torch_reference(enc, dec, a_dev, torch.from_numpy(xc).to(device),
-                                  steps=steps, tol=bm.tol).cpu().numpy()
+                                  steps=steps, tol=bm.tol, baselines=baselines).cpu().numpy()
             for impl, eng in engines.items():
                 checks.append({"model": bm.name, "T": steps, "impl": impl,
                                "max_scaled_diff_vs_torch": _check(ref, eng.run(xc))})
@@ -160,8 +161,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 xt = torch.from_numpy(x).to(device)
 
                 def ref_fn(xt: Any = xt, steps: int = steps, enc: Any = enc, dec: Any = dec,
-                           a_dev: Any = a_dev, tol: float = bm.tol) -> Any:
-                    out = torch_reference(enc, dec, a_dev, xt, steps=steps, tol=tol)
+                           a_dev: Any = a_dev, tol: float = bm.tol,
+                           baselines: Any = baselines) -> Any:
+                    out = torch_reference(enc, dec, a_dev, xt, steps=steps, tol=tol,
+                                          baselines=baselines)
                     return out.cpu() if device == "cuda" else out
 
                 fns: dict[str, Any] = {"torch": ref_fn}

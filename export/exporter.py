@@ -23,6 +23,12 @@ from oodguard.bundle import MODEL_FILE, InputSpec, Manifest, write_bundle
 from oodguard.errors import ExportError
 from oodguard.export.attractors import AttractorReport, discover_attractors
 from oodguard.export.autoencoder import as_encoder_decoder
+from oodguard.export.baselines import (
+    DEFAULT_KNN_K,
+    DEFAULT_MAX_BANK,
+    LatentBaselines,
+    fit_latent_baselines,
+)
 from oodguard.export.parity import (
     DEFAULT_ATOL,
     DEFAULT_RTOL,
@@ -47,6 +53,7 @@ class ExportReport:
     path: Path
     attractors: AttractorReport
     parity: ParityReport
+    baselines: LatentBaselines
     onnx_bytes: int
     export_seconds: float
 
@@ -135,6 +142,8 @@ def export_bundle(
     seed: int = 0,
     precision: str = "float32",
     rewrite_elu: bool = True,
+    knn_k: int = DEFAULT_KNN_K,
+    max_bank: int = DEFAULT_MAX_BANK,
 ) -> ExportReport:
     """Export a trained autoencoder to an (uncalibrated) bundle directory.
 
@@ -165,6 +174,9 @@ def export_bundle(
         Give large batches a copy of the graph with a faster ``Elu`` behind an ``If`` on the
         batch size (see :mod:`oodguard.export.rewrite`; CPU speed). Turn it off for a GPU
         bundle meant for CUDA-graph capture, which cannot capture the ``If``.
+    knn_k, max_bank : int
+        ``k`` of the ``latent_knn``/``terminal_knn`` features and the most training codes kept
+        in their banks (a seeded subsample beyond it; see :mod:`oodguard.export.baselines`).
 
     Raises
     ------
@@ -194,14 +206,17 @@ def export_bundle(
     half = precision == "float16"
     parity_rtol = parity_rtol if parity_rtol is not None else (FP16_RTOL if half else DEFAULT_RTOL)
     parity_atol = parity_atol if parity_atol is not None else (FP16_ATOL if half else DEFAULT_ATOL)
+    baselines = fit_latent_baselines(enc, dec, x_train, steps=steps, k=knn_k, max_bank=max_bank,
+                                     seed=seed, resolution=report.tol)
     module = TrajectoryFeatures(
-        enc, dec, torch.from_numpy(report.attractors), steps=steps, tol=report.tol
+        enc, dec, torch.from_numpy(report.attractors), steps=steps, tol=report.tol,
+        baselines=baselines,
     ).eval()
     module32 = module
     if half:
         module = TrajectoryFeatures(
             _Half(enc), _Half(dec), torch.from_numpy(report.attractors), steps=steps,
-            tol=report.tol,
+            tol=report.tol, baselines=baselines,
         ).eval()
     if x_check is None:
         rng = np.random.default_rng(seed)
@@ -239,9 +254,10 @@ def export_bundle(
         convergence_tol=report.tol,
         parity=_parity_doc(parity, module32 if half else None, onnx_features, x_check),
         versions=_versions(data),
+        dynamics={"baselines": baselines.to_dict()},
     )
     out = write_bundle(path, manifest, {MODEL_FILE: data}, overwrite=overwrite)
-    return ExportReport(out, report, parity, len(data), time.perf_counter() - t0)
+    return ExportReport(out, report, parity, baselines, len(data), time.perf_counter() - t0)
 
 
 class _Half(nn.Module):

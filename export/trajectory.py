@@ -7,6 +7,10 @@ with a bias (argmax of ``z·a − ‖a‖²/2``) over all ``N·(T+1)`` trajector
 to the chosen one is then computed exactly: the expanded form alone loses precision near an
 attractor, which is precisely where in-distribution codes end up. The trajectory is kept
 time-major ``[T+1, N, d]`` inside the graph (contiguous slices over ``t``).
+
+The latent baselines (see :mod:`oodguard.export.baselines`) take the same route on codes centred
+on the reference mean: ``2k`` candidates by one matrix product with a bias and a TopK, then their
+exact distances and the ``k``-th smallest; Mahalanobis is ``‖(z − μ) W‖``.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from oodguard.export.baselines import DEFAULT_KNN_K, LatentBaselines, reference_from_points
 from oodguard.features import FEATURE_NAMES
 
 __all__ = ["TrajectoryFeatures", "slope_weights"]
@@ -41,6 +46,10 @@ class TrajectoryFeatures(nn.Module):
         Convergence tolerance on ``‖z_{t+1} − z_t‖`` (``steps_to_converge``; also the ``eps``
         inside ``convergence_rate``'s logarithm, so converged steps flatten at ``log(tol)``
         instead of amplifying float rounding).
+    baselines : LatentBaselines, optional
+        Reference sets for ``latent_*`` and ``terminal_*`` (fitted on training codes by the
+        exporter). Without them the attractor bank serves as the reference set for both, with
+        ``k = min(5, K)`` — for tests and benchmarks, not for a bundle.
     """
 
     feature_names = FEATURE_NAMES
@@ -58,6 +67,7 @@ class TrajectoryFeatures(nn.Module):
         *,
         steps: int,
         tol: float,
+        baselines: LatentBaselines | None = None,
     ) -> None:
         super().__init__()
         if steps < 2:
@@ -78,6 +88,51 @@ class TrajectoryFeatures(nn.Module):
         self.register_buffer("attractor_half_sq", -0.5 * (a * a).sum(1))
         self.register_buffer("slope_w", slope_weights(self.steps))
         self.register_buffer("t_index", torch.arange(self.steps, dtype=torch.float32))
+        if baselines is None:
+            baselines = reference_from_points(a.numpy(), DEFAULT_KNN_K)
+        self.baselines = baselines
+        self.knn_k = int(baselines.k)
+        bank_size = min(len(baselines.initial.bank), len(baselines.terminal.bank))
+        self.knn_candidates = min(2 * self.knn_k, bank_size)
+        for tag, ref in (("initial", baselines.initial), ("terminal", baselines.terminal)):
+            mean = torch.from_numpy(ref.mean).float()
+            bank = torch.from_numpy(ref.bank).float() - mean
+            if bank.shape[1] != a.shape[1] or len(bank) < self.knn_k:
+                raise ValueError(
+                    f"the {tag} kNN bank must be (M >= k={self.knn_k}, d={a.shape[1]}). "
+                    f"Got {tuple(bank.shape)}"
+                )
+            self.register_buffer(f"{tag}_bank", bank)
+            self.register_buffer(f"{tag}_bank_t", bank.T.contiguous())
+            self.register_buffer(f"{tag}_bank_half_sq", -0.5 * (bank * bank).sum(1))
+            self.register_buffer(f"{tag}_mean", mean)
+            self.register_buffer(f"{tag}_whitening", torch.from_numpy(ref.whitening).float())
+
+    def knn_distance(self, zc: torch.Tensor, tag: str) -> torch.Tensor:
+        """Distance ``[N]`` from each row of ``zc = z − μ [N, d]`` to its ``k``-th nearest bank
+        code (the bank is stored centred on the same ``μ``).
+
+        Centring keeps the expanded form's float32 error (``~‖z‖²·1e-7``) small for codes far
+        from the origin; ``2k`` candidates are taken from it and the ``k``-th smallest of
+        their exact distances returned, so that near-ties in the expanded form do not matter.
+        """
+        bank = getattr(self, f"{tag}_bank")
+        score = torch.addmm(getattr(self, f"{tag}_bank_half_sq"), zc,
+                            getattr(self, f"{tag}_bank_t"))
+        idx = torch.topk(score, self.knn_candidates, dim=1).indices  # [N, c], c ≥ k
+        near = bank.index_select(0, idx.reshape(-1)).reshape(zc.shape[0], self.knn_candidates, -1)
+        exact = torch.linalg.vector_norm(zc[:, None, :] - near, dim=-1)  # [N, c]
+        return torch.topk(exact, self.knn_k, dim=1, largest=False).values.amax(dim=1)
+
+    def mahalanobis(self, zc: torch.Tensor, tag: str) -> torch.Tensor:
+        """``‖(z − μ) W‖ [N]`` from ``zc = z − μ``: Mahalanobis distance under the reference
+        set's shrunk covariance."""
+        return torch.linalg.vector_norm(zc @ getattr(self, f"{tag}_whitening"), dim=-1)
+
+    def baseline_features(self, z: torch.Tensor, tag: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(knn [N], mahalanobis [N])`` of ``z [N, d]`` against the ``tag`` reference set."""
+        zc = z - getattr(self, f"{tag}_mean")
+        return self.knn_distance(zc, tag), self.mahalanobis(zc, tag)
 
     def time_major(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(Z [T+1, N, d], x̂ [N, *shape])``: the trajectory, time first, and ``D(z0)``.
@@ -123,6 +178,8 @@ class TrajectoryFeatures(nn.Module):
                                dim=1)
         dist = torch.linalg.vector_norm(points - self.attractors.index_select(0, nearest), dim=-1)
         dist = dist.reshape(self.steps + 1, n)
+        knn0, maha0 = self.baseline_features(traj[0], "initial")
+        knn_t, maha_t = self.baseline_features(traj[-1], "terminal")
         return torch.stack(
             [
                 recon,
@@ -134,6 +191,10 @@ class TrajectoryFeatures(nn.Module):
                 torch.linalg.vector_norm(traj[-1] - traj[0], dim=-1),
                 dist[-1],
                 dist.mean(dim=0),
+                knn0,
+                maha0,
+                knn_t,
+                maha_t,
             ],
             dim=1,
         )

@@ -92,6 +92,7 @@ class Manifest:
     latent_dim: int
     convergence_tol: float
     parity: Mapping[str, Any] = field(default_factory=dict)
+    dynamics: Mapping[str, Any] = field(default_factory=dict)
     versions: Mapping[str, str] = field(default_factory=dict)
     files: Mapping[str, str] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
@@ -113,6 +114,10 @@ class Manifest:
         d["files"] = dict(self.files)
         d["versions"] = dict(self.versions)
         d["parity"] = dict(self.parity)
+        if self.dynamics:  # optional: a manifest written without it round-trips unchanged
+            d["dynamics"] = dict(self.dynamics)
+        else:
+            del d["dynamics"]
         return d
 
     @classmethod
@@ -135,6 +140,7 @@ class Manifest:
                 latent_dim=int(d["latent_dim"]),
                 convergence_tol=float(d["convergence_tol"]),
                 parity=dict(d.get("parity", {})),
+                dynamics=dict(d.get("dynamics", {})),
                 versions={str(k): str(v) for k, v in d.get("versions", {}).items()},
                 files={str(k): str(v) for k, v in d["files"].items()},
             )

@@ -16,7 +16,17 @@ path_length            ``Σ_t s_t``
 displacement           ``‖zT − z0‖``
 attractor_distance     ``min_a ‖zT − a‖`` — terminal distance to the nearest attractor
 mean_attractor_distance ``mean_{t=0..T} min_a ‖z_t − a‖`` — the score of Fumero et al. (2026)
+latent_knn             ``‖z0 − b_(k)‖``: distance to the ``k``-th nearest training code of a
+                       bank ``B0`` (≤ 4096 training codes; ``k = 5`` by default)
+latent_mahalanobis     ``sqrt((z0 − μ0)ᵀ Σ0⁻¹ (z0 − μ0))``, ``μ0``/``Σ0`` the training codes'
+                       mean and Ledoit–Wolf shrunk covariance
+terminal_knn           ``‖zT − b_(k)‖`` over the bank ``BT`` of the bank codes' terminal points
+terminal_mahalanobis   as ``latent_mahalanobis`` at ``zT``, under the terminal points' ``μT, ΣT``
 ====================== ======================================================================
+
+The last four are the classic latent baselines (kNN and Mahalanobis distance of the code),
+computed inside the same graph so that calibration can weigh them against the trajectory
+features; how the reference sets are fitted is documented in :mod:`oodguard.export.baselines`.
 
 Features are raw measurements, not scores: their direction (larger or smaller for OOD data)
 depends on the autoencoder. The calibrated score built on them is what is "higher = more OOD".
@@ -36,6 +46,10 @@ FEATURE_FORMULAS: dict[str, str] = {
     "displacement": "‖zT − z0‖",
     "attractor_distance": "min_a ‖zT − a‖",
     "mean_attractor_distance": "mean_t min_a ‖z_t − a‖ over t = 0..T",
+    "latent_knn": "‖z0 − b_(k)‖, k-th nearest of a bank of training codes",
+    "latent_mahalanobis": "sqrt((z0 − μ0)ᵀ Σ0⁻¹ (z0 − μ0)), Ledoit–Wolf Σ0 of training codes",
+    "terminal_knn": "‖zT − b_(k)‖, k-th nearest of the bank codes' terminal points",
+    "terminal_mahalanobis": "sqrt((zT − μT)ᵀ ΣT⁻¹ (zT − μT)), Ledoit–Wolf ΣT of terminal points",
 }
 
 FEATURE_NAMES: tuple[str, ...] = tuple(FEATURE_FORMULAS)

@@ -13,6 +13,7 @@ from oodguard.errors import ExportError
 from oodguard.export import TrajectoryFeatures, check_parity, discover_attractors, export_bundle
 from oodguard.export.attractors import merge_points
 from oodguard.export.autoencoder import as_encoder_decoder
+from oodguard.export.baselines import fit_latent_baselines
 from oodguard.export.exporter import export_onnx
 from oodguard.features import FEATURE_NAMES
 
@@ -34,8 +35,11 @@ def test_parity_torch_vs_onnxruntime_on_fresh_inputs(raw_bundle, autoencoder, da
     # Rebuild the reference from the same attractors: discovery is deterministic.
     report = discover_attractors(enc, dec, data["train"])
     assert len(report.attractors) == b.manifest.attractor_count
+    baselines = fit_latent_baselines(enc, dec, data["train"], steps=b.manifest.steps,
+                                     resolution=report.tol)
     module = TrajectoryFeatures(enc, dec, torch.from_numpy(report.attractors),
-                                steps=b.manifest.steps, tol=b.manifest.convergence_tol)
+                                steps=b.manifest.steps, tol=b.manifest.convergence_tol,
+                                baselines=baselines)
     x = np.concatenate([data["test"][:200], data["noise"][:100], 5 * data["noise"][:20]])
     sess = ort.InferenceSession(b.files[MODEL_FILE], providers=["CPUExecutionProvider"])
     got = sess.run(None, {"x": x})[0]

@@ -125,22 +125,27 @@ def test_detection_binomial_interval_covers_at_the_stated_level() -> None:
     assert cover >= 0.985  # exact interval: coverage ≥ 0.99, minus Monte-Carlo error
 
 
-def test_detection_summary_counts_pairs_within_the_margin() -> None:
-    det = _detection()
+def _record(model_id: str = "m") -> dict:  # type: ignore[type-arg]
+    """A scored model record with three pairs: within, outside the margin, trivially far."""
 
     def pair(name: str, comb: float, recon: float, flagged: float = 0.5) -> dict:  # type: ignore[type-arg]
         m = {"auroc": 0.0, "fpr95": 1.0}
-        return {"ood_set": name, "combined": {"auroc": comb, "fpr95": 0.0,
+        return {"ood_set": name, "kind": "far", "combined": {"auroc": comb, "fpr95": 0.0,
                                               "flagged_at_alpha": flagged},
                 "recon": {**m, "auroc": recon}, "maha": m, "knn": m,
                 "mean_attractor_distance": m, "features": {},
                 "best_baseline": "recon", "combined_minus_best_baseline": comb - recon}
 
-    rec = {"model_id": "m", "family": "f", "recipe": "r", "export": {"ok": True},
-           "calibration": {"ok": True},
-           "in_distribution": {"fpr_at_alpha": 0.08, "fpr_ci99": [0.06, 0.11]},
-           "pairs": [pair("a", 0.90, 0.91), pair("b", 0.50, 0.80),
-                     pair("trivial_constant_1e3", 1.0, 1.0, 1.0)]}
+    return {"model_id": model_id, "family": "f", "recipe": "r", "export": {"ok": True},
+            "calibration": {"ok": True, "selected": ["recon_error"]},
+            "in_distribution": {"fpr_at_alpha": 0.08, "fpr_ci99": [0.06, 0.11]},
+            "pairs": [pair("a", 0.90, 0.91), pair("b", 0.50, 0.80),
+                      pair("trivial_constant_1e3", 1.0, 1.0, 1.0)]}
+
+
+def test_detection_summary_counts_pairs_within_the_margin() -> None:
+    det = _detection()
+    rec = _record()
     failed = {"model_id": "x", "family": "f", "export": {"ok": False, "error": "ExportError: e"}}
     s = det.summarise([rec, failed], 0.05)
     assert s["pairs"] == 3 and s["models"] == 2 and s["exported_with_defaults"] == 1
@@ -152,3 +157,18 @@ def test_detection_summary_counts_pairs_within_the_margin() -> None:
     assert s["models_fpr_above_alpha_at_99"] == ["m"]  # interval [0.06, 0.11] excludes 0.05
     assert s["by_family"]["f"]["pairs"] == 3
     assert s["by_family"]["f"]["combined"] == pytest.approx((0.9 + 0.5 + 1.0) / 3, abs=1e-4)
+
+
+def test_detection_merge_joins_disjoint_runs_and_refuses_repeats(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    det = _detection()
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"mode": "full", "complete": True, "models": [_record("m0")]}))
+    b.write_text(json.dumps({"mode": "full", "complete": False, "models": [_record("m1")]}))
+    doc = det.main(["--merge", str(a), str(b), "--out", str(tmp_path / "m.json")])
+    assert [m["model_id"] for m in doc["models"]] == ["m0", "m1"]
+    assert doc["summary"]["pairs"] == 6 and doc["complete"] is False
+    assert json.loads((tmp_path / "m.json").read_text())["summary"]["models"] == 2
+    assert (tmp_path / "m.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="hold some models twice"):
+        det.main(["--merge", str(a), str(a), "--out", str(tmp_path / "n.json")])
+

@@ -62,12 +62,16 @@ def _detection():  # type: ignore[no-untyped-def]
 def test_detection_benchmark_tiny_run_writes_results_and_artifacts(tmp_path) -> None:  # type: ignore[no-untyped-def]
     out, art = tmp_path / "detection.json", tmp_path / "artifacts"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "detection.py"), "--tiny", "--out", str(out),
-           "--save-artifacts", str(art)]
+           "--save-artifacts", str(art), "--fallback-parity", "0.05"]
     run = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
     assert "[2/2]" in run.stdout  # progress lines
     doc = json.loads(out.read_text())
     s = doc["summary"]
-    assert s["models"] == 2 and s["exported_with_defaults"] == 2 and s["calibrated"] == 2
+    # a model whose default export fails parity is re-exported with the recorded tolerance
+    assert s["models"] == 2 and s["calibrated"] == 2
+    assert s["exported_with_defaults"] + s["exported_with_fallback_parity"] == 2
+    for m in doc["models"]:
+        assert m["export"]["ok"] or m["export"]["fallback"]["parity_atol"] == 0.05
     assert out.with_suffix(".png").stat().st_size > 0
     for m in doc["models"]:
         names = json.loads((art / m["model_id"] / "bundle" / "manifest.json").read_text())

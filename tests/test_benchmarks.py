@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch")
@@ -67,3 +68,130 @@ def test_soak_benchmark_quick_mode_reports_no_errors_and_no_lost_request(
     assert drain["lost"] == 0 and drain["exit_code"] == 0
     assert sum(slow["statuses"].values()) == slow["connections"]
     assert set(slow["statuses"]) <= {"408", "503"}
+
+
+def _detection():  # type: ignore[no-untyped-def]
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import detection
+
+    return detection
+
+
+@pytest.mark.slow
+def test_detection_benchmark_tiny_run_writes_results_and_artifacts(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out, art = tmp_path / "detection.json", tmp_path / "artifacts"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "detection.py"), "--tiny", "--out", str(out),
+           "--save-artifacts", str(art), "--fallback-parity", "0.05"]
+    run = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
+    assert "[2/2]" in run.stdout  # progress lines
+    doc = json.loads(out.read_text())
+    s = doc["summary"]
+    # a model whose default export fails parity is re-exported with the recorded tolerance
+    assert s["models"] == 2 and s["calibrated"] == 2
+    assert s["exported_with_defaults"] + s["exported_with_fallback_parity"] == 2
+    for m in doc["models"]:
+        assert m["export"]["ok"] or m["export"]["fallback"]["parity_atol"] == 0.05
+    assert out.with_suffix(".png").stat().st_size > 0
+    for m in doc["models"]:
+        names = json.loads((art / m["model_id"] / "bundle" / "manifest.json").read_text())
+        assert m["features"] == names["feature_names"]  # read from the manifest
+        lo, hi = m["in_distribution"]["fpr_ci99"]
+        assert lo <= m["in_distribution"]["fpr_at_alpha"] <= hi
+        sets = {p["ood_set"] for p in m["pairs"]}
+        assert {"trivial_constant_1e3", "trivial_normal_sd10"} <= sets
+        for p in m["pairs"]:
+            assert {"combined", "recon", "maha", "knn", "mean_attractor_distance"} <= set(p)
+            assert set(p["features"]) == set(m["features"])
+            for f in p["features"].values():  # best direction is the better of the two
+                assert f["best"]["auroc"] == pytest.approx(max(f["given"]["auroc"],
+                                                                1 - f["given"]["auroc"]))
+        with np.load(art / m["model_id"] / "data.npz") as z:
+            assert {"x_val", "x_test"} | {f"ood__{k}" for k in sets} == set(z.keys())
+            assert len(z["x_test"]) == m["n_test"]
+        assert not (art / m["model_id"] / "bundle" / "calibration.json").exists()
+        meta = json.loads((art / m["model_id"] / "meta.json").read_text())
+        assert meta["family"] == m["family"] and meta["seed"] == m["seed"]
+    # existing artifacts are not replaced without --overwrite
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode != 0 and "pass --overwrite" in again.stderr
+
+
+def test_detection_data_is_seeded_and_splits_are_disjoint() -> None:
+    det = _detection()
+    from _detection_data import add_trivial, load_family
+
+    for fam in ("digits", "patches", "signals", "cancer"):
+        a, b = load_family(fam, seed=0), load_family(fam, seed=0)
+        np.testing.assert_array_equal(a.train, b.train)
+        np.testing.assert_array_equal(a.ood[next(iter(a.ood))][1], b.ood[next(iter(b.ood))][1])
+        rows = {r.tobytes() for r in a.train}
+        assert not any(r.tobytes() in rows for r in a.test)
+        assert a.train.dtype == np.float32 and a.train.shape[1] == a.val.shape[1]
+        sets = add_trivial(a, seed=0)
+        assert np.all(sets["trivial_constant_1e3"][1] == 1e3)
+        assert abs(float(sets["trivial_normal_sd10"][1].std()) - 10.0) < 0.2
+    with pytest.raises(ValueError, match="unknown data family 'mnist'"):
+        load_family("mnist")
+    assert det.plan("quick") and {s.recipe for s in det.plan("full")} == {"wd_denoise", "none",
+                                                                          "mask"}
+
+
+def test_detection_binomial_interval_covers_at_the_stated_level() -> None:
+    det = _detection()
+    lo, hi = det.binomial_interval(0, 100)
+    assert lo == 0.0 and 0.04 < hi < 0.06  # 1 − 0.005^(1/100) = 0.0516
+    rng = np.random.default_rng(0)
+    n, p = 200, 0.05
+    ks = rng.binomial(n, p, size=2000)
+    cover = np.mean([det.binomial_interval(int(k), n)[0] <= p <= det.binomial_interval(int(k), n)[1]
+                     for k in ks])
+    assert cover >= 0.985  # exact interval: coverage ≥ 0.99, minus Monte-Carlo error
+
+
+def _record(model_id: str = "m") -> dict:  # type: ignore[type-arg]
+    """A scored model record with three pairs: within, outside the margin, trivially far."""
+
+    def pair(name: str, comb: float, recon: float, flagged: float = 0.5) -> dict:  # type: ignore[type-arg]
+        m = {"auroc": 0.0, "fpr95": 1.0}
+        return {"ood_set": name, "kind": "far", "combined": {"auroc": comb, "fpr95": 0.0,
+                                              "flagged_at_alpha": flagged},
+                "recon": {**m, "auroc": recon}, "maha": m, "knn": m,
+                "mean_attractor_distance": m, "features": {},
+                "best_baseline": "recon", "combined_minus_best_baseline": comb - recon}
+
+    return {"model_id": model_id, "family": "f", "recipe": "r", "export": {"ok": True},
+            "calibration": {"ok": True, "selected": ["recon_error"]},
+            "in_distribution": {"fpr_at_alpha": 0.08, "fpr_ci99": [0.06, 0.11]},
+            "pairs": [pair("a", 0.90, 0.91), pair("b", 0.50, 0.80),
+                      pair("trivial_constant_1e3", 1.0, 1.0, 1.0)]}
+
+
+def test_detection_summary_counts_pairs_within_the_margin() -> None:
+    det = _detection()
+    rec = _record()
+    failed = {"model_id": "x", "family": "f", "export": {"ok": False, "error": "ExportError: e"}}
+    s = det.summarise([rec, failed], 0.05)
+    assert s["pairs"] == 3 and s["models"] == 2 and s["exported_with_defaults"] == 1
+    assert s["frac_pairs_combined_within_margin_of_best_baseline"] == pytest.approx(2 / 3, abs=1e-4)
+    assert s["frac_within_margin_excluding_trivial"] == 0.5
+    assert s["failures"] == {"x": "ExportError: e"}
+    assert s["trivially_far_all_flagged"] is True
+    assert s["worst_pair"]["ood_set"] == "b"
+    assert s["models_fpr_above_alpha_at_99"] == ["m"]  # interval [0.06, 0.11] excludes 0.05
+    assert s["by_family"]["f"]["pairs"] == 3
+    assert s["by_family"]["f"]["combined"] == pytest.approx((0.9 + 0.5 + 1.0) / 3, abs=1e-4)
+
+
+def test_detection_merge_joins_disjoint_runs_and_refuses_repeats(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    det = _detection()
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"mode": "full", "complete": True, "models": [_record("m0")]}))
+    b.write_text(json.dumps({"mode": "full", "complete": False, "models": [_record("m1")]}))
+    doc = det.main(["--merge", str(a), str(b), "--out", str(tmp_path / "m.json")])
+    assert [m["model_id"] for m in doc["models"]] == ["m0", "m1"]
+    assert doc["summary"]["pairs"] == 6 and doc["complete"] is False
+    assert json.loads((tmp_path / "m.json").read_text())["summary"]["models"] == 2
+    assert (tmp_path / "m.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="hold some models twice"):
+        det.main(["--merge", str(a), str(a), "--out", str(tmp_path / "n.json")])
+

@@ -8,11 +8,13 @@ if [ ! -x .venv/bin/python ]; then
   echo "==> creating .venv with $($PY --version)"
   "$PY" -m venv .venv
 fi
+# requirements/bench.txt adds the detection benchmark's peers (PyOD, scikit-image's bundled
+# photos) to requirements/ci.txt, so the benchmark's smoke test runs them too.
 stamp=.venv/.oodguard-requirements
-if ! cmp -s requirements/ci.txt "$stamp" 2>/dev/null; then
-  echo "==> installing pinned requirements (requirements/ci.txt)"
+if ! cat requirements/ci.txt requirements/bench.txt | cmp -s - "$stamp" 2>/dev/null; then
+  echo "==> installing pinned requirements (requirements/ci.txt, requirements/bench.txt)"
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -r requirements/ci.txt
-  cp requirements/ci.txt "$stamp"
+  .venv/bin/python -m pip install --quiet -r requirements/bench.txt
+  cat requirements/ci.txt requirements/bench.txt > "$stamp"
 fi
 .venv/bin/python -m pip install --quiet --no-deps -e .

@@ -78,7 +78,8 @@ def plan(mode: str) -> list[ModelSpec]:
 def _metrics(s_in: np.ndarray, s_out: np.ndarray) -> dict[str, float]:
     from oodguard.calibration import auroc, fpr_at_tpr
 
-    return {"auroc": round(auroc(s_in, s_out), 4), "fpr95": round(fpr_at_tpr(s_in, s_out), 4)}
+    return {"auroc": round(auroc(scores_in=s_in, scores_out=s_out), 4),
+            "fpr95": round(fpr_at_tpr(scores_in=s_in, scores_out=s_out), 4)}
 
 
 def _finite(s: np.ndarray) -> tuple[np.ndarray, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import make_data
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from oodguard.calibration import EvaluationReport, evaluate
@@ -12,7 +13,6 @@ from oodguard.calibration.evaluate import _ks_tests
 from oodguard.errors import CalibrationError, InvalidInputError, NotCalibratedError
 from oodguard.guard import Guard
 from oodguard.scoring import conformal_p_values, score_threshold
-from tests.conftest import make_data
 
 
 @pytest.fixture(scope="module")

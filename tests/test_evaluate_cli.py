@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_data
 
 from oodguard.calibration import evaluate
 from oodguard.cli import main
-from tests.conftest import make_data
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -40,7 +40,23 @@ class ModelSpec:
         return f"{self.family}-{self.arch}-{self.recipe}-z{self.latent}-s{self.seed}"
 
 
-class MLPAE(nn.Module):
+class _AE(nn.Module):
+    """``encode``/``decode`` over ``self.encoder``/``self.decoder`` (what the exporter calls)."""
+
+    encoder: nn.Module
+    decoder: nn.Module
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+
+class MLPAE(_AE):
     """``dim ▶ hidden ▶ hidden/2 ▶ latent ▶ hidden/2 ▶ hidden ▶ dim`` (ELU)."""
 
     def __init__(self, dim: int, latent: int, hidden: int, output: str) -> None:
@@ -54,17 +70,8 @@ class MLPAE(nn.Module):
             dec.append(nn.Sigmoid())
         self.decoder = nn.Sequential(*dec)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
-
-
-class ConvAE(nn.Module):
+class ConvAE(_AE):
     """A small conv autoencoder over ``(H, W)`` images given as flattened rows (H, W ÷ 4):
     two stride-2 convolutions (16, 32 channels), a linear bottleneck, and the mirror image."""
 
@@ -87,15 +94,6 @@ class ConvAE(nn.Module):
         if output == "sigmoid":
             dec.append(nn.Sigmoid())
         self.decoder = nn.Sequential(*dec)
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
 
 
 def build(spec: ModelSpec, dim: int, shape: tuple[int, ...], output: str) -> nn.Module:

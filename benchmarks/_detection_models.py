@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from oodguard.demo.train import EncoderDecoder
+
 __all__ = ["RECIPES", "ModelSpec", "build", "baselines", "pyod_scores", "train"]
 
 RECIPES = ("wd_denoise", "none", "mask")
@@ -40,23 +42,7 @@ class ModelSpec:
         return f"{self.family}-{self.arch}-{self.recipe}-z{self.latent}-s{self.seed}"
 
 
-class _AE(nn.Module):
-    """``encode``/``decode`` over ``self.encoder``/``self.decoder`` (what the exporter calls)."""
-
-    encoder: nn.Module
-    decoder: nn.Module
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
-
-
-class MLPAE(_AE):
+class MLPAE(EncoderDecoder):
     """``dim ▶ hidden ▶ hidden/2 ▶ latent ▶ hidden/2 ▶ hidden ▶ dim`` (ELU)."""
 
     def __init__(self, dim: int, latent: int, hidden: int, output: str) -> None:
@@ -71,7 +57,7 @@ class MLPAE(_AE):
         self.decoder = nn.Sequential(*dec)
 
 
-class ConvAE(_AE):
+class ConvAE(EncoderDecoder):
     """A small conv autoencoder over ``(H, W)`` images given as flattened rows (H, W ÷ 4):
     two stride-2 convolutions (16, 32 channels), a linear bottleneck, and the mirror image."""
 

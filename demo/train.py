@@ -13,20 +13,16 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["MLPAutoencoder", "train_autoencoder"]
+__all__ = ["EncoderDecoder", "MLPAutoencoder", "train_autoencoder"]
 
 log = logging.getLogger(__name__)
 
 
-class MLPAutoencoder(nn.Module):
-    """``dim ▶ hidden ▶ latent ▶ hidden ▶ dim`` with a sigmoid output (inputs in [0, 1])."""
+class EncoderDecoder(nn.Module):
+    """``encode``/``decode`` (what the exporter calls) over ``self.encoder``/``self.decoder``."""
 
-    def __init__(self, dim: int = 64, hidden: int = 32, latent: int = 8) -> None:
-        super().__init__()
-        self.encoder = nn.Sequential(nn.Linear(dim, hidden), nn.ELU(), nn.Linear(hidden, latent))
-        self.decoder = nn.Sequential(
-            nn.Linear(latent, hidden), nn.ELU(), nn.Linear(hidden, dim), nn.Sigmoid()
-        )
+    encoder: nn.Module
+    decoder: nn.Module
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
@@ -36,6 +32,17 @@ class MLPAutoencoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
+
+
+class MLPAutoencoder(EncoderDecoder):
+    """``dim ▶ hidden ▶ latent ▶ hidden ▶ dim`` with a sigmoid output (inputs in [0, 1])."""
+
+    def __init__(self, dim: int = 64, hidden: int = 32, latent: int = 8) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(dim, hidden), nn.ELU(), nn.Linear(hidden, latent))
+        self.decoder = nn.Sequential(
+            nn.Linear(latent, hidden), nn.ELU(), nn.Linear(hidden, dim), nn.Sigmoid()
+        )
 
 
 def train_autoencoder(

@@ -138,8 +138,8 @@ def _features_only(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def export_graphs(
     module: TrajectoryFeatures, example: torch.Tensor, *, rewrite_elu: bool | None = None
-) -> tuple[bytes, list[onnx.ModelProto]]:
-    """``(bundle model bytes, check models)``.
+) -> tuple[bytes, onnx.ModelProto]:
+    """``(bundle model bytes, check model)``.
 
     The module is exported once with the trajectory and ``x̂`` as extra outputs (the check
     model); the bundle graph is the same graph with only the ``features`` output — so the
@@ -163,7 +163,7 @@ def export_graphs(
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as err:
         raise ExportError(f"onnx.checker rejected the exported graph: {err}") from err
-    return model.SerializeToString(), [check]
+    return model.SerializeToString(), check
 
 
 def export_onnx(
@@ -190,17 +190,6 @@ def _check_outputs(model: onnx.ModelProto, x: np.ndarray) -> tuple[np.ndarray, .
     """ONNX Runtime's ``(features, trajectory [T+1, N, d], x̂)`` from a check model."""
     sess = _session(model.SerializeToString())
     return tuple(sess.run(None, {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)}))
-
-
-def _onnx_features(data: bytes, x: np.ndarray, *, by_row: bool) -> tuple[np.ndarray, ...]:
-    """ONNX Runtime's features for the whole batch and, with ``by_row``, one row at a time."""
-    sess = _session(data)
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    full = sess.run(None, {INPUT_NAME: x})[0]
-    if not by_row:
-        return (full,)
-    rows = [sess.run(None, {INPUT_NAME: x[i : i + 1]})[0] for i in range(len(x))]
-    return full, np.concatenate(rows)
 
 
 def export_bundle(
@@ -315,13 +304,13 @@ def export_bundle(
         train_rows[:] = True
     log.info("exporting the trajectory graph (T=%d, K=%d)", steps, len(report.attractors))
     with flush_denormal():
-        data, checks = export_graphs(module, torch.from_numpy(x_check[: min(len(x_check), 4)]),
-                                     rewrite_elu=rewrite_elu)
-        parity = _verify(module, checks, x_check, parity_rtol, parity_atol)
-        onnx_runs = _onnx_features(data, x_check, by_row=False)
+        data, check = export_graphs(module, torch.from_numpy(x_check[: min(len(x_check), 4)]),
+                                    rewrite_elu=rewrite_elu)
+        # The check model is the bundle graph plus two outputs: its features are the bundle's.
+        parity, onnx_features = _verify(module, check, x_check, parity_rtol, parity_atol)
         with torch.inference_mode():
             ref = module(torch.from_numpy(x_check)).numpy()
-        stability = measure_stability(module.feature_names, ref, onnx_runs, train_rows,
+        stability = measure_stability(module.feature_names, ref, [onnx_features], train_rows,
                                       atol=parity_atol)
         contraction = measure_contraction(enc, dec, baselines.initial.bank, steps=steps,
                                           tol=report.tol)
@@ -337,7 +326,7 @@ def export_bundle(
         attractor_count=len(report.attractors),
         latent_dim=int(report.attractors.shape[1]),
         convergence_tol=report.tol,
-        parity=_parity_doc(parity, module32 if half else None, onnx_runs[0], x_check),
+        parity=_parity_doc(parity, module32 if half else None, onnx_features, x_check),
         versions=_versions(data),
         dynamics={"baselines": baselines.to_dict(), "contraction": contraction,
                   "stability": stability,
@@ -351,15 +340,12 @@ def export_bundle(
                         time.perf_counter() - t0)
 
 
-def _verify(module: TrajectoryFeatures, checks: list[onnx.ModelProto], x: np.ndarray,
-            rtol: float, atol: float) -> ParityReport:
-    """The deterministic parity check on every check model; raises when any input fails."""
-    parity: ParityReport | None = None
-    for check in checks:
-        p = check_same_trajectory(module, x, *_check_outputs(check, x), rtol=rtol, atol=atol)
-        parity = p if parity is None else parity.combine(p)
-    if parity is None:
-        raise ExportError("no check graph was exported; this is a bug in oodguard.export")
+def _verify(module: TrajectoryFeatures, check: onnx.ModelProto, x: np.ndarray,
+            rtol: float, atol: float) -> tuple[ParityReport, np.ndarray]:
+    """The deterministic parity check on the check model; raises when any input fails.
+    Returns the report and ONNX Runtime's features of ``x``."""
+    outputs = _check_outputs(check, x)
+    parity = check_same_trajectory(module, x, *outputs, rtol=rtol, atol=atol)
     if not parity.ok:
         raise ExportError(
             "ONNX Runtime disagrees with torch on the same trajectory (the one-step map "
@@ -370,7 +356,7 @@ def _verify(module: TrajectoryFeatures, checks: list[onnx.ModelProto], x: np.nda
     log.info("parity ok on %d inputs; max |diff| %s; one-step map %.2g", parity.n,
              {k: f"{v:.2g}" for k, v in parity.max_abs_diff.items()},
              parity.one_step_max_abs_diff)
-    return parity
+    return parity, outputs[0]
 
 
 class _Half(nn.Module):

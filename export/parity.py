@@ -56,18 +56,6 @@ class ParityReport:
     step_failed: np.ndarray
     one_step_max_abs_diff: float = float("nan")
 
-    def combine(self, other: ParityReport) -> ParityReport:
-        """One report for two checks of the same inputs (e.g. two branches of one graph):
-        the worst difference and the inputs that failed in either."""
-        return ParityReport(
-            self.n, self.rtol, self.atol,
-            {k: max(v, other.max_abs_diff[k]) for k, v in self.max_abs_diff.items()},
-            max(self.excused_steps, other.excused_steps),
-            self.feature_failed | other.feature_failed,
-            self.step_failed | other.step_failed,
-            float(np.fmax(self.one_step_max_abs_diff, other.one_step_max_abs_diff)),
-        )
-
     @property
     def failures(self) -> dict[str, int]:
         """Inputs out of tolerance, per feature."""

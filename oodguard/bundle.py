@@ -236,6 +236,8 @@ class Bundle:
     path: Path
     manifest: Manifest
     files: Mapping[str, bytes]
+    # calibration.json as parsed by read_bundle (None: not parsed yet, or not calibrated)
+    calibration: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def calibrated(self) -> bool:
@@ -265,6 +267,8 @@ def load_calibration(bundle: Bundle) -> dict[str, Any]:
             f"bundle {bundle.path} has no {CALIBRATION_FILE}; calibrate it first with "
             "oodguard.calibration.calibrate(bundle, x_validation)"
         )
+    if bundle.calibration is not None:
+        return dict(bundle.calibration)
     return load_object(bundle.files[CALIBRATION_FILE], CALIBRATION_FILE, _FIX_CALIBRATION)
 
 
@@ -345,9 +349,11 @@ def _read_once(root: Path, dir_fd: int) -> Bundle:
             )
         files[name] = data
     bundle = Bundle(path=root, manifest=manifest, files=files)
-    if bundle.calibrated:
-        load_calibration(bundle)  # a syntactically hostile calibration.json fails here already
-    return bundle
+    if not bundle.calibrated:
+        return bundle
+    # Parsed once, here: a syntactically hostile calibration.json fails at read already, and
+    # the guard reuses the document (load_calibration).
+    return Bundle(path=root, manifest=manifest, files=files, calibration=load_calibration(bundle))
 
 
 def check_destination(path: str | os.PathLike[str], *, overwrite: bool) -> str:

@@ -27,7 +27,6 @@ import numpy as np
 
 from oodguard._version import __version__
 from oodguard.bundle import (
-    CALIBRATION_FILE,
     MODEL_FILE,
     Bundle,
     InputSpec,
@@ -40,7 +39,6 @@ from oodguard.engine import Engine, check_features
 from oodguard.errors import (
     GuardFailure,
     InvalidInputError,
-    NotCalibratedError,
 )
 from oodguard.scoring import Scorer, score_threshold
 from oodguard.validation import NONFINITE_POLICIES, check_fdr, check_timeout, validate_batch
@@ -146,12 +144,9 @@ class Guard:
         self.timeout_s = check_timeout(timeout_s)
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}. Got {nonfinite!r}")
-        if not bundle.calibrated:
-            raise NotCalibratedError(
-                f"bundle {bundle.path} has no {CALIBRATION_FILE}; calibrate it first with "
-                "oodguard.calibration.calibrate(bundle, x_validation)"
-            )
-        doc = load_calibration(bundle)  # bounded parse; Scorer.from_dict checks the numbers
+        # NotCalibratedError without calibration.json; parsed by read_bundle, within bounds;
+        # Scorer.from_dict checks the numbers.
+        doc = load_calibration(bundle)
         self.bundle = bundle
         self.name = name
         self.nonfinite = nonfinite

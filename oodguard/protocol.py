@@ -29,6 +29,7 @@ import numpy as np
 from oodguard.bundle import InputSpec
 from oodguard.errors import InvalidInputError
 from oodguard.guard import CheckResult
+from oodguard.validation import check_fdr
 
 __all__ = [
     "DEFAULT_OUTPUTS",
@@ -253,13 +254,12 @@ def _flag(params: Mapping[str, Any], key: str, default: bool) -> bool:
 
 def _fdr(params: Mapping[str, Any]) -> float | None:
     q = params.get("fdr")
-    if q is None:
-        return None
-    if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 < q < 1.0:
+    try:
+        return check_fdr(q)  # the guard's own rule for fdr
+    except ValueError:
         raise ProtocolError(f"parameter 'fdr' must be a number in (0, 1), the target false "
                             f"discovery rate over this request's rows; got {q!r:.40}",
-                            reason="protocol")
-    return float(q)
+                            reason="protocol") from None
 
 
 def _outputs(params: Mapping[str, Any], requested: Any) -> tuple[tuple[str, bool], ...]:

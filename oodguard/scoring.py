@@ -393,17 +393,15 @@ class Scorer:
         if self.combine == "max":
             return plan.max_score(features)
         z, bad = plan.standardize(features)
+        # direction 0 is a two-sided test: |z|
+        signed = (z * self.direction if plan.all_one_sided
+                  else np.where(plan.two_sided, np.abs(z), self.direction * z))
         parts = []
         if self.combine in _P_COMBINATIONS:
-            signed = np.where(plan.two_sided, np.abs(z), self.direction * z)
             parts.append(_combine_p(signed, plan.two_sided, self.combine))
-        if self.combine in ("max", "max_mahalanobis"):
-            if plan.all_one_sided:
-                signed = z * self.direction
-            else:
-                signed = np.where(self.direction == 0, np.abs(z), self.direction * z)
+        if self.combine == "max_mahalanobis":  # plain "max" returned above
             parts.append(signed.max(axis=1))
-        if self.combine in ("mahalanobis", "max_mahalanobis"):
+        if self.combine in _MAHALANOBIS_COMBINATIONS:
             loc, prec = self.maha_location, self.maha_precision
             if loc is None or prec is None:  # excluded by from_dict; narrows the types
                 raise BundleError("scorer has no Mahalanobis parameters")

@@ -71,9 +71,9 @@ def _average_ranks(v: np.ndarray) -> np.ndarray:
     return ((starts + ends) / 2.0)[inv]
 
 
-def _counts(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _counts(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cumulative (true positives, false positives) at each distinct threshold, highest
-    first, with "score ≥ threshold" flagged; and the thresholds."""
+    first, with "score ≥ threshold" flagged."""
     s = np.concatenate([pos, neg])
     y = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))])
     order = np.argsort(-s, kind="mergesort")
@@ -82,7 +82,7 @@ def _counts(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     last = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]
     tps = np.cumsum(y)[last]
     fps = (last + 1) - tps
-    return tps, fps, s[last]
+    return tps, fps
 
 
 @_keyword_only
@@ -148,7 +148,7 @@ def aupr(
         pos, neg = -a, -b
     else:
         raise ValueError(f"aupr: positive must be 'out' or 'in'; got {positive!r}")
-    tps, fps, _ = _counts(pos, neg)
+    tps, fps = _counts(pos, neg)
     precision = tps / (tps + fps)
     recall = tps / len(pos)
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
@@ -207,5 +207,5 @@ def roc_curve(*, scores_in: np.ndarray, scores_out: np.ndarray) -> tuple[np.ndar
         Positional arguments.
     """
     a, b = _pair("roc_curve", scores_in, scores_out)
-    tps, fps, _ = _counts(b, a)
+    tps, fps = _counts(b, a)
     return np.r_[0.0, fps / len(a)], np.r_[0.0, tps / len(b)]

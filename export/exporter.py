@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from oodguard.bundle import MODEL_FILE, InputSpec, Manifest, write_bundle
+from oodguard.engine import DENORMAL_AS_ZERO_KEY
 from oodguard.errors import ExportError
 from oodguard.export.attractors import AttractorReport, discover_attractors
 from oodguard.export.autoencoder import as_encoder_decoder
@@ -182,7 +183,7 @@ def _session(data: bytes) -> Any:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.add_session_config_entry("session.set_denormal_as_zero", "1")
+    opts.add_session_config_entry(DENORMAL_AS_ZERO_KEY, "1")
     return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
 
@@ -310,7 +311,7 @@ def export_bundle(
         parity, onnx_features = _verify(module, check, x_check, parity_rtol, parity_atol)
         with torch.inference_mode():
             ref = module(torch.from_numpy(x_check)).numpy()
-        stability = measure_stability(module.feature_names, ref, [onnx_features], train_rows,
+        stability = measure_stability(module.feature_names, ref, onnx_features, train_rows,
                                       atol=parity_atol)
         contraction = measure_contraction(enc, dec, baselines.initial.bank, steps=steps,
                                           tol=report.tol)

@@ -44,7 +44,7 @@ class ParityReport:
     ``feature_failed [n, F]`` marks the out-of-tolerance (input, feature) pairs and
     ``step_failed [n]`` the inputs whose one-step map (or ``E(x)``, ``D(z0)``) differed;
     ``failures[name]`` and ``failed_inputs`` count inputs, so neither can exceed ``n`` however
-    many features or branches failed. ``one_step_max_abs_diff`` is ``nan`` when not checked.
+    many features failed. ``one_step_max_abs_diff`` is ``nan`` when not checked.
     """
 
     n: int
@@ -158,16 +158,18 @@ def check_parity(
 
     Only meaningful for a contractive map: where the map is chaotic, float32 round-off grows
     along the trajectory and the two legitimately disagree (:func:`check_same_trajectory`
-    is what the exporter requires; this comparison feeds the stability record).
+    is what the exporter requires).
 
     ``steps_to_converge`` is an integer: a difference is excused only where some step norm of
     that sample lies within ``rtol·tol`` of the tolerance, so that either side of the
     comparison is a legitimate rounding.
     """
     xt = torch.as_tensor(x, dtype=torch.float32)
-    ref = np.asarray(module(xt).numpy() if reference is None else reference, dtype=np.float64)
+    traj, x_hat = module.time_major(xt)  # once: forward() is features(x, *time_major(x))
+    if reference is None:
+        reference = module.features(xt, x_hat, traj).numpy()
+    ref = np.asarray(reference, dtype=np.float64)
     got = np.asarray(onnx_features, dtype=np.float64)
-    traj = module.time_major(xt)[0]
     diffs, excused, failed = _compare_features(module, ref, got, traj, rtol, atol)
     return ParityReport(len(x), rtol, atol, diffs, excused, failed, np.zeros(len(x), bool))
 

@@ -90,7 +90,6 @@ class TrajectoryFeatures(nn.Module):
         self.register_buffer("t_index", torch.arange(self.steps, dtype=torch.float32))
         if baselines is None:
             baselines = reference_from_points(a.numpy(), DEFAULT_KNN_K)
-        self.baselines = baselines
         self.knn_k = int(baselines.k)
         for tag, ref in (("initial", baselines.initial), ("terminal", baselines.terminal)):
             mean = torch.from_numpy(ref.mean).float()

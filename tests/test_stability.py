@@ -127,16 +127,16 @@ def test_measure_stability_rule() -> None:
     got[:5, 1] += 10.0  # 0.5% of the inputs move a lot: below the 99th percentile
     got[:20, 0] += 1.0  # 2%: above it
     rows = np.ones(1000, dtype=bool)
-    out = measure_stability(["a", "b"], ref, [got], rows, atol=1e-4)
+    out = measure_stability(["a", "b"], ref, got, rows, atol=1e-4)
     iqr = np.subtract(*np.quantile(ref[:, 0], [0.75, 0.25]))
     assert out["a"]["deviation"] == pytest.approx(1.005 / iqr, rel=1e-6)
     assert not out["a"]["stable"]
     assert out["b"]["deviation"] == 0.0 and out["b"]["stable"]
-    out = measure_stability(["a"], ref[:, :1], [ref[:, :1] + 0.005], rows, atol=1e-4)
+    out = measure_stability(["a"], ref[:, :1], ref[:, :1] + 0.005, rows, atol=1e-4)
     assert out["a"]["stable"] and out["a"]["deviation"] == pytest.approx(0.005 / iqr)
     nan = ref[:, :1].copy()
     nan[:50] = np.nan  # NaN on one side only: infinitely far
-    assert measure_stability(["a"], ref[:, :1], [nan], rows, atol=1e-4)["a"]["deviation"] == np.inf
+    assert measure_stability(["a"], ref[:, :1], nan, rows, atol=1e-4)["a"]["deviation"] == np.inf
 
 
 def test_contraction_of_a_linear_map() -> None:

@@ -58,6 +58,11 @@ VARIANTS: dict[str, tuple[tuple[str, ...] | None, dict[str, Any]]] = {
     "rich+req+2s+keepsign": (PROXY_KINDS, {}),  # the default
     "rich+req+2s+keepsign cauchy": (PROXY_KINDS, {"combine": "cauchy"}),
     "rich+req+2s+keepsign fisher": (PROXY_KINDS, {"combine": "fisher"}),
+    "fisher minor tail 0.25": (PROXY_KINDS, {"combine": "fisher", "minor_tail": 0.25}),
+    "fisher minor tail 0.1": (PROXY_KINDS, {"combine": "fisher", "minor_tail": 0.1}),
+    "fisher minor tail 0.05": (PROXY_KINDS, {"combine": "fisher", "minor_tail": 0.05}),
+    "fisher minor tail 0.02": (PROXY_KINDS, {"combine": "fisher", "minor_tail": 0.02}),
+    "cauchy minor tail 0.1": (PROXY_KINDS, {"combine": "cauchy", "minor_tail": 0.1}),
     "old+req+2s+keepsign": (OLD_PROXIES, {}),
     "baselines only, 2s max": (None, {"use": BASELINES}),
     "all features, 2s max": (None, {}),

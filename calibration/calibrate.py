@@ -140,6 +140,7 @@ def fit_scorer(
     required: Sequence[str] = BASELINE_FEATURES,
     keep_sign: Sequence[str] = BASELINE_FEATURES,
     two_sided_margin: float | None = 0.1,
+    minor_tail: float = 0.5,
     seed: int = 0,
 ) -> tuple[Scorer, dict[str, Any]]:
     """Fit a scorer on in-distribution features and calibrate it at ``alpha``.
@@ -161,12 +162,20 @@ def fit_scorer(
         classic baselines ``recon_error``, ``latent_knn``, ``latent_mahalanobis``).
     keep_sign : features never given direction −1 (two-sided instead; default the baselines).
     two_sided_margin : see :func:`~oodguard.calibration.selection.select_features`.
+    minor_tail : the share of each two-sided test given to its minor tail (``combine``
+        ``"fisher"`` or ``"cauchy"``; ``0.5``: equal tails). The major tail is the upper one
+        for the ``keep_sign`` features (large distances are unusual by construction) and the
+        reference set's direction for the others.
 
     Returns
     -------
     scorer : Scorer — exactly what the runtime rebuilds from ``calibration.json``
     info : dict — sizes, dropped features, the selection and its reference AUROCs, warnings
     """
+    if not 0.0 < minor_tail <= 0.5:
+        raise ValueError(f"minor_tail must lie in (0, 0.5], got {minor_tail}")
+    if minor_tail != 0.5 and combine not in ("fisher", "cauchy"):
+        raise ValueError(f"minor_tail={minor_tail} needs combine 'fisher' or 'cauchy'")
     fit = _finite(fit_features, "fit samples")
     cal = _finite(cal_features, "calibration samples")
     if alpha < 1.0 / (len(cal) + 1):
@@ -186,6 +195,7 @@ def fit_scorer(
     info: dict[str, Any] = {"dropped_features": {**excluded, **fitted.dropped}}
     keep = np.arange(len(fitted.used))
     direction = np.zeros(len(fitted.used))
+    upper_major = np.ones(len(fitted.used), dtype=bool)  # which tail a two-sided test favours
     warnings: list[str] = []
     if reference_features is not None:
         ref = np.asarray(reference_features, dtype=np.float64)
@@ -202,6 +212,8 @@ def fit_scorer(
         )
         keep = np.asarray(sel.selected, dtype=np.intp)
         direction = sel.direction[keep]
+        baseline = np.isin(np.asarray(used_names)[keep], list(keep_sign))
+        upper_major = baseline | (sel.aurocs[keep] >= 0.5)
         info["selection"] = {
             "reference_auroc": {n: round(float(a), 4) for n, a in zip(used_names, sel.aurocs,
                                                                         strict=True)},
@@ -224,7 +236,9 @@ def fit_scorer(
             seed=seed,
         )
         keep = np.arange(len(keep))
-    scorer = _scorer(fitted, keep, direction, names, combine, alpha)
+    lower_weight = np.where(direction == 0, np.where(upper_major, minor_tail, 1.0 - minor_tail),
+                            0.5)
+    scorer = _scorer(fitted, keep, direction, names, combine, alpha, lower_weight)
     cal_scores = np.sort(scorer.score(cal))
     if not np.isfinite(cal_scores).all():
         raise CalibrationError("calibration scores are not finite; the fit is degenerate")
@@ -286,6 +300,7 @@ def _scorer(
     names: list[str],
     combine: str,
     alpha: float,
+    lower_weight: np.ndarray | None = None,
 ) -> Scorer:
     """A scorer over the features ``fitted.used[keep]``; ``direction`` is aligned with ``keep``;
     calibration scores and threshold are placeholders until the calibration part is scored."""
@@ -306,6 +321,7 @@ def _scorer(
         alpha=alpha,
         threshold=0.0,
         info={},
+        lower_weight=lower_weight,
     )
 
 

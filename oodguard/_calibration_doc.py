@@ -18,6 +18,7 @@ import numpy as np
 from oodguard.errors import BundleError
 from oodguard.scoring import (
     _MAHALANOBIS_COMBINATIONS,
+    _P_COMBINATIONS,
     CALIBRATION_SCHEMA_VERSION,
     COMBINE_METHODS,
     score_threshold,
@@ -31,6 +32,7 @@ _POST_SCALE_RANGE = (1e-9, 1e9)  # post_scale: spread after standardising and Ye
 _CENTER_BOUND = 1e30
 _LAMBDA_BOUND = 1e3
 _MAHA_BOUND = 1e12
+_TAIL_WEIGHT_RANGE = (1e-6, 1.0 - 1e-6)  # lower_weight: a tail's share of a two-sided test
 
 
 def _vec(d: Mapping[str, Any], key: str, n: int, lo: float = -_INF, hi: float = _INF) -> np.ndarray:
@@ -116,6 +118,17 @@ def scorer_fields(d: Mapping[str, Any], feature_names: Sequence[str]) -> dict[st
     direction = _vec(d, "direction", u)
     if not np.isin(direction, (-1.0, 0.0, 1.0)).all():
         raise ValueError(f"direction values must be -1, 0 or 1, got {direction}")
+    lower_weight = None
+    if "lower_weight" in d:  # schema 2: unequal tails of the two-sided tests
+        if version < 2:
+            raise ValueError("lower_weight needs schema_version 2")
+        lower_weight = _vec(d, "lower_weight", u, *_TAIL_WEIGHT_RANGE)
+        if ((direction != 0) & (lower_weight != 0.5)).any():
+            raise ValueError("lower_weight must be 0.5 for one-sided features (direction ±1)")
+        if (lower_weight != 0.5).any() and combine not in _P_COMBINATIONS:
+            raise ValueError(
+                f"unequal tails (lower_weight) need combine 'fisher' or 'cauchy', got {combine!r}"
+            )
     raw_cal = d["calibration_scores"]
     if not isinstance(raw_cal, list) or not raw_cal:
         raise ValueError("calibration_scores must be a non-empty list of finite numbers")
@@ -173,5 +186,6 @@ def scorer_fields(d: Mapping[str, Any], feature_names: Sequence[str]) -> dict[st
         alpha=alpha,
         threshold=float(threshold),
         info=dict(info),
+        lower_weight=lower_weight,
     )
 

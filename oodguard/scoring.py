@@ -18,7 +18,8 @@ advance (see DESIGN.md), so the calibrator learns it, or leaves the test two-sid
 tests), ``"mahalanobis"`` the robust Mahalanobis distance of ``z`` turned into a Gaussian
 quantile (Wilson–Hilferty), ``"max_mahalanobis"`` the larger of the two. ``"fisher"`` and
 ``"cauchy"`` combine the per-feature Gaussian tail p-values ``p_j = Φ̄(d_j·z_j)`` (two-sided:
-``2·Φ̄(|z_j|)``): Fisher's ``−2·Σ_j log p_j``, and the Cauchy combination of Liu & Xie (2020)
+``min(1, Φ̄(z_j)/(1 − ω_j), Φ(z_j)/ω_j)``, a Bonferroni split of the test between the tails
+with ``ω_j`` — ``lower_weight`` — for the lower one; ``ω_j = ½`` is ``2·Φ̄(|z_j|)``): Fisher's ``−2·Σ_j log p_j``, and the Cauchy combination of Liu & Xie (2020)
 ``mean_j tan((½ − p_j)·π)`` (robust to dependence between the tests; ``1 − p_j ≥ 1e-15``),
 reported as ``asinh`` of
 that mean (monotone, so the same ranks and p-values, and finite where a term overflows). The
@@ -50,7 +51,9 @@ __all__ = [
     "yeo_johnson",
 ]
 
-CALIBRATION_SCHEMA_VERSION = 1
+# Version 2 adds ``lower_weight`` (unequal tails of the two-sided tests); a document without it
+# is written as version 1, so bundles that do not use it stay readable by older runtimes.
+CALIBRATION_SCHEMA_VERSION = 2
 COMBINE_METHODS = ("max", "mahalanobis", "max_mahalanobis", "fisher", "cauchy")
 _P_COMBINATIONS = ("fisher", "cauchy")
 _MAHALANOBIS_COMBINATIONS = ("mahalanobis", "max_mahalanobis")
@@ -154,12 +157,32 @@ def _two_sided_q(a: np.ndarray) -> np.ndarray:
                     -np.expm1(np.log(2.0) + gaussian_log_sf(np.abs(a))))
 
 
-def _combine_p(signed: np.ndarray, two_sided: np.ndarray, method: str) -> np.ndarray:
-    """Fisher or Cauchy statistic of rows of per-feature Gaussian tail p-values (see the
-    module docstring); ``signed [N, U]`` is ``d_j·z_j`` (``|z_j|`` where two-sided)."""
-    logp = gaussian_log_sf(signed)
-    if two_sided.any():
-        logp = np.where(two_sided, np.minimum(logp + math.log(2.0), 0.0), logp)
+def _tail_log_p(z: np.ndarray, plan: _Plan, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(log p [N, U], q [N, U])``: each feature's Gaussian tail p-value (see the module
+    docstring) and, for ``"cauchy"`` only (else empty), ``q = 1 − p`` computed where it is
+    accurate."""
+    none = np.empty(0)
+    if plan.all_one_sided or not plan.weighted:
+        a = (z * plan.direction if plan.all_one_sided
+             else np.where(plan.two_sided, np.abs(z), plan.direction * z))
+        logp = gaussian_log_sf(a)
+        if not plan.all_one_sided:
+            logp = np.where(plan.two_sided, np.minimum(logp + _LOG2, 0.0), logp)
+        if method != "cauchy":
+            return logp, none
+        return logp, np.where(plan.two_sided, _two_sided_q(a), np.exp(gaussian_log_sf(-a)))
+    # Unequal tails: the smaller of the two Bonferroni-weighted one-sided p-values; one-sided
+    # columns take only the first term, with weight 1 (log 1 = 0).
+    signed = np.where(plan.two_sided, z, plan.direction * z)
+    upper = gaussian_log_sf(signed) - plan.log_upper_weight
+    lower = np.where(plan.two_sided, gaussian_log_sf(-z) - plan.log_lower_weight, 0.0)
+    logp = np.minimum(np.minimum(upper, lower), 0.0)
+    return logp, (-np.expm1(logp) if method == "cauchy" else none)
+
+
+def _combine_p(logp: np.ndarray, q: np.ndarray, method: str) -> np.ndarray:
+    """Fisher or Cauchy statistic of rows of per-feature log p-values (see the module
+    docstring); ``q = 1 − p`` from :func:`_tail_log_p` (Cauchy only)."""
     if method == "fisher":
         return -2.0 * logp.sum(axis=1)
     p = np.exp(logp)
@@ -168,8 +191,7 @@ def _combine_p(signed: np.ndarray, two_sided: np.ndarray, method: str) -> np.nda
     # above p = ½ from q computed directly (1 − p rounds away the q of a very typical value).
     # q ≥ 1e-15: p = 1 (a two-sided z of exactly 0, a discrete feature at its median) would
     # give −inf.
-    q = np.maximum(np.where(two_sided, _two_sided_q(signed),
-                            np.exp(gaussian_log_sf(-signed))), 1e-15)
+    q = np.maximum(q, 1e-15)
     terms = np.where(p <= 0.5, np.tan((0.5 - p) * math.pi), -1.0 / np.tan(q * math.pi))
     small = logp < math.log(1e-8)
     terms[small] = np.exp(np.minimum(-logp[small] - math.log(math.pi), 700.0))
@@ -216,6 +238,11 @@ class _Plan:
         self.all_one_sided = bool((s.direction != 0).all())
         self.direction = s.direction
         self.two_sided = s.direction == 0
+        # Unequal tails of the two-sided tests (p-combinations only; from_dict checks it).
+        lower_w = s.tail_weights()
+        self.weighted = bool((lower_w != 0.5).any())
+        self.log_lower_weight = np.log(lower_w)
+        self.log_upper_weight = np.where(self.two_sided, np.log1p(-lower_w), 0.0)
         self.signed_mul = self.post_mul * s.direction  # d·z = t·(d·post_mul) + d·post_add,
         self.signed_add = self.post_add * s.direction  # exactly: d is ±1
         self.p_table = _p_table(len(s.calibration_scores))  # conformal_p_values, precomputed
@@ -234,6 +261,9 @@ class _Plan:
                 float(self.post_mul[k]),
                 float(self.post_add[k]),
                 float(s.direction[k]),
+                # weighted two-sided test: (log ω, log(1 − ω)); None: |z| with weight ½ each
+                ((float(self.log_lower_weight[k]), float(self.log_upper_weight[k]))
+                 if self.weighted and self.two_sided[k] else None),
             )
             for k in range(len(s.used))
         ]
@@ -246,7 +276,7 @@ class _Plan:
         for row in features.tolist():
             best = -_INF
             total = 0.0
-            for j, off, pm, pa, lp, ln, qm, qa, d in self.rows:
+            for j, off, pm, pa, lp, ln, qm, qa, d, tails in self.rows:
                 v = row[j]
                 if off is not None:
                     v += off
@@ -264,6 +294,13 @@ class _Plan:
                     best = _INF
                     break
                 z = t * qm + qa
+                if tails is not None:  # fisher only (from_dict checks it)
+                    if z != z or z in (_INF, -_INF):
+                        best = _INF
+                        break
+                    total -= 2.0 * min(_log_sf_scalar(z) - tails[1],
+                                       _log_sf_scalar(-z) - tails[0], 0.0)
+                    continue
                 z = abs(z) if d == 0.0 else d * z
                 if fisher:
                     if z != z or z in (_INF, -_INF):
@@ -345,6 +382,15 @@ class Scorer:
     alpha: float
     threshold: float
     info: Mapping[str, Any]
+    # [U]: the lower tail's share ω of each two-sided test (direction 0); ½ elsewhere. None:
+    # ½ everywhere (equal tails, ``2·Φ̄(|z|)``).
+    lower_weight: np.ndarray | None = None
+
+    def tail_weights(self) -> np.ndarray:
+        """``lower_weight`` as ``[U]`` (½ where unset)."""
+        if self.lower_weight is None:
+            return np.full(len(self.used), 0.5)
+        return np.asarray(self.lower_weight, dtype=np.float64)
 
     # -- building -------------------------------------------------------------------------
     @classmethod
@@ -393,13 +439,13 @@ class Scorer:
         if self.combine == "max":
             return plan.max_score(features)
         z, bad = plan.standardize(features)
-        # direction 0 is a two-sided test: |z|
-        signed = (z * self.direction if plan.all_one_sided
-                  else np.where(plan.two_sided, np.abs(z), self.direction * z))
         parts = []
         if self.combine in _P_COMBINATIONS:
-            parts.append(_combine_p(signed, plan.two_sided, self.combine))
-        if self.combine == "max_mahalanobis":  # plain "max" returned above
+            parts.append(_combine_p(*_tail_log_p(z, plan, self.combine), self.combine))
+        elif self.combine == "max_mahalanobis":  # plain "max" returned above
+            # direction 0 is a two-sided test: |z|
+            signed = (z * self.direction if plan.all_one_sided
+                      else np.where(plan.two_sided, np.abs(z), self.direction * z))
             parts.append(signed.max(axis=1))
         if self.combine in _MAHALANOBIS_COMBINATIONS:
             loc, prec = self.maha_location, self.maha_precision
@@ -420,8 +466,9 @@ class Scorer:
 
     def to_dict(self) -> dict[str, Any]:
         """The ``calibration.json`` document."""
+        weighted = bool((self.tail_weights() != 0.5).any())
         d: dict[str, Any] = {
-            "schema_version": CALIBRATION_SCHEMA_VERSION,
+            "schema_version": CALIBRATION_SCHEMA_VERSION if weighted else 1,
             "feature_names": list(self.feature_names),
             "used_features": [self.feature_names[i] for i in self.used],
             "log_offset": [None if np.isnan(v) else float(v) for v in self.log_offset],
@@ -438,6 +485,8 @@ class Scorer:
             "threshold": self.threshold,
             "info": dict(self.info),
         }
+        if weighted:
+            d["lower_weight"] = self.tail_weights().tolist()
         if self.maha_location is not None and self.maha_precision is not None:
             d["mahalanobis"] = {
                 "location": self.maha_location.tolist(),

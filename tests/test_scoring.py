@@ -232,31 +232,45 @@ def _p_combination_reference(scorer: Scorer, f: np.ndarray) -> np.ndarray:
 
     z = scorer.standardize(f)
     d = scorer.direction
-    p = np.where(d == 0, 2 * norm.sf(np.abs(z)), norm.sf(d * z))
+    w = scorer.tail_weights()  # the lower tail's share of a two-sided test
+    p = np.where(d == 0, np.minimum(norm.sf(z) / (1 - w), norm.cdf(z) / w), norm.sf(d * z))
     p = np.minimum(p, 1.0)
     if scorer.combine == "fisher":
         return -2 * np.log(p).sum(axis=1)
-    q = np.maximum(np.where(d == 0, erf(np.abs(z) / np.sqrt(2)), norm.cdf(d * z)), 1e-15)
+    q = np.where(d == 0, erf(np.abs(z) / np.sqrt(2)), norm.cdf(d * z))
+    q = np.maximum(np.where((d == 0) & (w != 0.5), 1 - p, q), 1e-15)
     terms = np.where(p <= 0.5, np.tan((0.5 - p) * np.pi), -1 / np.tan(q * np.pi))
     return np.arcsinh(terms.mean(axis=1))
 
 
+@pytest.mark.parametrize("minor_tail", [0.5, 0.25, 0.02])
 @pytest.mark.parametrize("combine", ["fisher", "cauchy"])
-def test_p_value_combinations_match_the_textbook_formula(combine: str) -> None:
+def test_p_value_combinations_match_the_textbook_formula(combine: str, minor_tail: float) -> None:
     """The runtime Fisher and Cauchy scores, rebuilt from plain JSON numbers, equal the
-    formulas computed with scipy (one- and two-sided features), are the calibration side's
-    calibration scores, do not depend on the batch, and score non-finite features +inf."""
+    formulas computed with scipy (one- and two-sided features, equal and unequal tails), are
+    the calibration side's calibration scores, do not depend on the batch, and score
+    non-finite features +inf."""
     fit, cal = _features(300, 0), _features(300, 1)
     ref = _features(300, 2) * np.random.default_rng(3).uniform(0.5, 3.0, size=(1, 4))
     for reference in (None, ref):
-        scorer, _ = fit_scorer(fit, cal, NAMES, combine=combine, reference_features=reference)
+        scorer, _ = fit_scorer(fit, cal, NAMES, combine=combine, reference_features=reference,
+                               minor_tail=minor_tail)
+        two_sided = scorer.direction == 0
+        assert two_sided.any()
+        np.testing.assert_array_equal(scorer.tail_weights()[~two_sided], 0.5)
+        if reference is None:  # every feature two-sided, the upper tail the major one
+            np.testing.assert_array_equal(scorer.tail_weights(), minor_tail)
         doc = json.loads(json.dumps(scorer.to_dict()))
         assert doc["combine"] == combine and doc["mahalanobis"] is None
         runtime = Scorer.from_dict(doc, NAMES)
         test = _features(500, 4)
         got = runtime.score(test)
-        np.testing.assert_allclose(got, _p_combination_reference(runtime, test), rtol=1e-6,
-                                   atol=1e-6)
+        # Cauchy with unequal tails takes q = 1 − p near p = 1 from the erfc fit (relative
+        # error 1.2e-7 of Φ̄, amplified by the cancellation in 1 − p where both tails' p-values
+        # approach 1); everything else agrees to 1e-6.
+        tol = 1e-3 if combine == "cauchy" and minor_tail != 0.5 else 1e-6
+        np.testing.assert_allclose(got, _p_combination_reference(runtime, test), rtol=tol,
+                                   atol=tol)
         np.testing.assert_array_equal(runtime.calibration_scores, np.sort(scorer.score(cal)))
         rows = np.concatenate([runtime.score(test[i : i + 1]) for i in range(0, 500, 50)])
         np.testing.assert_array_equal(rows, got[::50])
@@ -282,8 +296,10 @@ def test_cauchy_is_finite_and_ordered_far_in_the_tail() -> None:
 def fisher_scorers() -> list[Scorer]:
     fit, cal = _features(300, 0), _features(300, 1)
     ref = _features(300, 2) * np.random.default_rng(3).uniform(0.5, 3.0, size=(1, 4))
-    return [fit_scorer(fit, cal, NAMES, combine="fisher")[0],  # two-sided
-            fit_scorer(fit, cal, NAMES, combine="fisher", reference_features=ref)[0]]
+    return [fit_scorer(fit, cal, NAMES, combine="fisher", minor_tail=w)[0]  # two-sided
+            for w in (0.5, 0.25)] + [
+            fit_scorer(fit, cal, NAMES, combine="fisher", reference_features=ref,
+                       minor_tail=w)[0] for w in (0.5, 0.25)]
 
 
 @settings(max_examples=200, deadline=None)
@@ -303,3 +319,67 @@ def test_fisher_scalar_path_equals_numpy_path(fisher_scorers, rows) -> None:  # 
         fin = np.isfinite(big)
         np.testing.assert_allclose(small[fin], big[fin], rtol=1e-9, atol=1e-9)
         assert not np.isnan(small).any() and not np.isnan(big).any()
+
+
+def test_unequal_tails() -> None:
+    """``lower_weight`` splits a two-sided test between its tails (a Bonferroni split, so each
+    feature's p-value stays valid): ½ is the equal-tailed ``2·Φ̄(|z|)`` bit for bit, and a
+    document with unequal tails is written as schema 2 (older runtimes refuse it instead of
+    scoring it equal-tailed), one with equal tails as schema 1 without the field."""
+    from scipy.stats import norm
+
+    fit, cal = _features(300, 0), _features(300, 1)
+    test = _features(200, 4)
+    equal, _ = fit_scorer(fit, cal, NAMES, combine="fisher", use=["recon_error"])
+    doc = equal.to_dict()
+    assert doc["schema_version"] == 1 and "lower_weight" not in doc
+    doc.update(schema_version=2, lower_weight=[0.5])
+    np.testing.assert_array_equal(Scorer.from_dict(doc, NAMES).score(test), equal.score(test))
+    for w in (0.1, 0.9):
+        doc["lower_weight"] = [w]
+        sc = Scorer.from_dict(doc, NAMES)
+        z = sc.standardize(test)[:, 0]
+        want = -2 * np.log(np.minimum(1, np.minimum(norm.sf(z) / (1 - w), norm.cdf(z) / w)))
+        np.testing.assert_allclose(sc.score(test), want, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(sc.score(test[:3]), want[:3], rtol=1e-6, atol=1e-6)
+        assert sc.to_dict()["schema_version"] == 2 and sc.to_dict()["lower_weight"] == [w]
+    # ω = 0.1 gives the upper tail 0.9 of the test: a high z scores higher than with equal
+    # tails, a low z lower
+    doc["lower_weight"] = [0.1]
+    sc = Scorer.from_dict(doc, NAMES)
+    z = sc.standardize(test)[:, 0]
+    hi, lo = int(np.argmax(z)), int(np.argmin(z))
+    assert z[hi] > 1 and z[lo] < -1
+    assert sc.score(test[[hi]])[0] > equal.score(test[[hi]])[0]
+    assert sc.score(test[[lo]])[0] < equal.score(test[[lo]])[0]
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d.update(lower_weight=[0.2]), "schema_version 2"),
+        (lambda d: d.update(schema_version=2, lower_weight=[0.0]), "outside its domain"),
+        (lambda d: d.update(schema_version=2, lower_weight=[1.0]), "outside its domain"),
+        (lambda d: d.update(schema_version=2, lower_weight=[0.2, 0.2]), "must have 1 values"),
+        (lambda d: d.update(schema_version=2, lower_weight=[0.2], direction=[1.0]),
+         "0.5 for one-sided"),
+        (lambda d: d.update(schema_version=2, lower_weight=[0.2], combine="max"),
+         "need combine"),
+        (lambda d: d.update(schema_version=3), "newer"),
+    ],
+)
+def test_malformed_tail_weights_are_refused(edit, message: str) -> None:  # type: ignore[no-untyped-def]
+    scorer, _ = fit_scorer(_features(200, 0), _features(200, 1), NAMES, combine="fisher",
+                           use=["recon_error"])
+    doc = json.loads(json.dumps(scorer.to_dict()))
+    assert doc["direction"] == [0.0]
+    edit(doc)
+    with pytest.raises(BundleError, match=message):
+        Scorer.from_dict(doc, NAMES)
+
+
+def test_minor_tail_needs_a_p_combination() -> None:
+    with pytest.raises(ValueError, match="needs combine"):
+        fit_scorer(_features(200, 0), _features(200, 1), NAMES, combine="max", minor_tail=0.25)
+    with pytest.raises(ValueError, match="must lie in"):
+        fit_scorer(_features(200, 0), _features(200, 1), NAMES, combine="fisher", minor_tail=0.6)

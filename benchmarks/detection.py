@@ -98,6 +98,25 @@ def binomial_interval(k: int, n: int, level: float = 0.99) -> tuple[float, float
     return lo, hi
 
 
+def conformal_fpr_interval(n_cal: int, n_test: int, alpha: float,
+                           level: float = 0.99) -> tuple[float, float]:
+    """Where the held-out FPR of a split-conformal test lands with probability ``level`` when
+    test and calibration data are exchangeable: the number of ``n_test`` test rows flagged is
+    beta-binomial, ``BetaBinomial(n_test, l, n_cal + 1 − l)`` with ``l = ⌊alpha·(n_cal + 1)⌋``
+    (the flagged fraction, given the calibration draw, is ``Beta(l, n_cal + 1 − l)``; ties
+    only lower it). Unlike a binomial interval around the observed count, this counts the
+    calibration draw's variation too — one calibration split moves every test row's verdict
+    together."""
+    from scipy.stats import betabinom
+
+    ell = int(np.floor(alpha * (n_cal + 1) + 1e-9))
+    if ell < 1:
+        return 0.0, 0.0
+    d = betabinom(n_test, ell, n_cal + 1 - ell)
+    a = (1.0 - level) / 2.0
+    return float(d.ppf(a)) / n_test, float(d.ppf(1.0 - a)) / n_test
+
+
 def run_model(spec: ModelSpec, fam: Family, work: Path, *, alpha: float,
               artifacts: Path | None, use_pyod: bool, threads: int,
               fallback_atol: float | None = None) -> dict[str, Any]:
@@ -190,8 +209,10 @@ def run_model(spec: ModelSpec, fam: Family, work: Path, *, alpha: float,
     r_in = checks["test"]
     k_fp, n_in = int(r_in.is_ood.sum()), len(fam.test)
     lo, hi = binomial_interval(k_fp, n_in)
+    e_lo, e_hi = conformal_fpr_interval(cal.n_cal, n_in, alpha)
     rec["in_distribution"] = {"n": n_in, "flagged": k_fp, "fpr_at_alpha": round(k_fp / n_in, 4),
-                              "fpr_ci99": [round(lo, 4), round(hi, 4)]}
+                              "fpr_ci99": [round(lo, 4), round(hi, 4)],
+                              "fpr_exchangeable_99": [round(e_lo, 4), round(e_hi, 4)]}
     s_in, nan_in = _finite(r_in.score)
     pairs = []
     for name, (kind, _) in ood.items():

@@ -335,6 +335,7 @@ def calibrate(
     x_ood: np.ndarray | None = None,
     combine: str = DEFAULT_COMBINE,
     use: Sequence[str] | None = None,
+    minor_tail: float = 0.5,
     out: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     seed: int = 0,
@@ -356,6 +357,12 @@ def calibrate(
     combine : "fisher" (default), "max", "max_mahalanobis", "mahalanobis" or "cauchy" (see
         :mod:`oodguard.scoring`; docs/calibration.md has what each gave).
     use : candidate feature names; default all.
+    minor_tail : share of each two-sided test given to its minor tail (``"fisher"`` or
+        ``"cauchy"``; default 0.5, equal tails). The baselines' major tail is the upper one
+        (large error or distance). Lower it (e.g. 0.25) when the inputs you must catch are
+        mostly *worse* reconstructed or *farther* than usual: one-sided power comes back at
+        the cost of the inputs an autoencoder reconstructs too well (constants, smooth or
+        low-contrast inputs). docs/calibration.md has what each choice gave.
     out : where to write the calibrated bundle; default in place (atomically: readers see
         the old bundle or the new one). ``out`` must not exist, be an empty directory, or —
         with ``overwrite=True`` — hold a bundle; a file or a directory holding anything else
@@ -410,7 +417,7 @@ def calibrate(
     scorer, info = fit_scorer(
         features[fit_idx], features[cal_idx], source.manifest.feature_names, alpha=alpha,
         reference_features=reference, reference_groups=groups, combine=combine, use=use,
-        exclude=unstable, seed=seed,
+        exclude=unstable, minor_tail=minor_tail, seed=seed,
     )
     if "selection" in info:
         info["selection"]["reference"] = (

@@ -52,8 +52,10 @@ def test_non_finite_in_distribution_features_are_refused() -> None:
         fit_scorer(fit, _id_features(100, rng), NAMES)
 
 
-@pytest.mark.parametrize("combine", ["max", "max_mahalanobis", "fisher", "cauchy"])
-def test_false_positive_rate_at_threshold(combine: str) -> None:
+@pytest.mark.parametrize("combine, minor_tail", [("max", 0.5), ("max_mahalanobis", 0.5),
+                                                 ("fisher", 0.5), ("cauchy", 0.5),
+                                                 ("fisher", 0.25)])
+def test_false_positive_rate_at_threshold(combine: str, minor_tail: float) -> None:
     """Conformal guarantee on generated data: over 40 independent calibrations
     (n_cal = 400 each) and 2 000 fresh in-distribution test points each (80 000 verdicts),
     the mean FPR at alpha = 0.05 lies within 0.005 of its exact expectation
@@ -62,7 +64,7 @@ def test_false_positive_rate_at_threshold(combine: str) -> None:
     for seed in range(40):
         rng = np.random.default_rng(seed)
         scorer, _ = fit_scorer(_id_features(200, rng), _id_features(400, rng), NAMES,
-                               alpha=0.05, combine=combine)
+                               alpha=0.05, combine=combine, minor_tail=minor_tail)
         test = _id_features(2000, rng)
         rates.append(float((scorer.p_value(scorer.score(test)) <= 0.05).mean()))
     assert abs(np.mean(rates) - 20 / 401) < 0.005
@@ -88,6 +90,18 @@ def test_calibrate_writes_plain_json_and_guard_uses_it(raw_bundle, data, tmp_pat
     assert guard.threshold == pytest.approx(report.threshold)
     # the source bundle stays uncalibrated
     assert not read_bundle(raw_bundle).calibrated
+
+
+def test_calibrate_with_unequal_tails(raw_bundle, data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``minor_tail`` reaches the written calibration: the all-two-sided selection gets
+    ``lower_weight`` 0.25 everywhere (the upper tail the major one), schema 2, and the guard
+    scores with it exactly as the calibrator did."""
+    r = calibrate(raw_bundle, data["val"], select="all", minor_tail=0.25, out=tmp_path / "w")
+    doc = json.loads(read_bundle(tmp_path / "w").files[CALIBRATION_FILE])
+    assert doc["schema_version"] == 2 and set(doc["lower_weight"]) == {0.25}
+    guard = Guard.load(tmp_path / "w", registry=None)
+    x = data["noise"][:50]
+    np.testing.assert_array_equal(guard.check(x).score, r.scorer.score(guard.engine.run(x)))
 
 
 def test_calibrate_with_user_ood_and_all_features(raw_bundle, data, tmp_path) -> None:  # type: ignore[no-untyped-def]

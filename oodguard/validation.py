@@ -52,12 +52,11 @@ def validate_batch(
     x32 : ndarray of float32, shape (N, *spec.shape), C-contiguous
     finite : ndarray of bool, shape (N,), or None when every row is finite
     """
-    want = f"float32 array of shape (N, {', '.join(map(str, spec.shape))})"
     if not isinstance(x, np.ndarray):
-        x = as_array(x, want)
+        x = as_array(x, _want(spec))
     if x.dtype.kind != "f":
         raise InvalidInputError(
-            f"expected a {want}; got dtype {x.dtype}. Scale the input as in training and "
+            f"expected a {_want(spec)}; got dtype {x.dtype}. Scale the input as in training and "
             "cast it, e.g. x.astype(np.float32)",
             reason="dtype",
         )
@@ -69,13 +68,14 @@ def validate_batch(
             else ""
         )
         raise InvalidInputError(
-            f"expected a {want} (rank {rank}); got rank {x.ndim} with shape {x.shape}{hint}",
+            f"expected a {_want(spec)} (rank {rank}); got rank {x.ndim} with shape "
+            f"{x.shape}{hint}",
             reason="rank",
         )
     if x.shape[1:] != spec.shape:
         raise InvalidInputError(
-            f"expected a {want}; got shape {x.shape}. The bundle was exported for samples of "
-            f"shape {spec.shape}",
+            f"expected a {_want(spec)}; got shape {x.shape}. The bundle was exported for "
+            f"samples of shape {spec.shape}",
             reason="shape",
         )
     if x.dtype == np.float32:
@@ -95,6 +95,11 @@ def validate_batch(
             "such rows OOD"
         )
     return x32, np.asarray(finite_rows, dtype=bool)
+
+
+def _want(spec: InputSpec) -> str:
+    """What a batch must be, for error messages (built only when one is raised)."""
+    return f"float32 array of shape (N, {', '.join(map(str, spec.shape))})"
 
 
 def is_tensor_like(x: Any) -> bool:

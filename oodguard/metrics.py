@@ -51,9 +51,11 @@ per process.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import weakref
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -154,7 +156,8 @@ class _BatchChild:
     the guard's hot path does none of the bucketing.
     """
 
-    __slots__ = ("_bounds", "_counts", "_sum", "_lock", "_queued", "_queued_values", "created")
+    __slots__ = ("_bounds", "_counts", "_sum", "_lock", "_queued", "_queued_values", "_floats",
+                 "created")
 
     def __init__(self, bounds: np.ndarray) -> None:
         self._bounds = bounds
@@ -164,19 +167,35 @@ class _BatchChild:
         self._lock = threading.Lock()
         self._queued: list[np.ndarray] = []
         self._queued_values = 0
+        self._floats: list[float] = []  # values of observe_list, queued after self._queued
         self.created = time.time()
 
     def observe_many(self, values: np.ndarray) -> None:
         """Observe every value of a 1-D float array (NaN: no bucket, NaN sum, as ``observe``)."""
         v = np.array(values, dtype=np.float64)  # a copy: the caller may change its array later
         with self._lock:
+            if self._floats:  # keep the order of the observations: it is the order of the sum
+                self._queued.append(np.array(self._floats, dtype=np.float64))
+                self._floats = []
             self._queued.append(v)
             self._queued_values += len(v)
             if len(self._queued) >= _FOLD_BATCHES or self._queued_values >= _FOLD_VALUES:
                 self._fold()
 
+    def observe_list(self, values: list[float]) -> None:
+        """:meth:`observe_many` of a few Python floats, without numpy: the guard's small
+        batches."""
+        with self._lock:
+            self._floats += values
+            self._queued_values += len(values)
+            if self._queued_values >= _FOLD_VALUES:
+                self._fold()
+
     def _fold(self) -> None:
         """Bring counts and sum up to date with the queue (the lock is held)."""
+        if self._floats:
+            self._queued.append(np.array(self._floats, dtype=np.float64))
+            self._floats = []
         if not self._queued:
             return
         queued, self._queued, self._queued_values = self._queued, [], 0
@@ -364,6 +383,39 @@ def _batch_observer(child: Any) -> Callable[[np.ndarray], None]:
     return lambda v: observe_many(child, v)
 
 
+def _list_observer(child: Any) -> Callable[[list[float]], None]:
+    """``f(values)`` observing a list of a few floats in a histogram child of either kind."""
+    if isinstance(child, _BatchChild):
+        return child.observe_list
+
+    def observe(values: list[float]) -> None:
+        for v in values:
+            child.observe(v)
+
+    return observe
+
+
+def _value_observer(child: Any) -> Callable[[float], None]:
+    """``child.observe`` of a ``prometheus_client.Histogram`` child, with a binary search for
+    the bucket instead of its linear one: the same writes (the sum, then the first bucket with
+    ``v <= bound``; none for NaN) through the child's own value objects."""
+    bounds = getattr(child, "_upper_bounds", None)
+    buckets = getattr(child, "_buckets", None)
+    total = getattr(child, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        return child.observe
+    bounds = [float(b) for b in bounds]
+    if bounds[-1] != _INF:
+        return child.observe
+
+    def observe(v: float) -> None:
+        total.inc(v)
+        if v == v:
+            buckets[bisect_left(bounds, v)].inc(1)
+
+    return observe
+
+
 class GuardMetrics:
     """Records one guard's calls. Thread-safe (prometheus_client metrics are)."""
 
@@ -380,13 +432,14 @@ class GuardMetrics:
         self._in = fam.inputs.labels(guard, "in")
         self._ood = fam.inputs.labels(guard, "ood")
         self._refused = fam.refused
-        self._score = _batch_observer(fam.score.labels(guard))
-        self._p = _batch_observer(fam.p_value.labels(guard))
-        self._engine = fam.duration.labels(guard, "engine")
-        self._scoring = fam.duration.labels(guard, "scoring")
-        self._total = fam.duration.labels(guard, "total")
-        self._model = fam.model_duration.labels(guard)
-        self._batch = fam.batch.labels(guard)
+        score, p_value = fam.score.labels(guard), fam.p_value.labels(guard)
+        self._score, self._p = _batch_observer(score), _batch_observer(p_value)
+        self._score_list, self._p_list = _list_observer(score), _list_observer(p_value)
+        self._engine = _value_observer(fam.duration.labels(guard, "engine"))
+        self._scoring = _value_observer(fam.duration.labels(guard, "scoring"))
+        self._total = _value_observer(fam.duration.labels(guard, "total"))
+        self._model = _value_observer(fam.model_duration.labels(guard))
+        self._batch = _value_observer(fam.batch.labels(guard))
         self._failures = fam.failures
         self._dropped = fam.dropped
         self._guard = guard
@@ -407,16 +460,42 @@ class GuardMetrics:
         total_s: float,
     ) -> None:
         n = len(scores)
-        self._batch.observe(n)
+        self._batch(n)
         self._ood.inc(n_ood)
         self._in.inc(n - n_ood)
         # +inf marks a non-finite input row (counted as a refusal); keep it out of the sum.
         finite = np.isfinite(scores)
         self._score(scores if finite.all() else scores[finite])
         self._p(p_values)
-        self._engine.observe(engine_s)
-        self._scoring.observe(scoring_s)
-        self._total.observe(total_s)
+        self._engine(engine_s)
+        self._scoring(scoring_s)
+        self._total(total_s)
+
+    def observe_rows(
+        self,
+        scores: list[float],
+        p_values: list[float],
+        n_ood: int,
+        *,
+        engine_s: float,
+        scoring_s: float,
+        total_s: float,
+    ) -> None:
+        """:meth:`observe_check` of a few rows given as lists of floats, without numpy (the
+        guard's small batches); the same exposition."""
+        n = len(scores)
+        self._batch(n)
+        if n_ood:
+            self._ood.inc(n_ood)
+        if n - n_ood:
+            self._in.inc(n - n_ood)
+        finite = [s for s in scores if math.isfinite(s)]
+        if finite:
+            self._score_list(finite)
+        self._p_list(p_values)
+        self._engine(engine_s)
+        self._scoring(scoring_s)
+        self._total(total_s)
 
     def observe_refused(self, reason: str, n: int = 1) -> None:
         """Count ``n`` inputs refused before scoring; ``reason`` is a fixed token (for example
@@ -432,7 +511,7 @@ class GuardMetrics:
         self._failures.labels(self._guard, kind).inc()
 
     def observe_model(self, seconds: float) -> None:
-        self._model.observe(seconds)
+        self._model(seconds)
 
 
 def new_registry() -> CollectorRegistry:

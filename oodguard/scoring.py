@@ -31,6 +31,7 @@ in-distribution input in finite samples.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -57,7 +58,8 @@ _MAHALANOBIS_COMBINATIONS = ("mahalanobis", "max_mahalanobis")
 _EPS = float(np.spacing(1.0))
 _INF = float("inf")
 _NAN = float("nan")
-_SCALAR_ROWS = 4
+# Batches of up to this many rows score in plain Python (where the combination allows).
+SCALAR_ROWS = 4
 
 
 def yeo_johnson(x: np.ndarray, lambdas: np.ndarray) -> np.ndarray:
@@ -219,6 +221,8 @@ class _Plan:
         self.signed_mul = self.post_mul * s.direction  # d·z = t·(d·post_mul) + d·post_add,
         self.signed_add = self.post_add * s.direction  # exactly: d is ±1
         self.p_table = _p_table(len(s.calibration_scores))  # conformal_p_values, precomputed
+        self.cal_list = s.calibration_scores.tolist()  # the same two, for bisect on floats
+        self.p_list = self.p_table.tolist()
         # The same transform as plain Python floats, for batches of a few rows, where numpy's
         # per-call cost is most of the work (tested equal to the numpy path).
         self.scalar = s.combine in ("max", "fisher") and not self.log_branch
@@ -241,9 +245,13 @@ class _Plan:
     def score_rows(self, features: np.ndarray) -> list[float]:
         """``combine="max"`` or ``"fisher"`` scores of a few rows in plain Python (non-finite
         ▶ +inf)."""
+        return self.score_lists(features.tolist())
+
+    def score_lists(self, rows: list[list[float]]) -> list[float]:
+        """:meth:`score_rows` of rows already turned into lists of floats."""
         out = []
         fisher = self.fisher
-        for row in features.tolist():
+        for row in rows:
             best = -_INF
             total = 0.0
             for j, off, pm, pa, lp, ln, qm, qa, d in self.rows:
@@ -279,6 +287,13 @@ class _Plan:
                 best = total
             out.append(best if best == best and best != -_INF else _INF)
         return out
+
+    def p_values_of(self, scores: list[float]) -> list[float]:
+        """Conformal p-values of a few scores in plain Python: the bits of
+        :meth:`Scorer.p_value` (``bisect_left`` is ``searchsorted(side="left")``; NaN sorts
+        last there, so it gets the index ``n``)."""
+        cal, table, n = self.cal_list, self.p_list, len(self.cal_list)
+        return [table[bisect_left(cal, s) if s == s else n] for s in scores]
 
     def _pre_power(self, features: np.ndarray) -> np.ndarray:
         """``y [N, U]``: the used features, logged where fitted so, and robustly scaled."""
@@ -376,6 +391,14 @@ class Scorer:
     def _plan(self) -> _Plan:
         return _Plan(self)
 
+    @property
+    def rows_scorer(self) -> _Plan | None:
+        """The plain-Python scorer of batches of up to ``SCALAR_ROWS`` rows given as lists of
+        floats (``score_lists``, ``p_values_of``: the bits :meth:`score` and :meth:`p_value`
+        give such batches), or None where the combination has none."""
+        plan = self._plan
+        return plan if plan.scalar else None
+
     def standardize(self, features: np.ndarray) -> np.ndarray:
         """``z [N, U]``: the used features transformed to about N(0, 1) on in-distribution data."""
         with np.errstate(all="ignore"):  # non-finite features become a +inf score downstream
@@ -388,7 +411,7 @@ class Scorer:
 
     def _score(self, features: np.ndarray) -> np.ndarray:
         plan = self._plan
-        if plan.scalar and len(features) <= _SCALAR_ROWS:
+        if plan.scalar and len(features) <= SCALAR_ROWS:
             return np.asarray(plan.score_rows(np.asarray(features)), dtype=np.float64)
         if self.combine == "max":
             return plan.max_score(features)

@@ -40,6 +40,10 @@ __all__ = [
 ]
 
 NONFINITE_POLICIES = ("flag", "raise")
+_F32 = np.dtype(np.float32)
+# Batches of at most this many values are checked for NaN and infinity with a Python sum:
+# at batch 1, numpy's isfinite (cold caches right after the previous engine run) cost more.
+_SUM_CHECK_VALUES = 128
 
 
 def validate_batch(
@@ -52,6 +56,36 @@ def validate_batch(
     x32 : ndarray of float32, shape (N, *spec.shape), C-contiguous
     finite : ndarray of bool, shape (N,), or None when every row is finite
     """
+    if (type(x) is np.ndarray and x.dtype is _F32 and x.ndim == len(spec.shape) + 1
+            and x.shape[1:] == spec.shape and x.flags.c_contiguous):
+        x32 = x  # the usual case, which every check below would pass unchanged
+    else:
+        x32 = _as_float32(x, spec)
+    if len(x32) == 0 or _all_finite(x32):
+        return x32, None
+    finite_rows = np.isfinite(x32.reshape(len(x32), -1)).all(axis=1)
+    bad = np.flatnonzero(~finite_rows)
+    if nonfinite == "raise":
+        shown = ", ".join(map(str, bad[:10])) + (" …" if len(bad) > 10 else "")
+        raise NonFiniteInputError(
+            f"{len(bad)} of {len(x32)} rows hold NaN or infinity (rows {shown}); the guard was "
+            "created with nonfinite='raise'. Clean the input, or use nonfinite='flag' to mark "
+            "such rows OOD"
+        )
+    return x32, np.asarray(finite_rows, dtype=bool)
+
+
+def _all_finite(x32: np.ndarray) -> bool:
+    """Whether a float32 array holds no NaN and no infinity."""
+    if x32.size <= _SUM_CHECK_VALUES:
+        # NaN or ±inf anywhere makes the sum NaN or ±inf, and a float64 sum of this few
+        # float32 values cannot overflow: the sum is finite exactly when every value is.
+        return math.isfinite(sum(x32.ravel().tolist()))
+    return bool(np.isfinite(x32).all())
+
+
+def _as_float32(x: Any, spec: InputSpec) -> np.ndarray:
+    """``x`` checked for type, dtype, rank and shape, as a C-contiguous float32 array."""
     if not isinstance(x, np.ndarray):
         x = as_array(x, _want(spec))
     if x.dtype.kind != "f":
@@ -79,22 +113,9 @@ def validate_batch(
             reason="shape",
         )
     if x.dtype == np.float32:
-        x32 = np.ascontiguousarray(x)
-    else:
-        with np.errstate(over="ignore"):  # out-of-range float64 becomes inf, flagged below
-            x32 = np.ascontiguousarray(x, dtype=np.float32)
-    if len(x32) == 0 or np.isfinite(x32).all():  # the common case in one pass
-        return x32, None
-    finite_rows = np.isfinite(x32.reshape(len(x32), -1)).all(axis=1)
-    bad = np.flatnonzero(~finite_rows)
-    if nonfinite == "raise":
-        shown = ", ".join(map(str, bad[:10])) + (" …" if len(bad) > 10 else "")
-        raise NonFiniteInputError(
-            f"{len(bad)} of {len(x32)} rows hold NaN or infinity (rows {shown}); the guard was "
-            "created with nonfinite='raise'. Clean the input, or use nonfinite='flag' to mark "
-            "such rows OOD"
-        )
-    return x32, np.asarray(finite_rows, dtype=bool)
+        return np.ascontiguousarray(x)
+    with np.errstate(over="ignore"):  # out-of-range float64 becomes inf, flagged by the caller
+        return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def _want(spec: InputSpec) -> str:

@@ -72,7 +72,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, init=False)
 class CheckResult:
     """The guard's verdict on a batch of ``N`` inputs.
 
@@ -104,6 +104,15 @@ class CheckResult:
     threshold: float
     rule: str = "alpha"
     fdr: float | None = None
+
+    def __init__(self, score: np.ndarray, p_value: np.ndarray, is_ood: np.ndarray,
+                 features: np.ndarray, feature_names: tuple[str, ...], alpha: float,
+                 threshold: float, rule: str = "alpha", fdr: float | None = None) -> None:
+        # The fields in one update of the instance dict: the frozen dataclass's own __init__
+        # sets them one object.__setattr__ at a time, 2.7 µs of a batch-1 check.
+        vars(self).update(score=score, p_value=p_value, is_ood=is_ood, features=features,
+                          feature_names=feature_names, alpha=alpha, threshold=threshold,
+                          rule=rule, fdr=fdr)
 
     def __len__(self) -> int:
         return len(self.score)

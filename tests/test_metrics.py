@@ -109,23 +109,6 @@ def test_batch_histogram_lists_and_arrays_keep_observe_order(batches, bounds) ->
     assert without_created(generate_latest(coll)) == without_created(generate_latest(loop))
 
 
-@settings(max_examples=100, deadline=None)
-@given(values=values_st, bounds=st.sampled_from([BOUNDS, BOUNDS[2:], (1.0,)]))
-def test_value_observer_writes_what_observe_writes(values, bounds) -> None:
-    """The guard's per-call histograms (durations, batch size) observe through a binary
-    search for the bucket: the exposition of ``Histogram.observe`` (edges, NaN, ±inf)."""
-    from oodguard.metrics import _value_observer
-
-    fast, loop = CollectorRegistry(), CollectorRegistry()
-    hf = _value_observer(Histogram("h", "h", ["g"], buckets=bounds, registry=fast).labels("a"))
-    hl = Histogram("h", "h", ["g"], buckets=bounds, registry=loop).labels("a")
-    assert hf != hl.observe  # the fast form is the one under test
-    for v in values:
-        hf(v)
-        hl.observe(v)
-    assert without_created(generate_latest(fast)) == without_created(generate_latest(loop))
-
-
 def test_observe_many_batch_sum_is_sequential_not_pairwise(registry) -> None:
     # Values whose pairwise and sequential float sums differ: a sum done with np.sum would not
     # match repeated observe() bit for bit on a fresh histogram.

@@ -3,11 +3,8 @@
 Every valid input gets a verdict or a :class:`GuardFailure`, never another error: the engine's
 output is checked (shape ``(N, F)`` and float32, else a failure; finite rows with non-finite
 features are flagged OOD and counted, see :meth:`Guard.check`) and an optional timeout bounds
-the wait. Failures are counted (``observe_failure(reason)``). A check that times
-out asks ONNX Runtime to stop the abandoned run (``RunOptions.terminate``, honoured at the next
-node); at most ``_MAX_ABANDONED`` timed-out runs may still be running per guard, beyond that a
-check with a timeout fails at once (``reason="timeout"``) instead of queueing behind them, so
-stalled engine threads never accumulate without bound.
+the wait (see :mod:`oodguard._timed`: stalled runs never pile up). Failures are counted
+(``observe_failure(reason)``).
 """
 
 from __future__ import annotations
@@ -15,17 +12,14 @@ from __future__ import annotations
 import logging
 import math
 import os
-import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 
+from oodguard._timed import TimedRuns
 from oodguard._version import __version__
 from oodguard.bundle import (
     MODEL_FILE,
@@ -51,25 +45,7 @@ log = logging.getLogger(__name__)
 
 P = TypeVar("P")
 _DEFAULT: Any = object()  # "the global prometheus registry", distinct from None ("no metrics")
-# Timed-out engine runs that may still be running per guard before timed checks fail at once.
-_MAX_ABANDONED = 4
-# Threads that run timed checks (started on demand): enough that concurrent callers do not
-# queue behind each other and spend their timeout waiting for a thread.
-_TIMED_WORKERS = 32
-_GUARDS: weakref.WeakSet[Guard] = weakref.WeakSet()
 _INF = float("inf")
-
-
-def _after_fork_in_child() -> None:
-    """The timeout thread and its lock do not survive ``fork()``; start afresh in the child."""
-    for guard in list(_GUARDS):
-        guard._timed_pool = None
-        guard._timed_lock = threading.Lock()
-        guard._abandoned = 0
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @dataclass(frozen=True, eq=False, init=False)
@@ -181,10 +157,7 @@ class Guard:
             **dict(engine_options or {}),
         )
         self.metrics = self._make_metrics(registry)
-        self._timed_pool: ThreadPoolExecutor | None = None
-        self._timed_lock = threading.Lock()
-        self._abandoned = 0  # timed-out runs still running
-        _GUARDS.add(self)
+        self._timed = TimedRuns(name)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], **kwargs: Any) -> Guard:
@@ -405,7 +378,7 @@ class Guard:
             if timeout is None:
                 features = self.engine.run(x32)
             else:
-                features = self._run_with_timeout(x32, timeout)
+                features = self._timed.run(self.engine, x32, timeout)
             features = check_features(features, n, nf)
         except GuardFailure:
             raise
@@ -415,37 +388,6 @@ class Guard:
                 f"({type(err).__name__}: {err})", reason="engine_error",
             ) from err
         return features
-
-    def _run_with_timeout(self, x32: np.ndarray, timeout: float) -> np.ndarray:
-        with self._timed_lock:
-            if self._abandoned >= _MAX_ABANDONED:
-                raise GuardFailure(
-                    f"guard {self.name!r}: {self._abandoned} earlier checks timed out and their "
-                    "engine runs have not finished; refusing to queue another (timeout). The "
-                    "engine is stalled — check the host's load", reason="timeout",
-                )
-            if self._timed_pool is None:
-                self._timed_pool = ThreadPoolExecutor(_MAX_ABANDONED + _TIMED_WORKERS,
-                                                      thread_name_prefix="oodguard-timed")
-            pool = self._timed_pool
-        opts = self.engine.new_run_options()
-        future = pool.submit(self.engine.run, x32, run_options=opts)
-        try:
-            return future.result(timeout)
-        except FutureTimeout:
-            opts.terminate = True  # ONNX Runtime stops the run at its next node
-            if not future.cancel():
-                with self._timed_lock:
-                    self._abandoned += 1
-                future.add_done_callback(self._release_abandoned)
-            raise GuardFailure(
-                f"guard {self.name!r}: the engine did not answer within {timeout:g} s for a "
-                f"batch of {len(x32)} rows (timeout)", reason="timeout",
-            ) from None
-
-    def _release_abandoned(self, _future: Any) -> None:
-        with self._timed_lock:
-            self._abandoned = max(0, self._abandoned - 1)
 
     def wrap(
         self,
@@ -467,9 +409,7 @@ class Guard:
 
     def close(self) -> None:
         """Stop the guard's threads (the engine's and the timed checks'); it stays usable."""
-        pool, self._timed_pool = self._timed_pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        self._timed.close()
         self.engine.close()
 
 

@@ -457,9 +457,9 @@ def test_a_stalled_engine_times_out_under_both_policies(bundle, data, registry,
 
 
 def test_abandoned_runs_are_bounded(bundle, data, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """Stalled runs do not pile up: past _MAX_ABANDONED a timed check fails at once, and
+    """Stalled runs do not pile up: past MAX_ABANDONED a timed check fails at once, and
     once the stalled runs finish, checks work again."""
-    from oodguard import guard as guard_module
+    from oodguard._timed import MAX_ABANDONED
 
     g = Guard.load(bundle, registry=None, timeout_s=0.05)
     release = threading.Event()
@@ -467,7 +467,7 @@ def test_abandoned_runs_are_bounded(bundle, data, monkeypatch) -> None:  # type:
     monkeypatch.setattr(g.engine, "run", stalled)
     x = data["test"][:3]
     try:
-        for _ in range(guard_module._MAX_ABANDONED):
+        for _ in range(MAX_ABANDONED):
             with pytest.raises(GuardFailure, match="did not answer within"):
                 g.check(x)
         t0 = time.monotonic()
@@ -475,15 +475,15 @@ def test_abandoned_runs_are_bounded(bundle, data, monkeypatch) -> None:  # type:
                                                r"runs have not finished"):
             g.check(x)
         assert time.monotonic() - t0 < 0.05  # refused at once, nothing queued
-        assert g._timed_pool is not None
-        assert len(g._timed_pool._threads) == guard_module._MAX_ABANDONED  # one per stalled run
+        assert g._timed.pool is not None
+        assert len(g._timed.pool._threads) == MAX_ABANDONED  # one per stalled run
     finally:
         release.set()
     monkeypatch.undo()
     deadline = time.monotonic() + 10
-    while g._abandoned and time.monotonic() < deadline:
+    while g._timed.abandoned and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert g._abandoned == 0
+    assert g._timed.abandoned == 0
     assert len(g.check(x, timeout_s=10)) == 3
     g.close()
 

@@ -32,6 +32,7 @@ in-distribution input in finite samples.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -60,7 +61,8 @@ _MAHALANOBIS_COMBINATIONS = ("mahalanobis", "max_mahalanobis")
 _EPS = float(np.spacing(1.0))
 _INF = float("inf")
 _NAN = float("nan")
-_SCALAR_ROWS = 4
+# Batches of up to this many rows score in plain Python (where the combination allows).
+SCALAR_ROWS = 4
 
 
 def yeo_johnson(x: np.ndarray, lambdas: np.ndarray) -> np.ndarray:
@@ -136,9 +138,10 @@ def _log_sf_scalar(z: float) -> float:
     batches score in plain Python)."""
     x = abs(z) / _SQRT2
     t = 1.0 / (1.0 + 0.5 * x)
-    poly = 0.0
-    for c in _ERFC_COEF:
-        poly = poly * t + c
+    # The loop of gaussian_log_sf unrolled (its first step, 0·t + c0, is c0 exactly).
+    c0, c1, c2, c3, c4, c5, c6, c7, c8, c9 = _ERFC_COEF
+    poly = ((((((((c0 * t + c1) * t + c2) * t + c3) * t + c4) * t + c5) * t + c6) * t + c7)
+            * t + c8) * t + c9
     upper = math.log(t) - x * x + poly - _LOG2
     if z >= 0:
         return upper
@@ -246,6 +249,8 @@ class _Plan:
         self.signed_mul = self.post_mul * s.direction  # d·z = t·(d·post_mul) + d·post_add,
         self.signed_add = self.post_add * s.direction  # exactly: d is ±1
         self.p_table = _p_table(len(s.calibration_scores))  # conformal_p_values, precomputed
+        self.cal_list = s.calibration_scores.tolist()  # the same two, for bisect on floats
+        self.p_list = self.p_table.tolist()
         # The same transform as plain Python floats, for batches of a few rows, where numpy's
         # per-call cost is most of the work (tested equal to the numpy path).
         self.scalar = s.combine in ("max", "fisher") and not self.log_branch
@@ -271,9 +276,13 @@ class _Plan:
     def score_rows(self, features: np.ndarray) -> list[float]:
         """``combine="max"`` or ``"fisher"`` scores of a few rows in plain Python (non-finite
         ▶ +inf)."""
+        return self.score_lists(features.tolist())
+
+    def score_lists(self, rows: list[list[float]]) -> list[float]:
+        """:meth:`score_rows` of rows already turned into lists of floats."""
         out = []
         fisher = self.fisher
-        for row in features.tolist():
+        for row in rows:
             best = -_INF
             total = 0.0
             for j, off, pm, pa, lp, ln, qm, qa, d, tails in self.rows:
@@ -282,7 +291,7 @@ class _Plan:
                     v += off
                     v = math.log(v) if v > 0.0 else (-_INF if v == 0.0 else _NAN)
                 y = v * pm + pa
-                if y != y or y in (_INF, -_INF):
+                if y - y != 0.0:  # NaN or ±inf
                     best = _INF  # NaN or ±inf anywhere makes the row OOD, as in the numpy path
                     break
                 try:
@@ -303,7 +312,7 @@ class _Plan:
                     continue
                 z = abs(z) if d == 0.0 else d * z
                 if fisher:
-                    if z != z or z in (_INF, -_INF):
+                    if z - z != 0.0:  # NaN or ±inf
                         best = _INF
                         break
                     lp_ = _log_sf_scalar(z)
@@ -316,6 +325,13 @@ class _Plan:
                 best = total
             out.append(best if best == best and best != -_INF else _INF)
         return out
+
+    def p_values_of(self, scores: list[float]) -> list[float]:
+        """Conformal p-values of a few scores in plain Python: the bits of
+        :meth:`Scorer.p_value` (``bisect_left`` is ``searchsorted(side="left")``; NaN sorts
+        last there, so it gets the index ``n``)."""
+        cal, table, n = self.cal_list, self.p_list, len(self.cal_list)
+        return [table[bisect_left(cal, s) if s == s else n] for s in scores]
 
     def _pre_power(self, features: np.ndarray) -> np.ndarray:
         """``y [N, U]``: the used features, logged where fitted so, and robustly scaled."""
@@ -422,6 +438,14 @@ class Scorer:
     def _plan(self) -> _Plan:
         return _Plan(self)
 
+    @property
+    def rows_scorer(self) -> _Plan | None:
+        """The plain-Python scorer of batches of up to ``SCALAR_ROWS`` rows given as lists of
+        floats (``score_lists``, ``p_values_of``: the bits :meth:`score` and :meth:`p_value`
+        give such batches), or None where the combination has none."""
+        plan = self._plan
+        return plan if plan.scalar else None
+
     def standardize(self, features: np.ndarray) -> np.ndarray:
         """``z [N, U]``: the used features transformed to about N(0, 1) on in-distribution data."""
         with np.errstate(all="ignore"):  # non-finite features become a +inf score downstream
@@ -434,7 +458,7 @@ class Scorer:
 
     def _score(self, features: np.ndarray) -> np.ndarray:
         plan = self._plan
-        if plan.scalar and len(features) <= _SCALAR_ROWS:
+        if plan.scalar and len(features) <= SCALAR_ROWS:
             return np.asarray(plan.score_rows(np.asarray(features)), dtype=np.float64)
         if self.combine == "max":
             return plan.max_score(features)

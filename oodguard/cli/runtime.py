@@ -141,6 +141,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                    help="most rows in one request; beyond it: 413")
     p.add_argument("--body-timeout-s", type=float, default=30.0,
                    help="a body not received within this time gets 408 (slow uploads)")
+    p.add_argument("--header-timeout-s", type=float, default=10.0,
+                   help="a connection whose request headers take longer is closed (slowloris)")
     p.add_argument("--max-inflight-body-bytes", type=int, default=64 * 1024 * 1024,
                    help="budget for all request bodies held at once; beyond it: 503")
     p.add_argument("--graceful-timeout-s", type=float, default=30.0,
@@ -173,6 +175,7 @@ def _serve(a: argparse.Namespace) -> int:
                              max_wait_ms=a.max_wait_ms, max_body_bytes=a.max_body_bytes,
                              max_request_rows=a.max_request_rows, token=token,
                              body_timeout_s=a.body_timeout_s,
+                             header_timeout_s=a.header_timeout_s,
                              max_inflight_body_bytes=a.max_inflight_body_bytes,
                              graceful_timeout_s=a.graceful_timeout_s)
     except ValueError as err:

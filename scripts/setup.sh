@@ -18,3 +18,14 @@ if ! cat requirements/ci.txt requirements/bench.txt | cmp -s - "$stamp" 2>/dev/n
   cat requirements/ci.txt requirements/bench.txt > "$stamp"
 fi
 .venv/bin/python -m pip install --quiet --no-deps -e .
+
+# deploy/ validators (hadolint, kubernetes-validate, checkov; requirements/deploy.txt) in their
+# own .venv-deploy: checkov pins ~100 packages that must not move .venv's. tests/
+# test_deploy_hardening.py runs them from there and fails (never skips) without them.
+deploy_stamp=.venv-deploy/.oodguard-requirements
+if ! cmp -s requirements/deploy.txt "$deploy_stamp" 2>/dev/null; then
+  echo "==> installing deploy/ validators into .venv-deploy (requirements/deploy.txt)"
+  [ -x .venv-deploy/bin/python ] || "$PY" -m venv .venv-deploy
+  .venv-deploy/bin/python -m pip install --quiet -r requirements/deploy.txt
+  cp requirements/deploy.txt "$deploy_stamp"
+fi

@@ -7,19 +7,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 from _serving import tool
 
 from oodguard.metrics import GuardMetrics, new_registry, render_latest
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    tomllib = pytest.importorskip("tomli")
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -87,7 +80,7 @@ def test_dashboard_promql_parses(tmp_path: Path) -> None:
     assert f"SUCCESS: {len(dashboard_exprs())} rules found" in promtool("check", "rules", path)
 
 
-def test_manifests_probe_server_routes_and_image_installs_existing_extras() -> None:
+def test_manifests_probe_server_routes_and_images_serve_on_the_exposed_port() -> None:
     from oodguard.server import ServeConfig, create_app
 
     class _Guard:  # create_app only reads these to build routes
@@ -96,21 +89,25 @@ def test_manifests_probe_server_routes_and_image_installs_existing_extras() -> N
 
     app = create_app(_Guard(), ServeConfig())  # type: ignore[arg-type]
     paths = {getattr(r, "path", None) for r in app.routes}
-    k8s = (DEPLOY / "kubernetes" / "oodguard.yaml").read_text()
-    probes = re.findall(r"path: (\S+)", k8s)
-    assert probes == ["/v2/health/live", "/v2/health/ready"] and set(probes) <= paths
-    assert "containerPort: 8000" in k8s and "--token-env" in k8s
-    docker = (DEPLOY / "docker" / "Dockerfile").read_text()
-    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
-        "optional-dependencies"]
-    assert re.search(r"\[cpu,serve\]", docker) and {"cpu", "serve"} <= set(extras)
-    assert '"--port", "8000"' in docker and "EXPOSE 8000" in docker
+    for manifest in ("oodguard.yaml", "kserve.yaml"):
+        k8s = (DEPLOY / "kubernetes" / manifest).read_text()
+        probes = set(re.findall(r"path: (/v2\S+)", k8s))
+        assert probes == {"/v2/health/live", "/v2/health/ready"} and probes <= paths, manifest
+        assert "containerPort: 8000" in k8s and "--token-env" in k8s
+    for name in ("Dockerfile", "Dockerfile.gpu"):
+        docker = (DEPLOY / "docker" / name).read_text()
+        assert "--port 8000" in docker and "EXPOSE 8000" in docker, name
+        assert "/v2/health/ready" in docker and "/v2/health/ready" in paths
 
 
 def test_deployment_drains_before_the_kill() -> None:
     """preStop sleeps (endpoint removal races with SIGTERM) and the grace period covers the
     sleep plus the server's drain timeout, so in-flight requests finish before SIGKILL."""
-    k8s = (DEPLOY / "kubernetes" / "oodguard.yaml").read_text()
+    for manifest in ("oodguard.yaml", "kserve.yaml"):
+        check_drain((DEPLOY / "kubernetes" / manifest).read_text())
+
+
+def check_drain(k8s: str) -> None:
     sleep = re.search(r'preStop:\s+exec:\s+command: \["sleep", "(\d+)"\]', k8s)
     grace = re.search(r"terminationGracePeriodSeconds: (\d+)", k8s)
     drain = re.search(r'"--graceful-timeout-s", "(\d+)"', k8s)

@@ -117,6 +117,24 @@ def test_write_is_atomic_and_guarded(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
 
+def test_bundles_get_the_umasks_permissions_not_0700(tmp_path: Path) -> None:
+    """A bundle is written by one user and served by another (the images run as uid 10001):
+    its directory and files get what a plain mkdir/open gives under the umask, in place
+    rewrites too (mkdtemp's 0700 made bind-mounted bundles unreadable)."""
+    old = os.umask(0o022)
+    try:
+        path = write_bundle(tmp_path / "b", _manifest(), {MODEL_FILE: b"one"})
+        assert path.stat().st_mode & 0o777 == 0o755
+        assert all(f.stat().st_mode & 0o777 == 0o644 for f in path.iterdir())
+        write_bundle(path, _manifest(), {MODEL_FILE: b"two"}, overwrite=True)
+        assert path.stat().st_mode & 0o777 == 0o755
+        os.umask(0o077)
+        private = write_bundle(tmp_path / "p", _manifest(), {MODEL_FILE: b"one"})
+        assert private.stat().st_mode & 0o777 == 0o700
+    finally:
+        os.umask(old)
+
+
 def test_write_refuses_unknown_files(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="needs model.onnx"):
         write_bundle(tmp_path / "b", _manifest(), {CALIBRATION_FILE: b"{}"})

@@ -137,6 +137,8 @@ class _Service:
 
     def __init__(self, guard: Guard, config: ServeConfig, registry: Any) -> None:
         self.guard, self.config, self.registry = guard, config, registry
+        if guard.metrics is not None:
+            guard.metrics.init_http()  # refusal and drop series at 0 before the first request
         self.name = config.model_name or guard.name
         self.batcher = Batcher(guard.check, max_batch=config.max_batch,
                                max_wait_s=config.max_wait_ms / 1000.0, enabled=config.batching)

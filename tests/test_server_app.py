@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
-from _serving import metric_value
+from _serving import metric_value, strict_json
 
 from oodguard import Guard
 from oodguard.batching import Batcher
@@ -89,7 +89,7 @@ def test_binary_response_layout() -> None:
                       header_length=None, spec=SPEC, max_rows=10)
     content, headers = encode_response("m", req, r)
     n = int(headers[HEADER_LENGTH])
-    doc = json.loads(content[:n])
+    doc = strict_json(content[:n])
     sizes = [o["parameters"]["binary_data_size"] for o in doc["outputs"]]
     assert sizes == [16, 16, 2] and len(content) == n + 34
     assert np.frombuffer(content[n : n + 16], "<f8").tolist() == [1.5, np.inf]

@@ -12,6 +12,7 @@ the server and replays the refusal count it really caused.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -255,3 +256,21 @@ def test_a_target_down_fires_and_an_up_one_is_quiet(exposition, tmp_path) -> Non
         case("up: quiet", base, {}, [firing("OODGuardDown", t, 0) for t in (5, 20, 40)],
              extra=up("1+0x40")),
     ])
+
+
+def test_rules_and_dashboard_read_only_series_a_fresh_process_exports(exposition) -> None:
+    """Every metric the rules and the Grafana dashboard name, with every exact label value they
+    match on (``verdict="ood"``, ``stage="total"``, ``reason="overloaded"``, ``le="0.01"``…),
+    is a series of the fresh scrape: no panel shows "no data" and no rule reads nothing before
+    the first event."""
+    fresh = exposition["fresh"]
+    dashboard = json.loads((RULES.parents[1] / "grafana" / "oodguard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    text = RULES.read_text() + "\n" + "\n".join(exprs)
+    selectors = re.findall(r"(?<![:\w])(oodguard_[a-z_]+)(\{[^}]*\})?", text)
+    assert len(selectors) > 15
+    for name, matchers in selectors:
+        have = [dict(labels) for n, labels in fresh if n == name]
+        assert have, f"{name} is not in a fresh process's /metrics"
+        for label, value in re.findall(r'(\w+)="([^"]*)"', matchers or ""):
+            assert any(h.get(label) == value for h in have), f'{name}{{{label}="{value}"}}'

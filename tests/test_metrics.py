@@ -349,3 +349,23 @@ def test_multiprocess_mode_aggregates_two_processes(bundle, data, tmp_path) -> N
     assert len([k for k in s if k[0] == "oodguard_bundle_info"]) == 1
     assert len([k for k in s if k[0] == "oodguard_threshold_score"]) == 1
     check_metrics(render_latest(reg)[0])
+
+
+def test_every_reason_the_code_counts_starts_at_zero() -> None:
+    """The label values the runtime counts (``reason=`` of its errors, ``Dropped`` reasons,
+    ``observe_*`` tokens) are all in the lists whose series start at 0, so a new reason cannot
+    be added without its first event being lost to ``increase()``."""
+    import re
+    from pathlib import Path
+
+    from oodguard import metrics
+
+    src = "\n".join(p.read_text() for p in Path(metrics.__file__).parent.glob("*.py"))
+    known = {*metrics.REFUSAL_REASONS, *metrics.HTTP_REFUSAL_REASONS, *metrics.FAILURE_KINDS,
+             *metrics.DROP_REASONS}
+    counted = set(re.findall(r'reason="([a-z_]+)"', src))
+    counted |= set(re.findall(r'observe_(?:failure|refused|dropped)\("([a-z_]+)"', src))
+    drops = {re.findall(r',\s*"([a-z_]+)"\s*[,)]', src[m.end():m.end() + 300])[0]
+             for m in re.finditer(r"\bDropped\((?=\d)", src)}
+    assert drops == set(metrics.DROP_REASONS)
+    assert len(counted) > 15 and counted <= known, counted - known

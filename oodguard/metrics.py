@@ -22,25 +22,14 @@ metric                                      type      labels
 ``oodguard_http_requests_dropped_total``    counter   guard, reason (server: unauthorized, …)
 =========================================== ========= =======================================
 
-Every labelled counter starts at 0 for each of its known label values (:data:`VERDICTS`,
-:data:`REFUSAL_REASONS`, :data:`FAILURE_KINDS`; the server adds :data:`HTTP_REFUSAL_REASONS`
-and :data:`DROP_REASONS` with :meth:`GuardMetrics.init_http`) when the guard is made. A series
-that first appears at 1 has no earlier sample, so ``increase()`` and ``rate()`` read 0 for the
-first event and an alert on it never fires; a series at 0 from the start counts it.
-
-``oodguard_bundle_info`` tells bundles apart: ``sha256`` hashes ``model.onnx``,
-``calibration_sha256`` hashes ``calibration.json`` (two calibrations of one model differ there),
-and ``alpha`` is the guard's; ``oodguard_threshold_score`` is the score threshold.
-
-``oodguard_score_normalized`` is the OOD score in units of the bundle's own calibration,
-``u = (score − m) / (t − m)`` with ``m`` the median calibration score and ``t`` the threshold
-(``score_scale``): 0 is a typical in-distribution input, 1 the threshold (above it, OOD at the
-guard's alpha), 2 twice as far from typical. Its buckets (:data:`NORMALIZED_SCORE_BUCKETS`)
-are the same for every bundle, so ``histogram_quantile(q, sum by (le) (...))`` across guards or
-across a rollout adds like with like. The raw score is ``m + u·(t − m)`` per bundle; the
-p-value histogram gives the calibration-rank view. The normalisation costs the hot path
-nothing: each guard's series keeps its bucket bounds in raw-score units (``m + e·(t − m)``) and
-the exposition writes the fixed edges.
+Every labelled counter starts at 0 for its known label values (the tuples below; the server
+adds its own with :meth:`GuardMetrics.init_http`): a series born at 1 has no earlier sample, so
+``increase()`` misses the first event and an alert on it never fires. ``bundle_info`` hashes
+both ``model.onnx`` (``sha256``) and ``calibration.json``. ``oodguard_score_normalized`` is the
+score in units of the bundle's calibration, ``(score − m) / (t − m)`` (:func:`score_scale`; 0 =
+median calibration score, 1 = threshold), on buckets every bundle shares, so quantiles add
+across guards and rollouts; each series buckets raw scores against bounds mapped to raw units
+(``m + e·(t − m)``), which costs the hot path nothing.
 
 ``oodguard_http_requests_dropped_total`` counts infer requests the HTTP service answered (or
 could not answer) without looking at their inputs: ``unauthorized`` (401), ``body_timeout``
@@ -49,7 +38,7 @@ its body arrived). They are not input refusals, so a client without a token or a
 cannot move ``oodguard_inputs_refused_total`` (and the refusal alert) at will.
 
 Non-finite input rows (``nonfinite="flag"``) are counted as ``verdict="ood"`` and as
-``reason="non_finite"`` refusals; their score (+inf) is left out of ``oodguard_score``, whose
+``reason="non_finite"`` refusals; their score (+inf) is left out of the score histogram, whose
 ``_sum`` would otherwise stay infinite for the life of the process.
 
 The two per-input histograms (score, p-value) take a whole batch per call. In the usual

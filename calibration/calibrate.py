@@ -115,6 +115,26 @@ def check_sizes(n: int, n_features: int, alpha: float, fit_fraction: float) -> N
         )
 
 
+def _fit_candidates(
+    n: int, names: Sequence[str], use: Sequence[str] | None, alpha: float, fit_fraction: float,
+) -> tuple[Sequence[str] | None, list[str]]:
+    """``(use, warnings)``: with too few samples to fit every feature but enough for the classic
+    baselines, calibrate on those alone (the selection keeps them anyway) and say so, instead of
+    refusing a small validation set that can calibrate them (wine: 65 rows, 175 needed for 13
+    features, 50 for the 3 baselines). An explicit ``use`` is left as it is."""
+    if use is not None or n >= required_samples(alpha, len(names), fit_fraction):
+        return use, []
+    base = [b for b in BASELINE_FEATURES if b in names]
+    if not base or n < required_samples(alpha, len(base), fit_fraction):
+        return use, []  # check_sizes refuses, naming the size every feature needs
+    msg = (f"{n} in-distribution samples are too few to fit all {len(names)} features "
+           f"({required_samples(alpha, len(names), fit_fraction)} needed at alpha={alpha:g}); "
+           f"calibrated on the classic baselines {base} alone. Pass more samples to let the "
+           "selection consider every feature")
+    log.warning("calibration: %s", msg)
+    return base, [msg]
+
+
 def _finite(f: np.ndarray, what: str) -> np.ndarray:
     f = np.asarray(f, dtype=np.float64)
     bad = ~np.isfinite(f).all(axis=1)
@@ -394,7 +414,9 @@ def calibrate(
         check_destination(target, overwrite=overwrite)
     spec = source.manifest.input
     x32, _ = validate_batch(x_val, spec, nonfinite="raise")
-    check_sizes(len(x32), len(source.manifest.feature_names), alpha, fit_fraction)
+    names = list(source.manifest.feature_names)
+    use, few = _fit_candidates(len(x32), names, use, alpha, fit_fraction)
+    check_sizes(len(x32), len(names) if use is None else len(use), alpha, fit_fraction)
     engine = Engine(source.files[MODEL_FILE], source.manifest, providers="cpu")
     log.info("computing features for %d validation inputs", len(x32))
     features = engine.run(x32)
@@ -429,7 +451,7 @@ def calibrate(
     for w in sanity_warnings:
         log.warning("calibration: %s", w)
     info["sanity"] = sanity
-    info["warnings"] = [*info["warnings"], *sanity_warnings]
+    info["warnings"] = [*few, *info["warnings"], *sanity_warnings]
     scorer = Scorer.from_dict({**scorer.to_dict(), "info": info}, scorer.feature_names)
     files = {
         MODEL_FILE: source.files[MODEL_FILE],

@@ -167,7 +167,13 @@ class TrajectoryFeatures(nn.Module):
         ``traj [T+1, N, d]`` (see :mod:`oodguard.features` for the formulas)."""
         n = x.shape[0]
         d = traj.shape[-1]
-        recon = (x - x_hat).pow(2).reshape(n, -1).mean(dim=1)
+        sq = (x - x_hat).pow(2).reshape(n, -1)
+        # ONNX Runtime's mean over a row whose width is not a multiple of 16 rounds by where
+        # the row lies in memory, so recon_error changed bits with a row's place in the batch
+        # (9 of 40 rows with 30 inputs). Zero padding to a multiple of 16 puts every row on the
+        # same alignment; the zeros do not change the sum.
+        width = sq.shape[1]
+        recon = torch.nn.functional.pad(sq, (0, -width % 16)).sum(dim=1) * (1.0 / width)
         step = torch.linalg.vector_norm(traj[1:] - traj[:-1], dim=-1)  # [T, N]
         # ONNX Runtime's CPU Log (Eigen) rounds the tensor's last (size mod 16) elements
         # differently from the vectorised rest, so a row's convergence_rate changed bits

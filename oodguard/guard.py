@@ -3,28 +3,23 @@
 Every valid input gets a verdict or a :class:`GuardFailure`, never another error: the engine's
 output is checked (shape ``(N, F)`` and float32, else a failure; finite rows with non-finite
 features are flagged OOD and counted, see :meth:`Guard.check`) and an optional timeout bounds
-the wait. Failures are counted (``observe_failure(reason)``). A check that times
-out asks ONNX Runtime to stop the abandoned run (``RunOptions.terminate``, honoured at the next
-node); at most ``_MAX_ABANDONED`` timed-out runs may still be running per guard, beyond that a
-check with a timeout fails at once (``reason="timeout"``) instead of queueing behind them, so
-stalled engine threads never accumulate without bound.
+the wait (see :mod:`oodguard._timed`: stalled runs never pile up). Failures are counted
+(``observe_failure(reason)``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
-import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 
+from oodguard._timed import TimedRuns
 from oodguard._version import __version__
 from oodguard.bundle import (
     CALIBRATION_FILE,
@@ -41,7 +36,7 @@ from oodguard.errors import (
     GuardFailure,
     InvalidInputError,
 )
-from oodguard.scoring import Scorer, score_threshold
+from oodguard.scoring import SCALAR_ROWS, Scorer, _Plan, score_threshold
 from oodguard.validation import NONFINITE_POLICIES, check_fdr, check_timeout, validate_batch
 from oodguard.wrap import GuardedModel, GuardedOutput
 
@@ -51,27 +46,10 @@ log = logging.getLogger(__name__)
 
 P = TypeVar("P")
 _DEFAULT: Any = object()  # "the global prometheus registry", distinct from None ("no metrics")
-# Timed-out engine runs that may still be running per guard before timed checks fail at once.
-_MAX_ABANDONED = 4
-# Threads that run timed checks (started on demand): enough that concurrent callers do not
-# queue behind each other and spend their timeout waiting for a thread.
-_TIMED_WORKERS = 32
-_GUARDS: weakref.WeakSet[Guard] = weakref.WeakSet()
+_INF = float("inf")
 
 
-def _after_fork_in_child() -> None:
-    """The timeout thread and its lock do not survive ``fork()``; start afresh in the child."""
-    for guard in list(_GUARDS):
-        guard._timed_pool = None
-        guard._timed_lock = threading.Lock()
-        guard._abandoned = 0
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, init=False)
 class CheckResult:
     """The guard's verdict on a batch of ``N`` inputs.
 
@@ -103,6 +81,15 @@ class CheckResult:
     threshold: float
     rule: str = "alpha"
     fdr: float | None = None
+
+    def __init__(self, score: np.ndarray, p_value: np.ndarray, is_ood: np.ndarray,
+                 features: np.ndarray, feature_names: tuple[str, ...], alpha: float,
+                 threshold: float, rule: str = "alpha", fdr: float | None = None) -> None:
+        # The fields in one update of the instance dict: the frozen dataclass's own __init__
+        # sets them one object.__setattr__ at a time, 2.7 µs of a batch-1 check.
+        vars(self).update(score=score, p_value=p_value, is_ood=is_ood, features=features,
+                          feature_names=feature_names, alpha=alpha, threshold=threshold,
+                          rule=rule, fdr=fdr)
 
     def __len__(self) -> int:
         return len(self.score)
@@ -160,6 +147,7 @@ class Guard:
                 f"(n={n}); got {self.alpha}. Calibrate on more data for a smaller alpha"
             )
         self.threshold = score_threshold(self.scorer.calibration_scores, self.alpha)
+        self._rows_scorer = self.scorer.rows_scorer
         self.engine = Engine(
             bundle.files[MODEL_FILE],
             bundle.manifest,
@@ -170,10 +158,7 @@ class Guard:
             **dict(engine_options or {}),
         )
         self.metrics = self._make_metrics(registry)
-        self._timed_pool: ThreadPoolExecutor | None = None
-        self._timed_lock = threading.Lock()
-        self._abandoned = 0  # timed-out runs still running
-        _GUARDS.add(self)
+        self._timed = TimedRuns(name)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], **kwargs: Any) -> Guard:
@@ -292,6 +277,9 @@ class Guard:
             raise
         tv = time.perf_counter()
         n = len(x32)
+        few = self._rows_scorer
+        if few is not None and finite is None and q is None and 0 < n <= SCALAR_ROWS:
+            return self._check_few(x32, few, timeout, t0, tv)
         nf = len(self.feature_names)
         rule = "alpha" if q is None else "bh"
         if n == 0:
@@ -349,6 +337,42 @@ class Guard:
         return CheckResult(score, p, is_ood, features, self.feature_names, self.alpha,
                            self.threshold, rule, q)
 
+    def _check_few(self, x32: np.ndarray, plan: _Plan, timeout: float | None, t0: float,
+                   tv: float) -> CheckResult:
+        """:meth:`check` of a few finite rows under ``rule="alpha"``, in plain Python after the
+        engine: at batch 1, numpy's per-call cost (and its cold caches right after the engine)
+        was most of the guard's time. The same bits, verdicts, failures and metrics as the
+        general path, which the scorer itself takes for these rows (tested)."""
+        metrics = self.metrics
+        try:
+            features = self._features(x32, timeout)
+        except GuardFailure as err:
+            if metrics is not None:
+                metrics.observe_failure(err.reason)
+            raise
+        t1 = time.perf_counter()
+        rows = features.tolist()
+        score = plan.score_lists(rows)
+        p = plan.p_values_of(score)
+        overflow = 0
+        for i, row in enumerate(rows):
+            if not all(map(math.isfinite, row)):  # as the general path: see check()
+                score[i], p[i] = _INF, 0.0
+                overflow += 1
+        alpha = self.alpha
+        is_ood = [v <= alpha for v in p]
+        if overflow:
+            if metrics is not None:
+                metrics.observe_failure("output_nonfinite")
+            log.warning("guard %r: non-finite features for %d finite input rows; flagged OOD",
+                        self.name, overflow)
+        t2 = time.perf_counter()
+        if metrics is not None:
+            metrics.observe_rows(score, p, sum(is_ood), engine_s=t1 - tv, scoring_s=t2 - t1,
+                                 total_s=t2 - t0)
+        return CheckResult(np.array(score), np.array(p), np.array(is_ood), features,
+                           self.feature_names, self.alpha, self.threshold)
+
     def _features(self, x32: np.ndarray, timeout: float | None) -> np.ndarray:
         """The engine's features for finite rows, checked; any fault is a GuardFailure."""
         n, nf = len(x32), len(self.feature_names)
@@ -356,7 +380,7 @@ class Guard:
             if timeout is None:
                 features = self.engine.run(x32)
             else:
-                features = self._run_with_timeout(x32, timeout)
+                features = self._timed.run(self.engine, x32, timeout)
             features = check_features(features, n, nf)
         except GuardFailure:
             raise
@@ -366,37 +390,6 @@ class Guard:
                 f"({type(err).__name__}: {err})", reason="engine_error",
             ) from err
         return features
-
-    def _run_with_timeout(self, x32: np.ndarray, timeout: float) -> np.ndarray:
-        with self._timed_lock:
-            if self._abandoned >= _MAX_ABANDONED:
-                raise GuardFailure(
-                    f"guard {self.name!r}: {self._abandoned} earlier checks timed out and their "
-                    "engine runs have not finished; refusing to queue another (timeout). The "
-                    "engine is stalled — check the host's load", reason="timeout",
-                )
-            if self._timed_pool is None:
-                self._timed_pool = ThreadPoolExecutor(_MAX_ABANDONED + _TIMED_WORKERS,
-                                                      thread_name_prefix="oodguard-timed")
-            pool = self._timed_pool
-        opts = self.engine.new_run_options()
-        future = pool.submit(self.engine.run, x32, run_options=opts)
-        try:
-            return future.result(timeout)
-        except FutureTimeout:
-            opts.terminate = True  # ONNX Runtime stops the run at its next node
-            if not future.cancel():
-                with self._timed_lock:
-                    self._abandoned += 1
-                future.add_done_callback(self._release_abandoned)
-            raise GuardFailure(
-                f"guard {self.name!r}: the engine did not answer within {timeout:g} s for a "
-                f"batch of {len(x32)} rows (timeout)", reason="timeout",
-            ) from None
-
-    def _release_abandoned(self, _future: Any) -> None:
-        with self._timed_lock:
-            self._abandoned = max(0, self._abandoned - 1)
 
     def wrap(
         self,
@@ -418,9 +411,7 @@ class Guard:
 
     def close(self) -> None:
         """Stop the guard's threads (the engine's and the timed checks'); it stays usable."""
-        pool, self._timed_pool = self._timed_pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        self._timed.close()
         self.engine.close()
 
 

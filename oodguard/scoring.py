@@ -19,10 +19,11 @@ tests), ``"mahalanobis"`` the robust Mahalanobis distance of ``z`` turned into a
 quantile (Wilson–Hilferty), ``"max_mahalanobis"`` the larger of the two. ``"fisher"`` and
 ``"cauchy"`` combine the per-feature Gaussian tail p-values ``p_j = Φ̄(d_j·z_j)`` (two-sided:
 ``min(1, Φ̄(z_j)/(1 − ω_j), Φ(z_j)/ω_j)``, a Bonferroni split of the test between the tails
-with ``ω_j`` — ``lower_weight`` — for the lower one; ``ω_j = ½`` is ``2·Φ̄(|z_j|)``): Fisher's ``−2·Σ_j log p_j``, and the Cauchy combination of Liu & Xie (2020)
-``mean_j tan((½ − p_j)·π)`` (robust to dependence between the tests; ``1 − p_j ≥ 1e-15``),
-reported as ``asinh`` of
-that mean (monotone, so the same ranks and p-values, and finite where a term overflows). The
+with ``ω_j`` — ``lower_weight`` — for the lower one; ``ω_j = ½`` is ``2·Φ̄(|z_j|)``): Fisher's
+``−2·Σ_j log p_j``, and the Cauchy combination of Liu & Xie (2020) ``mean_j tan((½ − p_j)·π)``
+(robust to dependence between the tests; ``1 − p_j ≥ 1e-15``), reported as ``asinh`` of that
+mean (monotone, so the same ranks and p-values, and finite where a term overflows); the tail
+arithmetic lives in :mod:`oodguard._tails`. The
 Gaussian p-values need not be exact: the final p-value is conformal whatever the statistic.
 Higher score = more OOD. The p-value is conformal,
 ``p = (1 + #{calibration scores ≥ s}) / (n + 1)``, so ``P(p ≤ alpha) ≤ alpha`` for an
@@ -32,6 +33,7 @@ in-distribution input in finite samples.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -39,6 +41,13 @@ from typing import Any
 
 import numpy as np
 
+from oodguard._tails import (
+    _LOG2,
+    _combine_p,
+    _log_sf_scalar,
+    _tail_log_p,
+    gaussian_log_sf,
+)
 from oodguard.errors import BundleError
 
 __all__ = [
@@ -60,7 +69,8 @@ _MAHALANOBIS_COMBINATIONS = ("mahalanobis", "max_mahalanobis")
 _EPS = float(np.spacing(1.0))
 _INF = float("inf")
 _NAN = float("nan")
-_SCALAR_ROWS = 4
+# Batches of up to this many rows score in plain Python (where the combination allows).
+SCALAR_ROWS = 4
 
 
 def yeo_johnson(x: np.ndarray, lambdas: np.ndarray) -> np.ndarray:
@@ -104,98 +114,6 @@ def wilson_hilferty(d2: np.ndarray, dof: int) -> np.ndarray:
     k = float(dof)
     c = 2.0 / (9.0 * k)
     return (np.cbrt(np.maximum(d2, 0.0) / k) - (1.0 - c)) / np.sqrt(c)
-
-
-# Chebyshev fit of erfc (Numerical Recipes, "erfcc"): fractional error < 1.2e-7 everywhere,
-# and it gives log(erfc) directly, so tails far beyond float64's range stay finite.
-_ERFC_COEF = (0.17087277, -0.82215223, 1.48851587, -1.13520398, 0.27886807, -0.18628806,
-              0.09678418, 0.37409196, 1.00002368, -1.26551223)
-
-
-def gaussian_log_sf(z: np.ndarray) -> np.ndarray:
-    """``log Φ̄(z) = log P(N(0, 1) > z)`` elementwise, finite for every finite ``z``
-    (relative error of ``Φ̄`` < 1.2e-7)."""
-    x = np.abs(np.asarray(z, dtype=np.float64)) / math.sqrt(2.0)
-    t = 1.0 / (1.0 + 0.5 * x)
-    poly = np.zeros_like(t)
-    for c in _ERFC_COEF:
-        poly = poly * t + c
-    log_erfc_abs = np.log(t) - x * x + poly  # log erfc(|z|/√2)
-    upper = log_erfc_abs - math.log(2.0)  # log Φ̄(|z|)
-    # z < 0: Φ̄(z) = 1 − Φ̄(|z|)
-    lower = np.log1p(-np.exp(np.minimum(upper, 0.0)))
-    return np.where(np.asarray(z) >= 0, upper, lower)
-
-
-_LOG2 = math.log(2.0)
-_SQRT2 = math.sqrt(2.0)
-
-
-def _log_sf_scalar(z: float) -> float:
-    """:func:`gaussian_log_sf` for one Python float, the same arithmetic (the guard's small
-    batches score in plain Python)."""
-    x = abs(z) / _SQRT2
-    t = 1.0 / (1.0 + 0.5 * x)
-    poly = 0.0
-    for c in _ERFC_COEF:
-        poly = poly * t + c
-    upper = math.log(t) - x * x + poly - _LOG2
-    if z >= 0:
-        return upper
-    return math.log1p(-math.exp(min(upper, 0.0)))
-
-
-def _two_sided_q(a: np.ndarray) -> np.ndarray:
-    """``1 − 2·Φ̄(a) = erf(a/√2)`` for ``a ≥ 0``: its Maclaurin series (17 terms) below
-    ``a = 1``, where ``1 − p`` would lose the small value; the erfc fit above."""
-    x = np.minimum(np.abs(a), 1.0) / math.sqrt(2.0)
-    x2, term, series = x * x, x.copy(), x.copy()
-    for n in range(1, 17):
-        term = term * (-x2) / n
-        series = series + term / (2 * n + 1)
-    return np.where(np.abs(a) < 1.0, series * (2.0 / math.sqrt(math.pi)),
-                    -np.expm1(np.log(2.0) + gaussian_log_sf(np.abs(a))))
-
-
-def _tail_log_p(z: np.ndarray, plan: _Plan, method: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(log p [N, U], q [N, U])``: each feature's Gaussian tail p-value (see the module
-    docstring) and, for ``"cauchy"`` only (else empty), ``q = 1 − p`` computed where it is
-    accurate."""
-    none = np.empty(0)
-    if plan.all_one_sided or not plan.weighted:
-        a = (z * plan.direction if plan.all_one_sided
-             else np.where(plan.two_sided, np.abs(z), plan.direction * z))
-        logp = gaussian_log_sf(a)
-        if not plan.all_one_sided:
-            logp = np.where(plan.two_sided, np.minimum(logp + _LOG2, 0.0), logp)
-        if method != "cauchy":
-            return logp, none
-        return logp, np.where(plan.two_sided, _two_sided_q(a), np.exp(gaussian_log_sf(-a)))
-    # Unequal tails: the smaller of the two Bonferroni-weighted one-sided p-values; one-sided
-    # columns take only the first term, with weight 1 (log 1 = 0).
-    signed = np.where(plan.two_sided, z, plan.direction * z)
-    upper = gaussian_log_sf(signed) - plan.log_upper_weight
-    lower = np.where(plan.two_sided, gaussian_log_sf(-z) - plan.log_lower_weight, 0.0)
-    logp = np.minimum(np.minimum(upper, lower), 0.0)
-    return logp, (-np.expm1(logp) if method == "cauchy" else none)
-
-
-def _combine_p(logp: np.ndarray, q: np.ndarray, method: str) -> np.ndarray:
-    """Fisher or Cauchy statistic of rows of per-feature log p-values (see the module
-    docstring); ``q = 1 − p`` from :func:`_tail_log_p` (Cauchy only)."""
-    if method == "fisher":
-        return -2.0 * logp.sum(axis=1)
-    p = np.exp(logp)
-    # tan((½ − p)π) = cot(pπ) = −cot(qπ) with q = 1 − p. Each side is taken where it is
-    # accurate: below p = 1e-8 as 1/(pπ) from log p (capped at e^700, so no term overflows);
-    # above p = ½ from q computed directly (1 − p rounds away the q of a very typical value).
-    # q ≥ 1e-15: p = 1 (a two-sided z of exactly 0, a discrete feature at its median) would
-    # give −inf.
-    q = np.maximum(q, 1e-15)
-    terms = np.where(p <= 0.5, np.tan((0.5 - p) * math.pi), -1.0 / np.tan(q * math.pi))
-    small = logp < math.log(1e-8)
-    terms[small] = np.exp(np.minimum(-logp[small] - math.log(math.pi), 700.0))
-    return np.arcsinh(terms.mean(axis=1))
 
 
 def conformal_p_values(calibration_scores: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -246,6 +164,8 @@ class _Plan:
         self.signed_mul = self.post_mul * s.direction  # d·z = t·(d·post_mul) + d·post_add,
         self.signed_add = self.post_add * s.direction  # exactly: d is ±1
         self.p_table = _p_table(len(s.calibration_scores))  # conformal_p_values, precomputed
+        self.cal_list = s.calibration_scores.tolist()  # the same two, for bisect on floats
+        self.p_list = self.p_table.tolist()
         # The same transform as plain Python floats, for batches of a few rows, where numpy's
         # per-call cost is most of the work (tested equal to the numpy path).
         self.scalar = s.combine in ("max", "fisher") and not self.log_branch
@@ -271,9 +191,13 @@ class _Plan:
     def score_rows(self, features: np.ndarray) -> list[float]:
         """``combine="max"`` or ``"fisher"`` scores of a few rows in plain Python (non-finite
         ▶ +inf)."""
+        return self.score_lists(features.tolist())
+
+    def score_lists(self, rows: list[list[float]]) -> list[float]:
+        """:meth:`score_rows` of rows already turned into lists of floats."""
         out = []
         fisher = self.fisher
-        for row in features.tolist():
+        for row in rows:
             best = -_INF
             total = 0.0
             for j, off, pm, pa, lp, ln, qm, qa, d, tails in self.rows:
@@ -282,7 +206,7 @@ class _Plan:
                     v += off
                     v = math.log(v) if v > 0.0 else (-_INF if v == 0.0 else _NAN)
                 y = v * pm + pa
-                if y != y or y in (_INF, -_INF):
+                if y - y != 0.0:  # NaN or ±inf
                     best = _INF  # NaN or ±inf anywhere makes the row OOD, as in the numpy path
                     break
                 try:
@@ -303,7 +227,7 @@ class _Plan:
                     continue
                 z = abs(z) if d == 0.0 else d * z
                 if fisher:
-                    if z != z or z in (_INF, -_INF):
+                    if z - z != 0.0:  # NaN or ±inf
                         best = _INF
                         break
                     lp_ = _log_sf_scalar(z)
@@ -316,6 +240,13 @@ class _Plan:
                 best = total
             out.append(best if best == best and best != -_INF else _INF)
         return out
+
+    def p_values_of(self, scores: list[float]) -> list[float]:
+        """Conformal p-values of a few scores in plain Python: the bits of
+        :meth:`Scorer.p_value` (``bisect_left`` is ``searchsorted(side="left")``; NaN sorts
+        last there, so it gets the index ``n``)."""
+        cal, table, n = self.cal_list, self.p_list, len(self.cal_list)
+        return [table[bisect_left(cal, s) if s == s else n] for s in scores]
 
     def _pre_power(self, features: np.ndarray) -> np.ndarray:
         """``y [N, U]``: the used features, logged where fitted so, and robustly scaled."""
@@ -422,6 +353,14 @@ class Scorer:
     def _plan(self) -> _Plan:
         return _Plan(self)
 
+    @property
+    def rows_scorer(self) -> _Plan | None:
+        """The plain-Python scorer of batches of up to ``SCALAR_ROWS`` rows given as lists of
+        floats (``score_lists``, ``p_values_of``: the bits :meth:`score` and :meth:`p_value`
+        give such batches), or None where the combination has none."""
+        plan = self._plan
+        return plan if plan.scalar else None
+
     def standardize(self, features: np.ndarray) -> np.ndarray:
         """``z [N, U]``: the used features transformed to about N(0, 1) on in-distribution data."""
         with np.errstate(all="ignore"):  # non-finite features become a +inf score downstream
@@ -434,7 +373,7 @@ class Scorer:
 
     def _score(self, features: np.ndarray) -> np.ndarray:
         plan = self._plan
-        if plan.scalar and len(features) <= _SCALAR_ROWS:
+        if plan.scalar and len(features) <= SCALAR_ROWS:
             return np.asarray(plan.score_rows(np.asarray(features)), dtype=np.float64)
         if self.combine == "max":
             return plan.max_score(features)

@@ -104,6 +104,26 @@ def test_calibrate_with_unequal_tails(raw_bundle, data, tmp_path) -> None:  # ty
     np.testing.assert_array_equal(guard.check(x).score, r.scorer.score(guard.engine.run(x)))
 
 
+def test_small_validation_sets_calibrate_the_baselines(raw_bundle, data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Too few samples to fit every feature but enough for the three classic baselines: the
+    calibration uses those alone and says so (it used to refuse); fewer still is refused with
+    the size every feature needs."""
+    names = read_bundle(raw_bundle).manifest.feature_names
+    need_all = required_samples(0.05, len(names), 0.4)
+    need_base = required_samples(0.05, 3, 0.4)
+    assert need_base <= 60 < need_all
+    r = calibrate(raw_bundle, data["val"][:60], out=tmp_path / "small")
+    assert {r.scorer.feature_names[i] for i in r.scorer.used} <= {
+        "recon_error", "latent_knn", "latent_mahalanobis"}
+    assert any("too few to fit all" in w for w in r.warnings)
+    assert r.n_fit + r.n_cal == 60
+    with pytest.raises(CalibrationError, match=f"at least {need_all} in-distribution samples"):
+        calibrate(raw_bundle, data["val"][: need_base - 1], out=tmp_path / "tiny")
+    # an explicit use= is the caller's choice: no silent narrowing
+    with pytest.raises(CalibrationError, match="at least"):
+        calibrate(raw_bundle, data["val"][:60], use=list(names), out=tmp_path / "all")
+
+
 def test_calibrate_with_user_ood_and_all_features(raw_bundle, data, tmp_path) -> None:  # type: ignore[no-untyped-def]
     r1 = calibrate(raw_bundle, data["val"], x_ood=data["noise"][:100], out=tmp_path / "a")
     assert r1.scorer.info["selection"]["reference"] == "x_ood"

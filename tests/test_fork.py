@@ -49,7 +49,7 @@ def warm(bundle, data):  # type: ignore[no-untyped-def]
     x = np.ascontiguousarray(np.concatenate([data["test"], data["noise"]]))
     g.engine._row_seconds = 1.0  # every batch is split: the pool starts
     want = g.check(x)
-    assert g.engine._pool is not None and g._timed_pool is not None
+    assert g.engine._pool is not None and g._timed.pool is not None
     yield g, x, want
     g.close()
 

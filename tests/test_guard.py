@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
 from oodguard import (
     FEATURE_NAMES,
@@ -384,6 +385,53 @@ def test_huge_finite_inputs_are_flagged_not_failures(guard) -> None:  # type: ig
     assert r.is_ood[1] and r.score[1] == np.inf and np.isfinite(r.score[0])
 
 
+def test_few_rows_path_gives_the_general_paths_bits_and_metrics(bundle, data,
+                                                                monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Batches of up to SCALAR_ROWS finite rows are checked in plain Python after the engine:
+    the same features, scores, p-values, verdicts, failures and metrics as the general path
+    (duration sums aside: they are timings)."""
+    from prometheus_client import generate_latest
+
+    from oodguard.scoring import SCALAR_ROWS
+
+    regs = {"few": CollectorRegistry(), "general": CollectorRegistry()}
+    guards = {k: Guard.load(bundle, registry=r, name="g") for k, r in regs.items()}
+    assert guards["few"]._rows_scorer is not None  # the bundle's combination has the path
+    guards["general"]._rows_scorer = None
+    huge = np.full((1, 16), 3e38, np.float32)  # non-finite features from finite input
+    rows = np.concatenate([data["test"][:6], data["noise"][:4], huge, data["test"][6:8]])
+    batches = [rows[i : i + 1] for i in range(len(rows))]
+    batches += [rows[i : i + k] for k in range(2, SCALAR_ROWS + 1) for i in (0, 7, 9)]
+    for x in batches:
+        a, b = guards["few"].check(x), guards["general"].check(x)
+        for f in ("features", "score", "p_value", "is_ood"):
+            got, want = getattr(a, f), getattr(b, f)
+            assert got.dtype == want.dtype and got.shape == want.shape
+            assert got.tobytes() == want.tobytes(), f
+        assert a.rule == b.rule == "alpha" and a.fdr is b.fdr is None
+    for g in guards.values():  # a NaN feature from the engine, on one of three rows
+        run = g.engine.run
+
+        def nan_row(a: np.ndarray, run=run, **kw: object) -> np.ndarray:  # type: ignore[no-untyped-def]
+            out = run(a, **kw).copy()
+            out[min(1, len(a) - 1), 2] = np.nan
+            return out
+
+        monkeypatch.setattr(g.engine, "run", nan_row)
+        r = g.check(rows[:3])
+        assert r.is_ood[1] and r.score[1] == np.inf and r.p_value[1] == 0.0
+
+    def text(r: CollectorRegistry) -> list[str]:
+        return [ln for ln in generate_latest(r).decode().splitlines()
+                if "_created" not in ln and not ln.startswith(
+                    ("oodguard_guard_duration_seconds_bucket",
+                     "oodguard_guard_duration_seconds_sum"))]
+
+    assert text(regs["few"]) == text(regs["general"])
+    assert regs["few"].get_sample_value(
+        "oodguard_guard_failures_total", {"guard": "g", "kind": "output_nonfinite"}) >= 2
+
+
 # -- timeout -------------------------------------------------------------------------------
 def test_a_stalled_engine_times_out_under_both_policies(bundle, data, registry,
                                                         monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -409,9 +457,9 @@ def test_a_stalled_engine_times_out_under_both_policies(bundle, data, registry,
 
 
 def test_abandoned_runs_are_bounded(bundle, data, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """Stalled runs do not pile up: past _MAX_ABANDONED a timed check fails at once, and
+    """Stalled runs do not pile up: past MAX_ABANDONED a timed check fails at once, and
     once the stalled runs finish, checks work again."""
-    from oodguard import guard as guard_module
+    from oodguard._timed import MAX_ABANDONED
 
     g = Guard.load(bundle, registry=None, timeout_s=0.05)
     release = threading.Event()
@@ -419,7 +467,7 @@ def test_abandoned_runs_are_bounded(bundle, data, monkeypatch) -> None:  # type:
     monkeypatch.setattr(g.engine, "run", stalled)
     x = data["test"][:3]
     try:
-        for _ in range(guard_module._MAX_ABANDONED):
+        for _ in range(MAX_ABANDONED):
             with pytest.raises(GuardFailure, match="did not answer within"):
                 g.check(x)
         t0 = time.monotonic()
@@ -427,15 +475,15 @@ def test_abandoned_runs_are_bounded(bundle, data, monkeypatch) -> None:  # type:
                                                r"runs have not finished"):
             g.check(x)
         assert time.monotonic() - t0 < 0.05  # refused at once, nothing queued
-        assert g._timed_pool is not None
-        assert len(g._timed_pool._threads) == guard_module._MAX_ABANDONED  # one per stalled run
+        assert g._timed.pool is not None
+        assert len(g._timed.pool._threads) == MAX_ABANDONED  # one per stalled run
     finally:
         release.set()
     monkeypatch.undo()
     deadline = time.monotonic() + 10
-    while g._abandoned and time.monotonic() < deadline:
+    while g._timed.abandoned and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert g._abandoned == 0
+    assert g._timed.abandoned == 0
     assert len(g.check(x, timeout_s=10)) == 3
     g.close()
 

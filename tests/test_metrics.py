@@ -99,6 +99,25 @@ def test_observe_many_gives_the_same_exposition_as_observe(batches, bounds) -> N
     assert without_created(generate_latest(coll)) == without_created(generate_latest(loop))
 
 
+@settings(max_examples=150, deadline=None)
+@given(batches=st.lists(st.tuples(st.booleans(), values_st), max_size=6),
+       bounds=st.sampled_from([BOUNDS, BOUNDS[2:]]))
+def test_batch_histogram_lists_and_arrays_keep_observe_order(batches, bounds) -> None:
+    """``observe_list`` (the guard's small batches) mixed with ``observe_many``: the exposition
+    of ``Histogram.observe`` value by value, sums bit for bit (the order is kept)."""
+    coll, loop = CollectorRegistry(), CollectorRegistry()
+    hc = BatchHistogram("h", "h", bounds, coll).labels("a")
+    hl = Histogram("h", "h", ["guard"], buckets=bounds, registry=loop).labels("a")
+    for as_list, batch in batches:
+        if as_list:
+            hc.observe_list(list(batch))
+        else:
+            hc.observe_many(np.asarray(batch, dtype=np.float64))
+        for v in batch:
+            hl.observe(v)
+    assert without_created(generate_latest(coll)) == without_created(generate_latest(loop))
+
+
 def test_observe_many_batch_sum_is_sequential_not_pairwise(registry) -> None:
     # Values whose pairwise and sequential float sums differ: a sum done with np.sum would not
     # match repeated observe() bit for bit on a fresh histogram.
@@ -369,3 +388,62 @@ def test_every_reason_the_code_counts_starts_at_zero() -> None:
              for m in re.finditer(r"\bDropped\((?=\d)", src)}
     assert drops == set(metrics.DROP_REASONS)
     assert len(counted) > 15 and counted <= known, counted - known
+
+
+@settings(max_examples=100, deadline=None)
+@given(values=values_st, bounds=st.sampled_from([BOUNDS, BOUNDS[2:], (1.0,)]))
+def test_plain_families_expose_what_prometheus_client_does(values, bounds) -> None:
+    """The guard's per-check series in single-process mode (plain Python numbers under one
+    lock per guard) against ``Counter`` and ``Histogram``: the same exposition text."""
+    import threading
+
+    from prometheus_client import Counter
+
+    from oodguard.metrics import _PlainFamily
+
+    plain, client = CollectorRegistry(), CollectorRegistry()
+    lock = threading.Lock()
+    pc = _PlainFamily("c", "a counter", ["guard", "kind"], plain)
+    ph = _PlainFamily("h", "a histogram", ["guard"], plain, buckets=bounds)
+    cc = Counter("c", "a counter", ["guard", "kind"], registry=client)
+    ch = Histogram("h", "a histogram", ["guard"], buckets=bounds, registry=client)
+    for kind in ("x", "y"):  # series exist (at 0) as soon as they are labelled
+        pc.labels("g", kind, lock=lock)
+        cc.labels("g", kind)
+    for v in values:
+        with lock:
+            ph.labels("g", lock=lock).observe(v)
+            if v == v and v >= 0:
+                pc.labels("g", "x", lock=lock).total += v
+        ch.labels("g").observe(v)
+        if v == v and v >= 0:
+            cc.labels("g", "x").inc(v)
+    assert without_created(generate_latest(plain)) == without_created(generate_latest(client))
+    assert set(samples(plain)) == set(samples(client))  # _created series included
+
+
+def test_guard_metrics_plain_and_client_paths_agree(monkeypatch) -> None:
+    """GuardMetrics in single-process mode (plain series, one lock) and on prometheus_client's
+    metrics (the multiprocess path's objects) record the same checks identically."""
+    from oodguard import metrics
+
+    regs = {}
+    for mode in (False, True):
+        monkeypatch.setattr(metrics, "_multiprocess_mode", lambda mode=mode: mode)
+        reg = regs[mode] = CollectorRegistry()
+        m = metrics.GuardMetrics(reg, "g", score_scale=(0.5, 2.0), threshold=1.0,
+                                 info={k: "1" for k in metrics._INFO_KEYS})
+        for i in range(5):
+            s = np.array([0.1 * i, 1.5, np.inf])
+            m.observe_check(s, np.array([0.5, 0.01, 0.0]), 2, engine_s=1e-4 * i,
+                            scoring_s=3e-5, total_s=2e-4 * i)
+            m.observe_rows([0.3 * i, np.inf], [0.2, 0.0], 1, engine_s=2e-4, scoring_s=1e-5,
+                           total_s=3e-3 * i)
+            m.observe_rows([1.0], [0.04], 0, engine_s=0.3, scoring_s=0.1, total_s=0.5)
+        m.observe_model(0.01)
+        m.observe_failure("timeout")
+        m.observe_refused("shape", 3)
+    assert isinstance(metrics._families[regs[False]].inputs, metrics._PlainFamily)
+    assert not isinstance(metrics._families[regs[True]].inputs, metrics._PlainFamily)
+    assert without_created(generate_latest(regs[False])) == without_created(
+        generate_latest(regs[True]))

@@ -74,3 +74,22 @@ def test_byte_order_and_layout_do_not_change_the_scores(guard, data) -> None:  #
     np.testing.assert_array_equal(guard.check(x.astype(">f4")).score, want)
     np.testing.assert_array_equal(guard.check(np.asfortranarray(x)).score, want)
     np.testing.assert_array_equal(guard.check(np.repeat(x, 2, axis=0)[::2]).score, want)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    arr=hnp.arrays(
+        np.float32, st.tuples(st.integers(1, 12), st.sampled_from([1, 7, 16, 64])),
+        elements=st.one_of(st.floats(width=32, allow_nan=True, allow_infinity=True),
+                           st.sampled_from([3.4028235e38, -3.4028235e38, np.inf, -np.inf])),
+    )
+)
+def test_small_batches_finiteness_by_sum_equals_isfinite(arr) -> None:  # type: ignore[no-untyped-def]
+    """Batches of up to _SUM_CHECK_VALUES values are checked with a Python sum (extremes of
+    float32, inf and -inf together, NaN); larger ones with numpy: the same answer."""
+    from oodguard.validation import _SUM_CHECK_VALUES, _all_finite
+
+    assert _all_finite(arr) == bool(np.isfinite(arr).all())
+    if arr.size <= _SUM_CHECK_VALUES:  # the same values in a larger batch take numpy's check
+        big = np.concatenate([arr, np.zeros((_SUM_CHECK_VALUES, arr.shape[1]), np.float32)])
+        assert _all_finite(big) == _all_finite(arr)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from oodguard._progress import progress_bar
 from oodguard.bundle import (
     CALIBRATION_FILE,
     MODEL_FILE,
@@ -359,6 +360,7 @@ def calibrate(
     out: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     seed: int = 0,
+    progress: bool | None = None,
 ) -> CalibrationReport:
     """Calibrate a bundle on in-distribution validation inputs and write ``calibration.json``.
 
@@ -388,6 +390,8 @@ def calibrate(
         with ``overwrite=True`` — hold a bundle; a file or a directory holding anything else
         is refused (``BundleExistsError``) before any work is done, and nothing is deleted.
     overwrite : allow replacing an existing bundle at ``out`` (not needed in place).
+    progress : a bar over the calibration's stages; default when stderr is a terminal and INFO
+        is logged.
 
     Every run leaves out the features the exporter measured as unstable (manifest
     ``dynamics["stability"]``; ``report.dropped`` says so) and checks that trivially far inputs
@@ -418,8 +422,12 @@ def calibrate(
     use, few = _fit_candidates(len(x32), names, use, alpha, fit_fraction)
     check_sizes(len(x32), len(names) if use is None else len(use), alpha, fit_fraction)
     engine = Engine(source.files[MODEL_FILE], source.manifest, providers="cpu")
+    bar = progress_bar(5, "calibration", log, progress=progress, unit="stage")
+    bar.set_description_str("calibration: features")
     log.info("computing features for %d validation inputs", len(x32))
     features = engine.run(x32)
+    bar.update()
+    bar.set_description_str("calibration: selection")
     fit_idx, cal_idx = split_indices(len(x32), fit_fraction, seed)
     reference = None
     groups: list[np.ndarray] | None = None
@@ -435,6 +443,8 @@ def calibrate(
         log.info("selecting features on %d %s inputs", len(ref_x),
                  "OOD validation" if x_ood is not None else "synthetic-outlier")
         reference = engine.run(np.ascontiguousarray(ref_x))
+    bar.update()
+    bar.set_description_str("calibration: fit")
     unstable = unstable_features(source.manifest.dynamics)
     scorer, info = fit_scorer(
         features[fit_idx], features[cal_idx], source.manifest.feature_names, alpha=alpha,
@@ -445,6 +455,8 @@ def calibrate(
         info["selection"]["reference"] = (
             "x_ood" if x_ood is not None else list(DEFAULT_PROXY_KINDS)
         )
+    bar.update()
+    bar.set_description_str("calibration: sanity check")
     sanity, sanity_warnings = sanity_check(
         lambda xs: engine.run(np.ascontiguousarray(xs)), scorer, x32[fit_idx], seed=seed
     )
@@ -453,11 +465,15 @@ def calibrate(
     info["sanity"] = sanity
     info["warnings"] = [*few, *info["warnings"], *sanity_warnings]
     scorer = Scorer.from_dict({**scorer.to_dict(), "info": info}, scorer.feature_names)
+    bar.update()
+    bar.set_description_str("calibration: write")
     files = {
         MODEL_FILE: source.files[MODEL_FILE],
         CALIBRATION_FILE: (json.dumps(scorer.to_dict()) + "\n").encode(),
     }
     write_bundle(target, source.manifest, files, overwrite=in_place or overwrite)
+    bar.update()
+    bar.close()
     path = source.path if in_place else target
     log.info("calibrated at alpha=%g: threshold %.4g from %d calibration scores; features %s",
              alpha, scorer.threshold, len(cal_idx),

@@ -18,6 +18,7 @@ import numpy as np
 
 __all__ = [
     "DigitsData",
+    "image_files",
     "load_array",
     "load_digits_data",
     "load_idx",
@@ -63,6 +64,12 @@ def load_idx(path: str | os.PathLike[str]) -> np.ndarray:
     return out.astype(dtype.newbyteorder("="))
 
 
+def image_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The image files of a folder, sorted by name: the row order of
+    :func:`load_image_folder`."""
+    return sorted(f for f in Path(path).iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES)
+
+
 def load_image_folder(
     path: str | os.PathLike[str], *, size: tuple[int, int] | None = None, grayscale: bool = True
 ) -> np.ndarray:
@@ -71,7 +78,7 @@ def load_image_folder(
     refused."""
     from PIL import Image
 
-    files = sorted(f for f in Path(path).iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES)
+    files = image_files(path)
     if not files:
         raise ValueError(f"{path} holds no images ({', '.join(sorted(_IMAGE_SUFFIXES))})")
     out = []

@@ -28,7 +28,7 @@ from oodguard.export import export_bundle
 from oodguard.guard import Guard
 from oodguard.scoring import conformal_p_values
 
-__all__ = ["run_demo"]
+__all__ = ["check_out", "run_demo"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,40 @@ def resampled_check(
     }
 
 
+# What a demo run writes into its folder; anything else there is the user's and stays.
+OUTPUTS = ("bundle", "report.json", "roc.png", "histograms.png", "feature_auroc.png",
+           "attractors.png")
+
+
+def check_out(out: str | Path, *, overwrite: bool = False) -> None:
+    """Refuse, before any training, an output folder the demo must not write to: a file, a
+    non-empty folder without ``overwrite``, or a ``bundle`` there that is not a bundle.
+
+    Raises
+    ------
+    FileExistsError
+        The message names ``--overwrite`` and ``--out``.
+    """
+    from oodguard.bundle import check_destination
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a folder; pick a folder with --out DIR")
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not overwrite:
+        mine = [n for n in held if n in OUTPUTS]
+        what = ("a previous demo run (" + ", ".join(mine) + ")" if mine
+                else "files of yours (" + ", ".join(held[:5]) + ("…" if len(held) > 5 else "")
+                + ")")
+        raise FileExistsError(
+            f"--out {out} already holds {what}; pass --overwrite to replace the demo's "
+            f"outputs there ({', '.join(OUTPUTS)}; nothing else is touched), or --out DIR for "
+            "a new folder"
+        )
+    if held:
+        check_destination(out / "bundle", overwrite=True)  # a non-bundle there is refused
+
+
 def run_demo(
     out: str | Path,
     *,
@@ -97,9 +131,15 @@ def run_demo(
     plots: bool = True,
     resample: int = 20,
     corruption: str = "noise",
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Run the demo; returns the report (also written to ``out/report.json``)."""
+    """Run the demo; returns the report (also written to ``out/report.json``).
+
+    ``out`` is checked first (:func:`check_out`): a previous run is replaced only with
+    ``overwrite``. Progress bars follow :mod:`oodguard._progress` (a terminal, INFO logged).
+    """
     out = Path(out)
+    check_out(out, overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     timings: dict[str, float] = {}

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from oodguard._progress import progress_bar, wants_progress
+
 __all__ = ["EncoderDecoder", "MLPAutoencoder", "train_autoencoder"]
 
 log = logging.getLogger(__name__)
@@ -58,13 +60,17 @@ def train_autoencoder(
     corruption: str = "noise",
     mask_fraction: float = 0.5,
     seed: int = 0,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> MLPAutoencoder:
     """Train a denoising MLP autoencoder on ``x [N, dim]`` (values in [0, 1]). Seeded.
 
     ``corruption="noise"`` adds Gaussian noise of s.d. ``noise`` to the inputs; ``"mask"`` zeroes
     a random ``mask_fraction`` of each input's values (MAE-like), which DESIGN.md reports flips
     the direction of the trajectory features.
+
+    ``progress``: a bar over the epochs (default: when stderr is a terminal and INFO is logged,
+    see :mod:`oodguard._progress`); without a bar, the loss is logged at the first epoch and
+    every tenth of the run. ``False`` logs nothing.
     """
     if corruption not in ("noise", "mask"):
         raise ValueError(f"corruption must be 'noise' or 'mask'. Got {corruption!r}")
@@ -75,6 +81,10 @@ def train_autoencoder(
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     t0 = time.perf_counter()
+    drawn = wants_progress(log, progress)
+    bar = progress_bar(epochs, "training", log, progress=drawn, unit="epoch")
+    every = max(epochs // 10, 1)
+    total = 0.0
     for epoch in range(epochs):
         perm = torch.randperm(len(data), generator=gen)
         total = 0.0
@@ -91,7 +101,14 @@ def train_autoencoder(
             opt.step()
             total += loss.item() * len(batch)
         sched.step()
-        if progress and (epoch + 1) % max(epochs // 5, 1) == 0:
+        bar.update()
+        bar.set_postfix_str(f"loss {total / len(data):.5f}")
+        if (not drawn and progress is not False
+                and (epoch == 0 or (epoch + 1) % every == 0 or epoch + 1 == epochs)):
             log.info("epoch %d/%d  loss %.5f  (%.1fs)", epoch + 1, epochs, total / len(data),
                      time.perf_counter() - t0)
+    bar.close()
+    if drawn:
+        log.info("trained %d epochs in %.1fs; loss %.5f", epochs, time.perf_counter() - t0,
+                 total / len(data))
     return model.eval()

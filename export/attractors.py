@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from oodguard._progress import progress_bar
 from oodguard.errors import ExportError
 
 __all__ = ["AttractorReport", "discover_attractors", "merge_points"]
@@ -61,21 +62,26 @@ class AttractorReport:
 
 
 def _iterate(
-    encoder: nn.Module, decoder: nn.Module, z: torch.Tensor, tol: float, max_steps: int
+    encoder: nn.Module, decoder: nn.Module, z: torch.Tensor, tol: float, max_steps: int,
+    progress: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Iterate each code until its step is ≤ tol or the budget ends; (terminal, converged)."""
+    """Iterate each code until its step is ≤ tol or the budget ends; (terminal, converged).
+    The bar counts converged codes."""
     z = z.clone()
     converged = torch.zeros(len(z), dtype=torch.bool)
     active = torch.arange(len(z))
-    for _ in range(max_steps):
-        if len(active) == 0:
-            break
-        cur = z[active]
-        nxt = encoder(decoder(cur))
-        done = torch.linalg.vector_norm(nxt - cur, dim=1) <= tol
-        z[active] = nxt
-        converged[active[done]] = True
-        active = active[~done]
+    with progress_bar(len(z), "attractors", log, progress=progress, unit="code") as bar:
+        for step in range(max_steps):
+            if len(active) == 0:
+                break
+            cur = z[active]
+            nxt = encoder(decoder(cur))
+            done = torch.linalg.vector_norm(nxt - cur, dim=1) <= tol
+            z[active] = nxt
+            converged[active[done]] = True
+            active = active[~done]
+            bar.update(int(done.sum()))
+            bar.set_postfix_str(f"step {step + 1}/{max_steps}")
     return z, converged
 
 
@@ -111,6 +117,7 @@ def discover_attractors(
     max_attractors: int = 1024,
     batch_size: int = 4096,
     seed: int = 0,
+    progress: bool | None = None,
 ) -> AttractorReport:
     """Find the attractors of ``f = E∘D`` from training codes and data-free Gaussian codes.
 
@@ -126,6 +133,8 @@ def discover_attractors(
         Step budget per code.
     max_attractors : int
         Keep at most this many attractors (those that gathered the most terminal points).
+    progress : bool or None
+        A bar of converged codes; default when stderr is a terminal and INFO is logged.
     """
     t0 = time.perf_counter()
     x = torch.as_tensor(np.asarray(x_train), dtype=torch.float32)
@@ -146,7 +155,8 @@ def discover_attractors(
     noise = codes.mean(0) + codes.std(0) * torch.randn(
         n_noise, codes.shape[1], generator=gen
     )
-    terminal, converged = _iterate(encoder, decoder, torch.cat([codes, noise]), tol, max_steps)
+    terminal, converged = _iterate(encoder, decoder, torch.cat([codes, noise]), tol, max_steps,
+                                   progress)
     n = len(codes)
     points = terminal.numpy()
     finite = np.isfinite(points).all(axis=1)

@@ -19,6 +19,7 @@ import onnx
 import torch
 from torch import nn
 
+from oodguard._progress import progress_bar
 from oodguard.bundle import MODEL_FILE, InputSpec, Manifest, write_bundle
 from oodguard.engine import DENORMAL_AS_ZERO_KEY
 from oodguard.errors import ExportError
@@ -214,6 +215,7 @@ def export_bundle(
     rewrite_elu: bool | None = None,
     knn_k: int = DEFAULT_KNN_K,
     max_bank: int = DEFAULT_MAX_BANK,
+    progress: bool | None = None,
 ) -> ExportReport:
     """Export a trained autoencoder to an (uncalibrated) bundle directory.
 
@@ -251,6 +253,9 @@ def export_bundle(
     knn_k, max_bank : int
         ``k`` of the ``latent_knn``/``terminal_knn`` features and the most training codes kept
         in their banks (a seeded subsample beyond it; see :mod:`oodguard.export.baselines`).
+    progress : bool or None
+        Progress bars for attractor discovery and the export's stages (the ONNX export alone
+        takes seconds); default when stderr is a terminal and INFO is logged.
 
     Raises
     ------
@@ -274,12 +279,16 @@ def export_bundle(
     report = discover_attractors(
         enc, dec, x_train, n_noise=n_noise, rel_tol=rel_tol,
         rel_merge_radius=rel_merge_radius, max_attractors=max_attractors, seed=seed,
+        progress=progress,
     )
+    stages = progress_bar(len(_STAGES), "export", log, progress=progress, unit="stage")
+    stage = _stage_marker(stages)
     if precision not in ("float32", "float16"):
         raise ValueError(f"precision must be 'float32' or 'float16'. Got {precision!r}")
     half = precision == "float16"
     parity_rtol = parity_rtol if parity_rtol is not None else (FP16_RTOL if half else DEFAULT_RTOL)
     parity_atol = parity_atol if parity_atol is not None else (FP16_ATOL if half else DEFAULT_ATOL)
+    stage("latent baselines")
     baselines = fit_latent_baselines(enc, dec, x_train, steps=steps, k=knn_k, max_bank=max_bank,
                                      seed=seed, resolution=report.tol)
     module = TrajectoryFeatures(
@@ -305,14 +314,18 @@ def export_bundle(
         train_rows[:] = True
     log.info("exporting the trajectory graph (T=%d, K=%d)", steps, len(report.attractors))
     with flush_denormal():
+        stage("torch.onnx.export")
         data, check = export_graphs(module, torch.from_numpy(x_check[: min(len(x_check), 4)]),
                                     rewrite_elu=rewrite_elu)
         # The check model is the bundle graph plus two outputs: its features are the bundle's.
+        stage("parity check")
         parity, onnx_features = _verify(module, check, x_check, parity_rtol, parity_atol)
         with torch.inference_mode():
             ref = module(torch.from_numpy(x_check)).numpy()
+        stage("stability")
         stability = measure_stability(module.feature_names, ref, onnx_features, train_rows,
                                       atol=parity_atol)
+        stage("contraction")
         contraction = measure_contraction(enc, dec, baselines.initial.bank, steps=steps,
                                           tol=report.tol)
     unstable = [k for k, v in stability.items() if not v["stable"]]
@@ -336,9 +349,32 @@ def export_bundle(
                                      "scale": "IQR over training rows"},
                   "attractor_nonfinite_dropped": report.n_nonfinite},
     )
+    stage("write")
     out = write_bundle(path, manifest, {MODEL_FILE: data}, overwrite=overwrite)
+    stage(None)
     return ExportReport(out, report, parity, baselines, dict(manifest.dynamics), len(data),
                         time.perf_counter() - t0)
+
+
+_STAGES = ("latent baselines", "torch.onnx.export", "parity check", "stability", "contraction",
+           "write")
+
+
+def _stage_marker(bar: Any) -> Any:
+    """``stage(name)`` completes the previous stage on ``bar`` and names the next;
+    ``stage(None)`` completes the last and closes the bar."""
+    started = [False]
+
+    def stage(name: str | None) -> None:
+        if started[0]:
+            bar.update()
+        started[0] = True
+        if name is None:
+            bar.close()
+        else:
+            bar.set_description_str(f"export: {name}")
+
+    return stage
 
 
 def _verify(module: TrajectoryFeatures, check: onnx.ModelProto, x: np.ndarray,

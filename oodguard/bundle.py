@@ -264,8 +264,9 @@ def load_calibration(bundle: Bundle) -> dict[str, Any]:
     """
     if CALIBRATION_FILE not in bundle.files:
         raise NotCalibratedError(
-            f"bundle {bundle.path} has no {CALIBRATION_FILE}; calibrate it first with "
-            "oodguard.calibration.calibrate(bundle, x_validation)"
+            f"bundle {bundle.path} has no {CALIBRATION_FILE}; calibrate it first on "
+            f"in-distribution validation inputs: oodguard calibrate {bundle.path} VAL.npy "
+            "(in Python: oodguard.calibration.calibrate(bundle, x_validation))"
         )
     if bundle.calibration is not None:
         return dict(bundle.calibration)
@@ -313,6 +314,12 @@ def _read_file(root: Path, dir_fd: int, name: str) -> bytes:
             moved = True
         if moved or here.st_nlink == 0:
             raise _Stale from err  # a writer swapped a new bundle in and removed this one
+        if name not in (MANIFEST_FILE, MODEL_FILE):  # listed in the manifest, yet missing
+            raise NotCalibratedError(
+                f"{root / MANIFEST_FILE} lists {name}, but {root} holds no {name}: it was "
+                "deleted or not copied along. Copy the whole bundle directory again (the "
+                "manifest's hashes cover every file it lists), or export and calibrate anew"
+            ) from err
         raise BundleError(
             f"{root} holds no {name}; a bundle needs {MANIFEST_FILE} and {MODEL_FILE} "
             "(export one with oodguard.export.export_bundle)"

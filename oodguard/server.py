@@ -81,6 +81,9 @@ class ServeConfig:
     max_request_rows : requests with more rows get 413
     body_timeout_s : a request body not fully received this long after the request's headers
         gets 408 and the connection is closed (slow or unfinished uploads)
+    header_timeout_s : a connection whose request headers are not complete this long after it
+        opened (or after the request's first bytes) is closed without an answer (slowloris;
+        see :mod:`oodguard.http_headers`)
     max_inflight_body_bytes : budget for the bodies of all requests being received or served
         at once (declared Content-Length reserved up front, chunked bodies as they come); a
         request that does not fit gets 503 with ``Retry-After: 1`` at once, without waiting
@@ -97,6 +100,7 @@ class ServeConfig:
     max_body_bytes: int = 16 * 1024 * 1024
     max_request_rows: int = 4096
     body_timeout_s: float = 30.0
+    header_timeout_s: float = 10.0
     max_inflight_body_bytes: int = 64 * 1024 * 1024
     token: str | None = field(default=None, repr=False)
     graceful_timeout_s: float = 30.0
@@ -110,7 +114,7 @@ class ServeConfig:
                 raise ValueError(f"{name} must be a positive int. Got {getattr(self, name)!r}")
         if not 0 <= self.max_wait_ms <= 10_000:
             raise ValueError(f"max_wait_ms must be in [0, 10000]. Got {self.max_wait_ms}")
-        for name in ("graceful_timeout_s", "body_timeout_s"):
+        for name in ("graceful_timeout_s", "body_timeout_s", "header_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0. Got {getattr(self, name)}")
         if self.max_inflight_body_bytes < self.max_body_bytes:
@@ -354,8 +358,11 @@ def serve(guard: Guard, config: ServeConfig, *, registry: Any = None,
             await _drain(self, sock)
             await super().shutdown(sockets)
 
+    from oodguard.http_headers import protocol_class
+
     server = _Server(uvicorn.Config(
         app, log_level="warning", access_log=False, lifespan="on",
+        http=protocol_class(config.header_timeout_s),
         timeout_graceful_shutdown=int(config.graceful_timeout_s) or 1,
     ))
     announce(f"oodguard serve: listening on http://{shown}:{port} (model {svc.name!r}, "

@@ -157,7 +157,8 @@ def test_wrong_shape_and_empty_set_exit_1(bundle, files, tmp_path, capsys) -> No
 def test_uncalibrated_bundle_exits_1_with_a_hint(raw_bundle, files, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     assert main(_args(raw_bundle, files, tmp_path / "e")) == 1
     err = capsys.readouterr().err
-    assert "is not calibrated; run `oodguard calibrate" in err
+    assert (f"is not calibrated (it has no calibration.json); run oodguard calibrate "
+            f"{raw_bundle} VAL.npy") in err
 
 
 def test_missing_plot_extra_exits_2(bundle, files, tmp_path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]

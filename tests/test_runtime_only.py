@@ -51,3 +51,13 @@ print(json.dumps({{"scores": r.score.tolist(), "file": oodguard.__file__,
 
     expected = Guard.load(bundle, registry=None).check(data["test"][:10]).score
     np.testing.assert_allclose(out["scores"], expected, rtol=1e-6)
+    # The installed command line (the oodguard.cli package) works without the offline extras.
+    cli = env_dir / "bin" / "oodguard"
+    version = subprocess.run([str(cli), "--version"], capture_output=True, text=True,
+                             timeout=60, cwd=tmp_path)
+    assert version.returncode == 0 and version.stdout.startswith("oodguard "), version.stderr
+    check = subprocess.run([str(cli), "-q", "check", str(bundle), str(tmp_path / "x.npy")],
+                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert check.returncode == 0, check.stderr[-3000:]
+    scores = [json.loads(line)["score"] for line in check.stdout.splitlines()]
+    np.testing.assert_allclose(scores, expected, rtol=1e-6)

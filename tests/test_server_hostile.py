@@ -17,6 +17,7 @@ MAX_BODY = 1_000_000
 MAX_ROWS = 256
 BUDGET = 3_000_000
 BODY_TIMEOUT = 2.0
+HEADER_TIMEOUT = 1.5
 INFER = "/v2/models/g/infer"
 
 
@@ -24,6 +25,7 @@ INFER = "/v2/models/g/infer"
 def server(bundle):  # type: ignore[no-untyped-def]
     with serving(bundle, "--name", "g", "--max-body-bytes", str(MAX_BODY),
                  "--max-request-rows", str(MAX_ROWS), "--body-timeout-s", str(BODY_TIMEOUT),
+                 "--header-timeout-s", str(HEADER_TIMEOUT),
                  "--max-inflight-body-bytes", str(BUDGET)) as (url, proc):
         yield url, proc
 
@@ -190,6 +192,65 @@ def test_an_unfinished_body_gets_408_after_the_body_timeout(server) -> None:
     assert dropped(after, "body_timeout") - dropped(before, "body_timeout") == 1
     assert metric_value(after, "oodguard_inputs_refused_total") == metric_value(
         before, "oodguard_inputs_refused_total")
+
+
+def _closed_after(sock: socket.socket, trickle: bytes = b"", limit: float = 15.0) -> float:
+    """Seconds until the server closes ``sock`` (EOF or reset), sending ``trickle`` one byte
+    every 0.25 s meanwhile; fails past ``limit``."""
+    t0 = time.monotonic()
+    sock.settimeout(0.25)
+    sent = 0
+    while time.monotonic() - t0 < limit:
+        try:
+            if not sock.recv(65536):
+                return time.monotonic() - t0
+        except TimeoutError:
+            pass
+        except ConnectionResetError:
+            return time.monotonic() - t0
+        if sent < len(trickle):
+            try:
+                sock.sendall(trickle[sent : sent + 1])
+            except (BrokenPipeError, ConnectionResetError):
+                return time.monotonic() - t0
+            sent += 1
+    raise AssertionError(f"connection still open after {limit}s")
+
+
+def test_slow_or_missing_headers_are_cut_off_at_the_header_timeout(server) -> None:
+    """A connection that sends nothing, or dribbles its headers a byte at a time (slowloris),
+    or starts a second request on a kept-alive connection and stops, is closed once
+    ``--header-timeout-s`` has passed; headers completed in time are served; the service keeps
+    serving and no counter moves (no request exists yet)."""
+    url, _ = server
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    before = metrics(url)
+    with socket.create_connection((host, int(port))) as s:  # silent
+        assert HEADER_TIMEOUT - 0.3 <= _closed_after(s) < HEADER_TIMEOUT + 3
+    head = f"POST {INFER} HTTP/1.1\r\nHost: t\r\nX-Slow: ".encode()
+    with socket.create_connection((host, int(port))) as s:  # slowloris
+        s.sendall(head)
+        assert _closed_after(s, trickle=b"a" * 200) < HEADER_TIMEOUT + 3
+    body = doc()
+    request = post_head(len(body)) + body
+    with socket.create_connection((host, int(port))) as s:  # kept alive, then a stalled start
+        s.sendall(request)
+        s.settimeout(10)
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        s.sendall(head)
+        assert _closed_after(s) < HEADER_TIMEOUT + 3
+    with socket.create_connection((host, int(port))) as s:  # slow but within the bound
+        for i in range(0, len(request), len(request) // 3 + 1):
+            s.sendall(request[i : i + len(request) // 3 + 1])
+            time.sleep(HEADER_TIMEOUT / 5)
+        s.settimeout(10)
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+    after = metrics(url)
+    for text in (before, after):
+        assert "Traceback" not in text
+    assert metric_value(after, "oodguard_inputs_refused_total") == metric_value(
+        before, "oodguard_inputs_refused_total")
+    assert httpx.post(url + INFER, content=body, timeout=10).status_code == 200
 
 
 def test_bodies_beyond_the_in_flight_budget_get_503_at_once(server) -> None:

@@ -1,0 +1,7 @@
+"""``python -m oodguard.cli``."""
+
+import sys
+
+from oodguard.cli import main
+
+sys.exit(main())

@@ -1,0 +1,97 @@
+"""What every command shares: the command registry, the help formatter, optional imports and
+argument types."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["COMMANDS", "HelpFormatter", "Command", "alpha_arg", "command", "optional",
+           "positive_arg", "INSTALL_HINT"]
+
+Handler = Callable[[argparse.Namespace], int]
+
+# oodguard is installed from its repository (it is not on a public package index).
+INSTALL_HINT = "from a checkout of the repository: pip install -e '.[{extra}]'"
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    setup: Callable[[argparse.ArgumentParser], None]
+    run: Handler
+
+    @property
+    def summary(self) -> str:
+        return (self.run.__doc__ or "").strip().splitlines()[0]
+
+
+# In the order the help lists them: the pipeline first, then the runtime.
+COMMANDS: dict[str, Command] = {}
+
+
+def command(
+    name: str, setup: Callable[[argparse.ArgumentParser], None]
+) -> Callable[[Handler], Handler]:
+    """Register a subcommand: ``setup`` adds its arguments, the decorated function runs it;
+    the first line of its docstring is the command's one-line help."""
+
+    def register(fn: Handler) -> Handler:
+        COMMANDS[name] = Command(name, setup, fn)
+        return fn
+
+    return register
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the descriptions' line breaks and appends ``(default: …)`` to every option that
+    has a meaningful default (not None, not False, not already stated in its help)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (default is None or default is False or default == argparse.SUPPRESS
+                or "default" in text or "%(default)" in text
+                or (not action.option_strings and action.nargs not in ("?", "*"))):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def optional(module: str, command: str, extra: str) -> Any:
+    """Import the module behind a command that needs a pip extra; without it, a
+    MissingDependencyError (exit 2) that names the extra and how to install it."""
+    from oodguard.errors import MissingDependencyError
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        first = extra.split(",")[0]
+        raise MissingDependencyError(
+            f"{command} needs the {first} extra: pip install 'oodguard[{extra}]' ("
+            + INSTALL_HINT.format(extra=extra) + f"); {err}"
+        ) from err
+
+
+def alpha_arg(value: str) -> float:
+    """An ``--alpha`` value: a number in (0, 1)."""
+    try:
+        alpha = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {value!r}") from None
+    if not 0.0 < alpha < 1.0:
+        raise argparse.ArgumentTypeError(f"alpha must lie in (0, 1), got {value}")
+    return alpha
+
+
+def positive_arg(value: str) -> float:
+    """A positive finite number (``--scale``)."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}") from None
+    if not 0.0 < x < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return x

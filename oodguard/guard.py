@@ -22,6 +22,7 @@ import numpy as np
 from oodguard._timed import TimedRuns
 from oodguard._version import __version__
 from oodguard.bundle import (
+    CALIBRATION_FILE,
     MODEL_FILE,
     Bundle,
     InputSpec,
@@ -187,16 +188,17 @@ class Guard:
     def _make_metrics(self, registry: Any) -> Any:
         if registry is None:
             return None
-        from oodguard.metrics import DEFAULT_REGISTRY, GuardMetrics, score_buckets
+        from oodguard.metrics import DEFAULT_REGISTRY, GuardMetrics, score_scale
 
         m = self.manifest
         return GuardMetrics(
             DEFAULT_REGISTRY if registry is _DEFAULT else registry,
             self.name,
-            score_edges=score_buckets(self.scorer.calibration_scores, self.threshold),
+            score_scale=score_scale(self.scorer.calibration_scores, self.threshold),
             threshold=self.threshold,
             info={
                 "sha256": self.bundle.sha256(MODEL_FILE),
+                "calibration_sha256": self.bundle.sha256(CALIBRATION_FILE),
                 "schema": str(m.schema_version),
                 "version": __version__,
                 "steps": str(m.steps),

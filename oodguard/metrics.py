@@ -10,16 +10,26 @@ metric                                      type      labels
 =========================================== ========= =======================================
 ``oodguard_inputs_total``                   counter   guard, verdict (``in`` / ``ood``)
 ``oodguard_inputs_refused_total``           counter   guard, reason (dtype, rank, shape, …)
-``oodguard_score``                          histogram guard (buckets: calibration quantiles)
+``oodguard_score_normalized``               histogram guard (fixed buckets, see below)
 ``oodguard_p_value``                        histogram guard (buckets fine near 0)
 ``oodguard_guard_duration_seconds``         histogram guard, stage (engine / scoring / total)
 ``oodguard_model_duration_seconds``         histogram guard (the wrapped model)
 ``oodguard_batch_size``                     histogram guard (samples per call)
-``oodguard_bundle_info``                    gauge (1) guard, sha256, schema, version, steps, alpha
+``oodguard_bundle_info``                    gauge (1) guard, sha256, calibration_sha256, schema,
+                                                      version, steps, alpha
 ``oodguard_threshold_score``                gauge     guard
 ``oodguard_guard_failures_total``           counter   guard, kind
 ``oodguard_http_requests_dropped_total``    counter   guard, reason (server: unauthorized, …)
 =========================================== ========= =======================================
+
+Every labelled counter starts at 0 for its known label values (the tuples below; the server
+adds its own with :meth:`GuardMetrics.init_http`): a series born at 1 has no earlier sample, so
+``increase()`` misses the first event and an alert on it never fires. ``bundle_info`` hashes
+both ``model.onnx`` (``sha256``) and ``calibration.json``. ``oodguard_score_normalized`` is the
+score in units of the bundle's calibration, ``(score − m) / (t − m)`` (:func:`score_scale`; 0 =
+median calibration score, 1 = threshold), on buckets every bundle shares, so quantiles add
+across guards and rollouts; each series buckets raw scores against bounds mapped to raw units
+(``m + e·(t − m)``), which costs the hot path nothing.
 
 ``oodguard_http_requests_dropped_total`` counts infer requests the HTTP service answered (or
 could not answer) without looking at their inputs: ``unauthorized`` (401), ``body_timeout``
@@ -28,7 +38,7 @@ its body arrived). They are not input refusals, so a client without a token or a
 cannot move ``oodguard_inputs_refused_total`` (and the refusal alert) at will.
 
 Non-finite input rows (``nonfinite="flag"``) are counted as ``verdict="ood"`` and as
-``reason="non_finite"`` refusals; their score (+inf) is left out of ``oodguard_score``, whose
+``reason="non_finite"`` refusals; their score (+inf) is left out of the score histogram, whose
 ``_sum`` would otherwise stay infinite for the life of the process.
 
 The two per-input histograms (score, p-value) take a whole batch per call. In the usual
@@ -78,12 +88,18 @@ __all__ = [
     "CONTENT_TYPE",
     "DEFAULT_REGISTRY",
     "GuardMetrics",
+    "DROP_REASONS",
+    "FAILURE_KINDS",
+    "HTTP_REFUSAL_REASONS",
+    "NORMALIZED_SCORE_BUCKETS",
     "P_VALUE_BUCKETS",
+    "REFUSAL_REASONS",
+    "VERDICTS",
     "multiprocess_registry",
     "new_registry",
     "observe_many",
     "render_latest",
-    "score_buckets",
+    "score_scale",
 ]
 
 log = logging.getLogger(__name__)
@@ -98,18 +114,38 @@ LATENCY_BUCKETS = (
     0.5, 1.0, 2.5, 5.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
-_SCORE_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.975, 0.99, 0.995, 0.999)
+#: edges of ``oodguard_score_normalized`` (0 = median calibration score, 1 = the threshold)
+NORMALIZED_SCORE_BUCKETS = (
+    -2.0, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0,
+    10.0, 100.0,
+)
+#: the label values every counter starts with (at 0), so the first event moves ``increase``
+VERDICTS = ("in", "ood")
+#: ``InvalidInputError.reason`` of ``Guard.check`` (see oodguard.validation)
+REFUSAL_REASONS = ("dtype", "rank", "shape", "type", "non_finite")
+#: further refusal reasons of the HTTP service (``ProtocolError.reason``)
+HTTP_REFUSAL_REASONS = ("json", "protocol", "batch_size", "body_size", "encoding",
+                        "content_type", "model")
+#: ``GuardFailure.reason`` and the guard's ``output_nonfinite``
+FAILURE_KINDS = ("engine_error", "output_shape", "output_dtype", "output_nonfinite", "timeout",
+                 "internal")
+#: ``oodguard_http_requests_dropped_total`` reasons (``oodguard.http_body.Dropped``)
+DROP_REASONS = ("unauthorized", "body_timeout", "overloaded", "disconnect")
 
 
-def score_buckets(calibration_scores: np.ndarray, threshold: float) -> tuple[float, ...]:
-    """Score histogram buckets from the calibration scores' quantiles, the threshold, and a
-    geometric tail above the largest calibration score (OOD scores live there)."""
-    cal = np.asarray(calibration_scores, dtype=np.float64)
-    qs = np.quantile(cal, _SCORE_QUANTILES)
-    top = max(float(cal.max()), float(threshold), 1e-9)
-    tail = top * np.array([1.5, 2.0, 3.0, 5.0, 10.0, 100.0])
-    edges = np.unique(np.round(np.concatenate([qs, [threshold, top], tail]), 6))
-    return tuple(float(e) for e in edges if np.isfinite(e))
+def score_scale(sorted_cal: np.ndarray, threshold: float) -> tuple[float, float]:
+    """``(m, s)`` with ``u = (score − m) / s`` the normalised score: ``m`` the median of the
+    calibration scores and ``s = threshold − m``, so that ``u = 1`` at the threshold. Where the
+    threshold is not above the median (alpha ≥ 0.5, or ties), ``s`` is the calibration scores'
+    range, or 1 when they are all equal."""
+    cal = np.asarray(sorted_cal, dtype=np.float64)
+    m = float(np.median(cal))
+    s = float(threshold) - m
+    if not (np.isfinite(s) and s > 0):
+        s = float(cal[-1] - cal[0])
+    if not (np.isfinite(s) and s > 0):
+        s = 1.0
+    return m, s
 
 
 _LOOP_MAX = 8  # below this many values, plain observe() beats numpy's fixed cost
@@ -164,10 +200,13 @@ class _BatchChild:
     """
 
     __slots__ = ("_bounds", "_counts", "_sum", "_lock", "_queued", "_queued_values", "_floats",
-                 "created")
+                 "created", "offset", "scale")
 
-    def __init__(self, bounds: np.ndarray, lock: threading.Lock | None = None) -> None:
-        self._bounds = bounds
+    def __init__(self, bounds: np.ndarray, lock: threading.Lock | None = None,
+                 offset: float = 0.0, scale: float = 1.0) -> None:
+        # values are bucketed in their own units against bounds mapped there (e ▶ offset + e·s)
+        self._bounds = bounds if (offset, scale) == (0.0, 1.0) else offset + scale * bounds
+        self.offset, self.scale = offset, scale
         # one slot past the +Inf bucket: searchsorted puts NaN there, and NaN counts nowhere
         self._counts = np.zeros(len(bounds) + 1, dtype=np.int64)
         self._sum = 0.0
@@ -255,12 +294,19 @@ class BatchHistogram:
         self._lock = threading.Lock()
         registry.register(self)
 
-    def labels(self, guard: str, lock: threading.Lock | None = None) -> _BatchChild:
-        """The series of ``guard``; a new one takes ``lock`` (default: a lock of its own)."""
+    def labels(self, guard: str, lock: threading.Lock | None = None, *, offset: float = 0.0,
+               scale: float = 1.0) -> _BatchChild:
+        """The series of ``guard``; a new one takes ``lock`` (default: a lock of its own). With
+        ``offset``/``scale`` it takes raw values ``v`` and exposes them as
+        ``(v − offset) / scale`` on the family's buckets (the bucketing is done in raw units,
+        so observing costs the same); a later call returns the first one's series unchanged."""
+        if not (np.isfinite(offset) and np.isfinite(scale) and scale > 0):
+            raise ValueError(f"offset must be finite and scale finite and > 0; got {offset!r}, "
+                             f"{scale!r}")
         with self._lock:
             child = self._children.get(guard)
             if child is None:
-                child = self._children[guard] = _BatchChild(self._bounds, lock)
+                child = self._children[guard] = _BatchChild(self._bounds, lock, offset, scale)
             return child
 
     def describe(self) -> list[Metric]:
@@ -276,6 +322,8 @@ class BatchHistogram:
         for guard, child in children:
             counts, total = child.snapshot()
             cum = np.cumsum(counts).tolist()
+            if (child.offset, child.scale) != (0.0, 1.0):
+                total = (total - cum[-1] * child.offset) / child.scale
             with_sum = self._bounds[0] >= 0
             fam.add_metric(
                 [guard],
@@ -385,11 +433,12 @@ class _GuardSeries:
     __slots__ = ("_lock", "_in", "_ood", "_batch", "_engine", "_scoring", "_total", "_score",
                  "_p")
 
-    def __init__(self, fam: _Families, guard: str) -> None:
+    def __init__(self, fam: _Families, guard: str, score_scale: tuple[float, float]) -> None:
         self._lock = lock = fam.lock_for(guard)
         self._in = fam.inputs.labels(guard, "in", lock=lock)
         self._ood = fam.inputs.labels(guard, "ood", lock=lock)
-        self._score = fam.score.labels(guard, lock)
+        offset, scale = score_scale
+        self._score = fam.score.labels(guard, lock, offset=offset, scale=scale)
         self._p = fam.p_value.labels(guard, lock)
         self._engine = fam.duration.labels(guard, "engine", lock=lock)
         self._scoring = fam.duration.labels(guard, "scoring", lock=lock)
@@ -421,12 +470,14 @@ def _multiprocess_mode() -> bool:
     return bool(getattr(values.ValueClass, "_multiprocess", False))
 
 
+_INFO_KEYS = ("sha256", "calibration_sha256", "schema", "version", "steps", "alpha")
+
+
 class _Families:
     """The metric families of one registry, created once and shared by its guards."""
 
-    def __init__(self, registry: CollectorRegistry, score_edges: Sequence[float]) -> None:
+    def __init__(self, registry: CollectorRegistry) -> None:
         kw: dict[str, Any] = {"registry": registry}
-        self.score_edges = tuple(score_edges)
         self.plain = not _multiprocess_mode()
         self._locks: dict[str, threading.Lock] = {}
         self.inputs: Any
@@ -452,7 +503,10 @@ class _Families:
             def per_input(name: str, doc: str, buckets: Sequence[float]) -> Any:
                 return BatchHistogram(name, doc, buckets, registry)
         self.score = per_input(
-            "oodguard_score", "OOD score per input (higher = more OOD).", self.score_edges
+            "oodguard_score_normalized",
+            "OOD score per input in units of the bundle's calibration: 0 = median calibration "
+            "score, 1 = the threshold (higher = more OOD).",
+            NORMALIZED_SCORE_BUCKETS,
         )
         self.p_value = per_input(
             "oodguard_p_value",
@@ -480,7 +534,7 @@ class _Families:
         self.info = Gauge(
             "oodguard_bundle_info",
             "The bundle a guard runs (always 1; the labels carry the information).",
-            ["guard", "sha256", "schema", "version", "steps", "alpha"],
+            ["guard", *_INFO_KEYS],
             multiprocess_mode="max",
             **kw,
         )
@@ -512,49 +566,61 @@ class _Families:
 
 _families: weakref.WeakKeyDictionary[CollectorRegistry, _Families] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
-_INFO_KEYS = ("sha256", "schema", "version", "steps", "alpha")
 
 
-def _families_for(registry: CollectorRegistry, edges: Sequence[float]) -> _Families:
+def _families_for(registry: CollectorRegistry) -> _Families:
     with _lock:
         fam = _families.get(registry)
         if fam is None:
-            fam = _families[registry] = _Families(registry, edges)
-        elif fam.score_edges != tuple(edges):
-            # A histogram family has one bucket layout; a second, differently calibrated guard
-            # in the same registry shares the first one's layout rather than failing.
-            log.info("oodguard_score buckets already set in this registry; reusing them")
+            fam = _families[registry] = _Families(registry)
         return fam
 
 
-def _batch_observer(child: Any) -> Callable[[np.ndarray], None]:
-    """``f(values)`` observing a float64 array in a histogram child of either kind."""
-    if isinstance(child, _BatchChild):
-        return child.observe_many
-    return lambda v: observe_many(child, v)
+def _batch_observer(family: Any, guard: str, offset: float = 0.0, scale: float = 1.0
+                    ) -> Callable[[np.ndarray], None]:
+    """``f(values)`` observing a float64 array of raw values in ``guard``'s histogram series
+    of either kind, as ``(v − offset) / scale``."""
+    if isinstance(family, BatchHistogram):
+        return family.labels(guard, offset=offset, scale=scale).observe_many
+    child = family.labels(guard)
+    if (offset, scale) == (0.0, 1.0):
+        return lambda v: observe_many(child, v)
+    return lambda v: observe_many(child, (v - offset) / scale)  # multiprocess mode
 
 
 class GuardMetrics:
     """Records one guard's calls. Thread-safe: a check's series are updated under the guard's
-    lock (single-process mode) or through prometheus_client's own locked values."""
+    lock (single-process mode) or through prometheus_client's own locked values.
+
+    Parameters
+    ----------
+    registry : where the families live (shared by every guard of the registry)
+    guard : the ``guard`` label
+    score_scale : ``(m, s)`` of :func:`score_scale`: the normalised score is ``(score − m) / s``
+    threshold : the score threshold (``oodguard_threshold_score``)
+    info : the ``oodguard_bundle_info`` labels (every key of ``_INFO_KEYS``)
+    """
 
     def __init__(
         self,
         registry: CollectorRegistry,
         guard: str,
         *,
-        score_edges: Sequence[float],
+        score_scale: tuple[float, float],
         threshold: float,
         info: Mapping[str, str],
     ) -> None:
-        fam = _families_for(registry, score_edges)
+        missing = [k for k in _INFO_KEYS if k not in info]
+        if missing:
+            raise ValueError(f"info must hold {_INFO_KEYS}; missing {missing}")
+        fam = _families_for(registry)
         # single-process mode: one lock per check; multiprocess: prometheus_client's values
-        self._series = _GuardSeries(fam, guard) if fam.plain else None
+        self._series = _GuardSeries(fam, guard, score_scale) if fam.plain else None
         if self._series is None:
             self._in = fam.inputs.labels(guard, "in")
             self._ood = fam.inputs.labels(guard, "ood")
-            self._score = _batch_observer(fam.score.labels(guard))
-            self._p = _batch_observer(fam.p_value.labels(guard))
+            self._score = _batch_observer(fam.score, guard, *score_scale)
+            self._p = _batch_observer(fam.p_value, guard)
             self._engine = fam.duration.labels(guard, "engine")
             self._scoring = fam.duration.labels(guard, "scoring")
             self._total = fam.duration.labels(guard, "total")
@@ -564,11 +630,20 @@ class GuardMetrics:
         self._failures = fam.failures
         self._dropped = fam.dropped
         self._guard = guard
-        missing = [k for k in _INFO_KEYS if k not in info]
-        if missing:
-            raise ValueError(f"info must hold {_INFO_KEYS}; missing {missing}")
         fam.info.labels(guard, *(str(info[k]) for k in _INFO_KEYS)).set(1)
         fam.threshold.labels(guard).set(threshold)
+        # Series at 0 from the start: the first refusal or failure is then an increase.
+        for reason in REFUSAL_REASONS:
+            fam.refused.labels(guard, reason)
+        for kind in FAILURE_KINDS:
+            fam.failures.labels(guard, kind)
+
+    def init_http(self) -> None:
+        """Start the HTTP service's refusal and drop series at 0 (the server calls this)."""
+        for reason in HTTP_REFUSAL_REASONS:
+            self._refused.labels(self._guard, reason)
+        for reason in DROP_REASONS:
+            self._dropped.labels(self._guard, reason)
 
     def observe_check(
         self,

@@ -141,6 +141,8 @@ class _Service:
 
     def __init__(self, guard: Guard, config: ServeConfig, registry: Any) -> None:
         self.guard, self.config, self.registry = guard, config, registry
+        if guard.metrics is not None:
+            guard.metrics.init_http()  # refusal and drop series at 0 before the first request
         self.name = config.model_name or guard.name
         self.batcher = Batcher(guard.check, max_batch=config.max_batch,
                                max_wait_s=config.max_wait_ms / 1000.0, enabled=config.batching)
@@ -250,7 +252,10 @@ class _Service:
             result = await self.batcher.submit(req.x)
         except Exception as err:  # the engine failed: the server's fault, counted as such
             counted = isinstance(err, GuardFailure)  # guard.check counted it already
-            kind = err.reason if isinstance(err, GuardFailure) else type(err).__name__
+            # Anything else is "internal", a label whose series exists from the start (an
+            # exception's class name would start a new series at 1, and its first event
+            # would never alert); the log names the exception.
+            kind = err.reason if isinstance(err, GuardFailure) else "internal"
             log.exception("guard failed on a batch")
             if self.guard.metrics is not None and not counted:
                 self.guard.metrics.observe_failure(kind)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import shutil
 import signal
@@ -13,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -115,3 +118,38 @@ def metric_value(text: str, name: str, **labels: str) -> float:
         for s in fam.samples
         if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
     )
+
+
+#: how many HTTP responses the tests received were read with :func:`strict_json` (conftest)
+STRICT_PARSED = [0]
+
+
+def _no_constant(name: str) -> Any:
+    raise AssertionError(f"the response holds {name}, which is not JSON (RFC 8259)")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise AssertionError(f"the response holds {text[:40]}, which overflows a float64")
+    return value
+
+
+def strict_json(body: bytes | str) -> Any:
+    """Parse RFC 8259 JSON only, as ``JSON.parse`` or any strict parser would: ``NaN``,
+    ``Infinity`` and numbers that overflow a float64 are refused (Python's ``json`` takes
+    all three)."""
+    return json.loads(body, parse_constant=_no_constant, parse_float=_finite)
+
+
+def check_json_response(headers: Any, content: bytes) -> None:
+    """Strictly parse a response's JSON: the whole body of an ``application/json`` answer,
+    or the JSON header of a binary-tensor one (``Inference-Header-Content-Length``)."""
+    length = headers.get("inference-header-content-length")
+    if length is not None:
+        strict_json(content[: int(length)])
+    elif headers.get("content-type", "").startswith("application/json"):
+        strict_json(content)
+    else:
+        return
+    STRICT_PARSED[0] += 1

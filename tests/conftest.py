@@ -66,3 +66,53 @@ def registry():  # type: ignore[no-untyped-def]
     from prometheus_client import CollectorRegistry
 
     return CollectorRegistry()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def strict_json_responses():  # type: ignore[no-untyped-def]
+    """Every JSON response a test receives over HTTP — through httpx (also starlette's
+    ``TestClient``, an httpx client) or tritonclient — is first read by a strict RFC 8259
+    parser (``_serving.check_json_response``); a ``NaN`` or ``Infinity`` fails the test that
+    received it. The responses are the server's real ones; only the reading is added."""
+    import httpx
+    from _serving import STRICT_PARSED, check_json_response, strict_json
+
+    mp = pytest.MonkeyPatch()
+    send, asend = httpx.Client.send, httpx.AsyncClient.send
+
+    def checked_send(self, request, **kw):  # type: ignore[no-untyped-def]
+        response = send(self, request, **kw)
+        if not kw.get("stream"):
+            check_json_response(response.headers, response.content)
+        return response
+
+    async def checked_asend(self, request, **kw):  # type: ignore[no-untyped-def]
+        response = await asend(self, request, **kw)
+        if not kw.get("stream"):
+            check_json_response(response.headers, response.content)
+        return response
+
+    mp.setattr(httpx.Client, "send", checked_send)
+    mp.setattr(httpx.AsyncClient, "send", checked_asend)
+    try:
+        import rapidjson
+        import tritonclient.http._client as triton_client
+        import tritonclient.http._infer_result as triton_result
+    except ImportError:  # tritonclient is a test requirement; without it, httpx only
+        pass
+    else:
+        class _StrictRapidJSON:
+            """tritonclient's ``json`` (rapidjson), whose ``loads`` parses strictly first."""
+
+            def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+                return getattr(rapidjson, name)
+
+            def loads(self, s, *args, **kw):  # type: ignore[no-untyped-def]
+                strict_json(s)
+                STRICT_PARSED[0] += 1
+                return rapidjson.loads(s, *args, **kw)
+
+        for module in (triton_client, triton_result):
+            mp.setattr(module, "json", _StrictRapidJSON())
+    yield
+    mp.undo()

@@ -27,7 +27,7 @@ def promtool(*args: str | Path) -> str:
 
 def test_prometheus_config_and_rules_pass_promtool() -> None:
     assert "SUCCESS" in promtool("check", "config", DEPLOY / "prometheus" / "prometheus.yml")
-    assert "SUCCESS: 6 rules found" in promtool("check", "rules",
+    assert "SUCCESS: 7 rules found" in promtool("check", "rules",
                                                  DEPLOY / "prometheus" / "alerts.yml")
 
 
@@ -38,9 +38,10 @@ def test_alert_rules_unit_tests_pass() -> None:
 def exported_names() -> set[str]:
     """Every sample name one guard's metrics expose (after one call, so all series exist)."""
     reg = new_registry()
-    m = GuardMetrics(reg, "g", score_edges=(0.0, 1.0), threshold=1.0,
-                     info={"sha256": "0" * 64, "schema": "1", "version": "0", "steps": "8",
-                           "alpha": "0.05"})
+    m = GuardMetrics(reg, "g", score_scale=(0.0, 1.0), threshold=1.0,
+                     info={"sha256": "0" * 64, "calibration_sha256": "1" * 64, "schema": "1",
+                           "version": "0", "steps": "8", "alpha": "0.05"})
+    m.init_http()
     m.observe_check(np.array([0.5]), np.array([0.5]), 0, engine_s=0.001, scoring_s=0.001,
                     total_s=0.002)
     m.observe_refused("shape")
@@ -85,6 +86,7 @@ def test_manifests_probe_server_routes_and_images_serve_on_the_exposed_port() ->
 
     class _Guard:  # create_app only reads these to build routes
         name = "default"
+        metrics = None
         check = staticmethod(lambda x: x)
 
     app = create_app(_Guard(), ServeConfig())  # type: ignore[arg-type]

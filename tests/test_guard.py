@@ -200,10 +200,10 @@ def test_metrics_go_to_the_given_registry(bundle, data, registry) -> None:  # ty
     get = registry.get_sample_value
     assert get("oodguard_inputs_total", {"guard": "m", "verdict": "ood"}) == r.n_ood
     assert get("oodguard_inputs_total", {"guard": "m", "verdict": "in"}) == 25 - r.n_ood
-    assert get("oodguard_score_count", {"guard": "m"}) == 25
-    # scores at or below the threshold bucket are exactly the in-distribution verdicts
-    at_thr = get("oodguard_score_bucket", {"guard": "m", "le": repr(round(g.threshold, 6))})
-    assert at_thr == int((r.score <= round(g.threshold, 6)).sum())
+    assert get("oodguard_score_normalized_count", {"guard": "m"}) == 25
+    # the normalised score's bucket at 1 (the threshold) counts the in-distribution verdicts
+    at_thr = get("oodguard_score_normalized_bucket", {"guard": "m", "le": "1.0"})
+    assert at_thr == int((r.score <= g.threshold).sum()) == 25 - r.n_ood
     with pytest.raises(InvalidInputError):
         g.check(np.zeros((4, 2), np.float32))
     assert get("oodguard_inputs_refused_total", {"guard": "m", "reason": "shape"}) == 4

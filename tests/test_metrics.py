@@ -14,9 +14,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.utils import floatToGoString
 
 from oodguard import Guard, InvalidInputError
-from oodguard.metrics import BatchHistogram, multiprocess_registry, observe_many, render_latest
+from oodguard.metrics import (
+    NORMALIZED_SCORE_BUCKETS,
+    REFUSAL_REASONS,
+    BatchHistogram,
+    multiprocess_registry,
+    observe_many,
+    render_latest,
+    score_scale,
+)
 
 
 def promtool() -> str:
@@ -232,9 +241,12 @@ def test_counts_by_verdict_refusal_and_stage(traffic, registry) -> None:
     refused = {
         dict(k[1])["reason"]: v for k, v in s.items() if k[0] == "oodguard_inputs_refused_total"
     }
-    assert refused == {"non_finite": 2.0, "shape": 60.0, "dtype": 60.0}  # NaN row seen twice
+    # every known reason has a series from the start (0 until its first refusal)
+    assert set(refused) == set(REFUSAL_REASONS)
+    assert {r: v for r, v in refused.items() if v} == {
+        "non_finite": 2.0, "shape": 60.0, "dtype": 60.0}  # NaN row seen twice
     # the NaN row's +inf score stays out of the score histogram; the p-value keeps all rows
-    assert s[("oodguard_score_count", g)] == 67 - 2
+    assert s[("oodguard_score_normalized_count", g)] == 67 - 2
     assert s[("oodguard_p_value_count", g)] == 67
     assert s[("oodguard_p_value_bucket", g + (("le", "0.05"),))] == total_ood
     assert s[("oodguard_batch_size_count", g)] == 2
@@ -249,6 +261,8 @@ def test_counts_by_verdict_refusal_and_stage(traffic, registry) -> None:
     assert len(info) == 1 and s[info[0]] == 1.0
     labels = dict(info[0][1])
     assert labels["alpha"] == "0.05" and labels["steps"] == "8" and len(labels["sha256"]) == 64
+    assert labels["calibration_sha256"] == guard.bundle.sha256("calibration.json")
+    assert labels["calibration_sha256"] != labels["sha256"]
 
 
 def test_exposition_passes_promtool_without_warnings(traffic, registry) -> None:
@@ -268,15 +282,50 @@ def test_registry_none_records_nothing(bundle, data) -> None:
     assert b"oodguard_" not in before or b'guard="off"' not in before
 
 
-def test_score_buckets_follow_the_calibration(bundle, registry) -> None:
-    guard = Guard.load(bundle, registry=registry)
-    edges = [float(dict(k[1])["le"]) for k in samples(registry) if k[0] == "oodguard_score_bucket"]
-    cal = guard.scorer.calibration_scores
-    assert edges == sorted(edges) and edges[-1] == float("inf")
-    assert round(guard.threshold, 6) in edges
-    assert min(edges) <= np.quantile(cal, 0.1) + 1e-6 and max(edges[:-1]) > cal.max()
+def test_normalized_score_buckets_are_fixed_and_put_the_threshold_at_1(bundle, data,
+                                                                      registry) -> None:
+    """The score histogram's edges are the same for every bundle; a guard's raw score ``v``
+    is exposed as ``(v − median) / (threshold − median)``, so the ``le="1"`` bucket counts the
+    scores at or below the threshold and ``le="0"`` those at or below the median."""
+    guard = Guard.load(bundle, registry=registry, name="n")
+    x = np.concatenate([data["test"][:50], data["noise"][:30]])
+    r = guard.check(x)
+    s = samples(registry)
+    edges = [float(dict(k[1])["le"]) for k in s if k[0] == "oodguard_score_normalized_bucket"]
+    assert edges == [*NORMALIZED_SCORE_BUCKETS, float("inf")]
+    med, scale = score_scale(guard.scorer.calibration_scores, guard.threshold)
+    assert med == np.median(guard.scorer.calibration_scores) and scale == guard.threshold - med
+    g = (("guard", "n"),)
+    at = {e: s[("oodguard_score_normalized_bucket", g + (("le", floatToGoString(e)),))]
+          for e in NORMALIZED_SCORE_BUCKETS}
+    u = (r.score - med) / scale
+    for e in NORMALIZED_SCORE_BUCKETS:
+        assert at[e] == int((u <= e).sum()), e
+    assert at[1.0] == int((r.score <= guard.threshold).sum()) == len(x) - r.n_ood
+    assert ("oodguard_score_normalized_sum", g) not in s  # negative bounds: no _sum (as Histogram)
 
 
+def test_score_scale_falls_back_when_the_threshold_is_not_above_the_median() -> None:
+    cal = np.array([1.0, 2.0, 3.0, 4.0])
+    assert score_scale(cal, 3.5) == (2.5, 1.0)
+    assert score_scale(cal, 2.0) == (2.5, 3.0)  # threshold below the median: the range
+    assert score_scale(cal, -np.inf) == (2.5, 3.0)
+    assert score_scale(np.full(5, 7.0), 7.0) == (7.0, 1.0)
+
+
+def test_two_bundles_in_one_registry_share_the_normalized_buckets(bundle, data,
+                                                                  registry) -> None:
+    """Differently calibrated guards (here: two alphas, so two thresholds) in one registry:
+    each normalises by its own threshold, so ``le="1"`` means "at the threshold" for both."""
+    a = Guard.load(bundle, registry=registry, name="a", alpha=0.05)
+    b = Guard.load(bundle, registry=registry, name="b", alpha=0.2)
+    assert a.threshold != b.threshold
+    x = np.concatenate([data["test"][:60], data["noise"][:20]])
+    ra, rb = a.check(x), b.check(x)
+    s = samples(registry)
+    for name, r in (("a", ra), ("b", rb)):
+        below = s[("oodguard_score_normalized_bucket", (("guard", name), ("le", "1.0")))]
+        assert below == len(x) - r.n_ood, name
 # -- multiprocess mode ----------------------------------------------------------------------
 CHILD = textwrap.dedent(
     """
@@ -321,6 +370,26 @@ def test_multiprocess_mode_aggregates_two_processes(bundle, data, tmp_path) -> N
     check_metrics(render_latest(reg)[0])
 
 
+def test_every_reason_the_code_counts_starts_at_zero() -> None:
+    """The label values the runtime counts (``reason=`` of its errors, ``Dropped`` reasons,
+    ``observe_*`` tokens) are all in the lists whose series start at 0, so a new reason cannot
+    be added without its first event being lost to ``increase()``."""
+    import re
+    from pathlib import Path
+
+    from oodguard import metrics
+
+    src = "\n".join(p.read_text() for p in Path(metrics.__file__).parent.glob("*.py"))
+    known = {*metrics.REFUSAL_REASONS, *metrics.HTTP_REFUSAL_REASONS, *metrics.FAILURE_KINDS,
+             *metrics.DROP_REASONS}
+    counted = set(re.findall(r'reason="([a-z_]+)"', src))
+    counted |= set(re.findall(r'observe_(?:failure|refused|dropped)\("([a-z_]+)"', src))
+    drops = {re.findall(r',\s*"([a-z_]+)"\s*[,)]', src[m.end():m.end() + 300])[0]
+             for m in re.finditer(r"\bDropped\((?=\d)", src)}
+    assert drops == set(metrics.DROP_REASONS)
+    assert len(counted) > 15 and counted <= known, counted - known
+
+
 @settings(max_examples=100, deadline=None)
 @given(values=values_st, bounds=st.sampled_from([BOUNDS, BOUNDS[2:], (1.0,)]))
 def test_plain_families_expose_what_prometheus_client_does(values, bounds) -> None:
@@ -362,7 +431,7 @@ def test_guard_metrics_plain_and_client_paths_agree(monkeypatch) -> None:
     for mode in (False, True):
         monkeypatch.setattr(metrics, "_multiprocess_mode", lambda mode=mode: mode)
         reg = regs[mode] = CollectorRegistry()
-        m = metrics.GuardMetrics(reg, "g", score_edges=(0.5, 1.0, 2.0), threshold=1.0,
+        m = metrics.GuardMetrics(reg, "g", score_scale=(0.5, 2.0), threshold=1.0,
                                  info={k: "1" for k in metrics._INFO_KEYS})
         for i in range(5):
             s = np.array([0.1 * i, 1.5, np.inf])

@@ -12,7 +12,7 @@ import pytest
 from _serving import Proc, free_port, serving, tool, wait_ready
 
 from oodguard import Guard
-from oodguard.metrics import P_VALUE_BUCKETS
+from oodguard.metrics import NORMALIZED_SCORE_BUCKETS, P_VALUE_BUCKETS, score_scale
 
 
 def prom_quantile(q: float, bounds: tuple[float, ...], cumulative: list[float]) -> float:
@@ -105,6 +105,19 @@ def test_prometheus_reads_back_known_traffic(bundle, data, prometheus) -> None:
                               f'(oodguard_p_value_bucket{{guard="pg"}}))')
             assert float(res[0]["value"][1]) == pytest.approx(
                 prom_quantile(q, bounds, cumulative), rel=1e-9), q
+        # the score in threshold units, on the buckets every bundle shares
+        med, scale = score_scale(ref.scorer.calibration_scores, ref.threshold)
+        u = (np.concatenate([ref.check(x_in).score, ref.check(x_ood).score]) - med) / scale
+        bounds = (*NORMALIZED_SCORE_BUCKETS, float("inf"))
+        cumulative = [float((u <= b).sum()) for b in bounds]
+        for q in (0.25, 0.5, 0.9):
+            res = query(prom, f'histogram_quantile({q}, sum by (le) '
+                              f'(oodguard_score_normalized_bucket{{guard="pg"}}))')
+            assert float(res[0]["value"][1]) == pytest.approx(
+                prom_quantile(q, bounds, cumulative), rel=1e-9), q
+        above = query(prom, 'sum(oodguard_score_normalized_count{guard="pg"}) - '
+                            'sum(oodguard_score_normalized_bucket{guard="pg",le="1.0"})')
+        assert float(above[0]["value"][1]) == m  # above the threshold = the OOD verdicts
         frac = query(prom, 'sum(oodguard_p_value_bucket{guard="pg",le="0.05"}) / '
                            'sum(oodguard_p_value_count{guard="pg"})')
         assert float(frac[0]["value"][1]) == pytest.approx(m / (n + m), rel=1e-12)

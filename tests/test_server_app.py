@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
-from _serving import metric_value
+from _serving import metric_value, strict_json
 
 from oodguard import Guard
 from oodguard.batching import Batcher
@@ -89,7 +89,7 @@ def test_binary_response_layout() -> None:
                       header_length=None, spec=SPEC, max_rows=10)
     content, headers = encode_response("m", req, r)
     n = int(headers[HEADER_LENGTH])
-    doc = json.loads(content[:n])
+    doc = strict_json(content[:n])
     sizes = [o["parameters"]["binary_data_size"] for o in doc["outputs"]]
     assert sizes == [16, 16, 2] and len(content) == n + 34
     assert np.frombuffer(content[n : n + 16], "<f8").tolist() == [1.5, np.inf]
@@ -175,6 +175,26 @@ def test_engine_failure_is_a_json_500_counted_as_guard_failure(guard, registry, 
         assert client.get("/v2/health/live").status_code == 200
         text = client.get("/metrics").text
     assert metric_value(text, "oodguard_guard_failures_total", kind="engine_error") == 1
+
+
+def test_an_unexpected_error_is_counted_as_internal(guard, registry, data,
+                                                   monkeypatch) -> None:
+    """An error that is not a GuardFailure (a bug) counts as kind="internal", a series that
+    exists at 0 from the start, rather than under its class name, whose first event no
+    ``increase()`` would see."""
+    def broken(x: np.ndarray) -> None:
+        raise KeyError("bug")
+
+    monkeypatch.setattr(guard, "check", broken)
+    app = create_app(guard, ServeConfig(max_wait_ms=0), registry=registry)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        before = client.get("/metrics").text
+        assert 'kind="internal"' in before
+        r = client.post("/v2/models/t/infer", content=body(data["test"][:2]))
+        assert r.status_code == 500 and r.json()["error"] == "the guard failed: internal"
+        text = client.get("/metrics").text
+    assert metric_value(text, "oodguard_guard_failures_total", kind="internal") == 1
+    assert "KeyError" not in text
 
 
 def test_not_ready_before_startup_and_no_metrics_without_registry(guard) -> None:

@@ -56,10 +56,11 @@ class CheckResult:
     Attributes
     ----------
     score : ndarray of float64, shape (N,)
-        OOD score; higher = more OOD. ``+inf`` for rows with non-finite input.
+        OOD score; higher = more OOD. ``+inf`` for rows with non-finite input, and for finite
+        rows whose features came out non-finite (counted as ``output_nonfinite`` failures).
     p_value : ndarray of float64, shape (N,)
         Conformal p-value; an in-distribution input has ``P(p ≤ alpha) ≤ alpha``.
-        0 for rows with non-finite input.
+        0 for the rows flagged without a score (non-finite input or features).
     is_ood : ndarray of bool, shape (N,)
         ``rule="alpha"``: ``p_value ≤ alpha`` (each row on its own). ``rule="bh"``: rejected by
         Benjamini–Hochberg at level ``fdr`` over the batch's finite rows, non-finite rows

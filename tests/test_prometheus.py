@@ -97,24 +97,22 @@ def test_prometheus_reads_back_known_traffic(bundle, data, prometheus) -> None:
                    {"in": n, "ood": m}, by_verdict)
         assert got == {"in": n, "ood": m}
 
-        p = np.concatenate([ref.check(x_in).p_value, ref.check(x_ood).p_value])
-        bounds = (*P_VALUE_BUCKETS, float("inf"))
-        cumulative = [float((p <= b).sum()) for b in bounds]
-        for q in (0.25, 0.5, 0.9):
-            res = query(prom, f'histogram_quantile({q}, sum by (le) '
-                              f'(oodguard_p_value_bucket{{guard="pg"}}))')
-            assert float(res[0]["value"][1]) == pytest.approx(
-                prom_quantile(q, bounds, cumulative), rel=1e-9), q
+        def quantiles_match(metric: str, values: np.ndarray, buckets: tuple[float, ...]) -> None:
+            """Prometheus's histogram_quantile of ``metric`` equals the one computed here."""
+            bounds = (*buckets, float("inf"))
+            cumulative = [float((values <= b).sum()) for b in bounds]
+            for q in (0.25, 0.5, 0.9):
+                res = query(prom, f'histogram_quantile({q}, sum by (le) '
+                                  f'({metric}_bucket{{guard="pg"}}))')
+                assert float(res[0]["value"][1]) == pytest.approx(
+                    prom_quantile(q, bounds, cumulative), rel=1e-9), (metric, q)
+
+        quantiles_match("oodguard_p_value", np.concatenate(
+            [ref.check(x_in).p_value, ref.check(x_ood).p_value]), P_VALUE_BUCKETS)
         # the score in threshold units, on the buckets every bundle shares
         med, scale = score_scale(ref.scorer.calibration_scores, ref.threshold)
         u = (np.concatenate([ref.check(x_in).score, ref.check(x_ood).score]) - med) / scale
-        bounds = (*NORMALIZED_SCORE_BUCKETS, float("inf"))
-        cumulative = [float((u <= b).sum()) for b in bounds]
-        for q in (0.25, 0.5, 0.9):
-            res = query(prom, f'histogram_quantile({q}, sum by (le) '
-                              f'(oodguard_score_normalized_bucket{{guard="pg"}}))')
-            assert float(res[0]["value"][1]) == pytest.approx(
-                prom_quantile(q, bounds, cumulative), rel=1e-9), q
+        quantiles_match("oodguard_score_normalized", u, NORMALIZED_SCORE_BUCKETS)
         above = query(prom, 'sum(oodguard_score_normalized_count{guard="pg"}) - '
                             'sum(oodguard_score_normalized_bucket{guard="pg",le="1.0"})')
         assert float(above[0]["value"][1]) == m  # above the threshold = the OOD verdicts

@@ -171,23 +171,23 @@ def test_batch_histogram_loses_nothing_under_concurrency(registry) -> None:
 
 
 def test_batch_histogram_queue_is_bounded_and_holds_copies(registry) -> None:
-    from oodguard import metrics
+    from oodguard import _collectors
 
     child = BatchHistogram("h", "h", (0.5,), registry).labels("g")
     v = np.zeros(3)
-    for _ in range(metrics._FOLD_BATCHES - 1):
+    for _ in range(_collectors._FOLD_BATCHES - 1):
         child.observe_many(v)
-    assert len(child._queued) == metrics._FOLD_BATCHES - 1  # queued, not yet bucketed
+    assert len(child._queued) == _collectors._FOLD_BATCHES - 1  # queued, not yet bucketed
     child.observe_many(v)
     assert child._queued == []  # folded without a scrape: the queue's memory is bounded
-    big = np.zeros(metrics._FOLD_VALUES)
+    big = np.zeros(_collectors._FOLD_VALUES)
     child.observe_many(big)
     assert child._queued == []
     v[:] = 9.0  # the caller reuses its array: what was observed must not change
     child.observe_many(np.ones(2))
     big[:] = 9.0
     s = samples(registry)
-    n = 3 * metrics._FOLD_BATCHES + metrics._FOLD_VALUES
+    n = 3 * _collectors._FOLD_BATCHES + _collectors._FOLD_VALUES
     assert s[("h_bucket", (("guard", "g"), ("le", "0.5")))] == n
     assert s[("h_count", (("guard", "g"),))] == n + 2
     assert s[("h_sum", (("guard", "g"),))] == 2.0

@@ -142,21 +142,32 @@ def two_sided_and_one_sided() -> list[Scorer]:
     return [a, b, c]
 
 
-@settings(max_examples=300, deadline=None)
-@given(rows=st.lists(st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32),
-                                        st.floats(-1e3, 1e3)), min_size=4, max_size=4),
-                     min_size=1, max_size=4))
-def test_scalar_path_equals_numpy_path(two_sided_and_one_sided, rows) -> None:  # type: ignore[no-untyped-def]
-    """Batches of up to 4 rows are scored in plain Python; the numpy path must agree exactly in
-    verdict-relevant terms (equal up to 1e-9, +inf for the same rows)."""
+def _rows(*, min_size: int, max_size: int, unit: bool = True):  # type: ignore[no-untyped-def]
+    """Hypothesis rows of 4 float32 features: any float (NaN, ±inf), moderate, and in [0, 1]."""
+    values = [st.floats(allow_nan=True, allow_infinity=True, width=32), st.floats(-1e3, 1e3)]
+    return st.lists(st.lists(st.one_of(*values, *([st.floats(0, 1)] if unit else [])),
+                             min_size=4, max_size=4), min_size=min_size, max_size=max_size)
+
+
+def _assert_scalar_path_equals_numpy_path(scorers: list[Scorer], rows: list) -> None:  # type: ignore[type-arg]
+    """Up to 4 rows score in plain Python; 12 (the rows three times) take the numpy path: equal
+    up to 1e-9, +inf for the same rows, never NaN."""
     f = np.asarray(rows, dtype=np.float32)
-    for scorer in two_sided_and_one_sided:
+    for scorer in scorers:
         small = scorer.score(f)
-        big = scorer.score(np.concatenate([f] * 3))[: len(f)]  # 12 rows: the numpy path
+        big = scorer.score(np.concatenate([f] * 3))[: len(f)]
         assert np.array_equal(np.isinf(small), np.isinf(big))
         fin = np.isfinite(big)
         np.testing.assert_allclose(small[fin], big[fin], rtol=1e-9, atol=1e-9)
         assert not np.isnan(small).any() and not np.isnan(big).any()
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=_rows(min_size=1, max_size=4, unit=False))
+def test_scalar_path_equals_numpy_path(two_sided_and_one_sided, rows) -> None:  # type: ignore[no-untyped-def]
+    """Batches of up to 4 rows are scored in plain Python; the numpy path must agree exactly in
+    verdict-relevant terms (equal up to 1e-9, +inf for the same rows)."""
+    _assert_scalar_path_equals_numpy_path(two_sided_and_one_sided, rows)
 
 
 def _only_first_feature(scorer: Scorer) -> Scorer:
@@ -178,10 +189,7 @@ def _general_max(scorer: Scorer, f: np.ndarray) -> np.ndarray:
 
 
 @settings(max_examples=200, deadline=None)
-@given(rows=st.lists(st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32),
-                                        st.floats(-1e3, 1e3), st.floats(0, 1)),
-                              min_size=4, max_size=4),
-                     min_size=5, max_size=40))
+@given(rows=_rows(min_size=5, max_size=40))
 def test_fast_max_score_equals_the_general_path(two_sided_and_one_sided, rows) -> None:  # type: ignore[no-untyped-def]
     """The hot path (direction folded into the scaling, non-finite checks on sums) gives the
     same scores bit for bit, +inf for the same rows, with one or several features, one- and
@@ -303,22 +311,12 @@ def fisher_scorers() -> list[Scorer]:
 
 
 @settings(max_examples=200, deadline=None)
-@given(rows=st.lists(st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32),
-                                        st.floats(-1e3, 1e3), st.floats(0, 1)),
-                              min_size=4, max_size=4),
-                     min_size=1, max_size=4))
+@given(rows=_rows(min_size=1, max_size=4))
 def test_fisher_scalar_path_equals_numpy_path(fisher_scorers, rows) -> None:  # type: ignore[no-untyped-def]
     """Batches of up to 4 rows score Fisher in plain Python: equal to the numpy path (1e-9),
     +inf for the same rows."""
-    f = np.asarray(rows, dtype=np.float32)
-    for scorer in fisher_scorers:
-        assert scorer._plan.scalar
-        small = scorer.score(f)
-        big = scorer.score(np.concatenate([f] * 3))[: len(f)]
-        assert np.array_equal(np.isinf(small), np.isinf(big))
-        fin = np.isfinite(big)
-        np.testing.assert_allclose(small[fin], big[fin], rtol=1e-9, atol=1e-9)
-        assert not np.isnan(small).any() and not np.isnan(big).any()
+    assert all(scorer._plan.scalar for scorer in fisher_scorers)
+    _assert_scalar_path_equals_numpy_path(fisher_scorers, rows)
 
 
 def test_unequal_tails() -> None:

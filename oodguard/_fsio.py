@@ -25,6 +25,7 @@ import ctypes
 import errno
 import logging
 import os
+import secrets
 import stat
 import tempfile
 from collections.abc import Callable, Set
@@ -218,6 +219,20 @@ def rename_noreplace(src: Path, dst: Path) -> None:
     if os.path.lexists(dst):
         raise FileExistsError(errno.EEXIST, "exists", str(dst))
     os.rename(src, dst)
+
+
+def new_dir(parent: Path, prefix: str) -> Path:
+    """A fresh directory under ``parent`` with the permissions of a plain ``mkdir`` (the
+    umask's), not ``mkdtemp``'s 0700: a bundle written by one user is served by another (the
+    images run as uid 10001 over a mounted bundle)."""
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(6)}"
+        try:
+            os.mkdir(path, 0o777)
+        except FileExistsError:
+            continue
+        return path
+    raise BundleError(f"could not create a temporary directory in {parent}")
 
 
 def swap_dirs(new: Path, root: Path) -> None:

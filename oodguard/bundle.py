@@ -39,7 +39,6 @@ import json
 import logging
 import math
 import os
-import secrets
 import shutil
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -428,7 +427,7 @@ def write_bundle(
     except ValueError as err:
         raise BundleError(f"the manifest holds a non-finite number ({err})") from err
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _new_dir(root.parent, f".{root.name}.tmp-")
+    tmp = _fsio.new_dir(root.parent, f".{root.name}.tmp-")
     try:
         payload = {**files, MANIFEST_FILE: text.encode()}
         for name, data in payload.items():
@@ -464,18 +463,3 @@ def _listed_files(dir_fd: int) -> set[str]:
     if not listed <= BUNDLE_FILES:
         raise ValueError(f"the manifest lists files a bundle does not have: {sorted(listed)}")
     return listed | {MANIFEST_FILE}
-
-
-def _new_dir(parent: Path, prefix: str) -> Path:
-    """A fresh directory under ``parent`` with the permissions of a plain ``mkdir`` (the
-    umask's), not ``mkdtemp``'s 0700: a bundle written by one user is served by another (the
-    images run as uid 10001 over a mounted bundle)."""
-    for _ in range(100):
-        path = parent / f"{prefix}{secrets.token_hex(6)}"
-        try:
-            os.mkdir(path, 0o777)
-        except FileExistsError:
-            continue
-        return path
-    raise BundleError(f"could not create a temporary directory in {parent}")
-

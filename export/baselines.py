@@ -31,7 +31,7 @@ points ``zT`` of the same training codes after ``T`` steps of ``f = E∘D``:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -115,10 +115,26 @@ class LatentBaselines:
     k: int
     initial: LatentReference
     terminal: LatentReference
+    # the norms of the T steps the bank codes took to their terminal points ([M, T]; not part
+    # of the graph: the exporter's contraction measure reads them instead of iterating again)
+    bank_steps: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), compare=False,
+                                   repr=False)
 
     def to_dict(self) -> dict[str, object]:
         return {"k": self.k, "initial": self.initial.to_dict(),
                 "terminal": self.terminal.to_dict()}
+
+
+def iterate_steps(encoder: nn.Module, decoder: nn.Module, z: torch.Tensor,
+                  steps: int) -> tuple[torch.Tensor, np.ndarray]:
+    """``(z_T, step [M, T])``: ``steps`` iterations of ``f = E∘D`` from ``z [M, d]`` and the
+    norm of every step (float64), in one pass."""
+    norms = []
+    for _ in range(steps):
+        nxt = encoder(decoder(z))
+        norms.append(torch.linalg.vector_norm(nxt - z, dim=1))
+        z = nxt
+    return z, torch.stack(norms, dim=1).double().numpy()
 
 
 def fit_reference(
@@ -189,9 +205,7 @@ def fit_latent_baselines(
     codes = torch.cat([encoder(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
     initial = fit_reference(codes.numpy(), k=k, max_bank=max_bank, seed=seed,
                             resolution=resolution)
-    z = torch.from_numpy(initial.bank.copy())
-    for _ in range(steps):
-        z = encoder(decoder(z))
+    z, bank_steps = iterate_steps(encoder, decoder, torch.from_numpy(initial.bank.copy()), steps)
     term = z.numpy()
     finite = np.isfinite(term).all(axis=1)
     if not finite.all():
@@ -199,7 +213,7 @@ def fit_latent_baselines(
                     "reference set leaves them out", int((~finite).sum()), len(term), steps)
     terminal = fit_reference(term[finite], k=k, max_bank=max_bank, seed=seed,
                              resolution=resolution)
-    return LatentBaselines(k=k, initial=initial, terminal=terminal)
+    return LatentBaselines(k=k, initial=initial, terminal=terminal, bank_steps=bank_steps)
 
 
 def reference_from_points(points: np.ndarray, k: int) -> LatentBaselines:

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from oodguard.export.baselines import iterate_steps
 from oodguard.export.parity import compare_values
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "STABILITY_THRESHOLD",
     "flush_denormal",
     "flush_denormal_enabled",
+    "contraction_of",
     "measure_contraction",
     "measure_stability",
 ]
@@ -86,13 +88,15 @@ def flush_denormal() -> Iterator[bool]:
 def measure_contraction(encoder: nn.Module, decoder: nn.Module, codes: np.ndarray, *,
                         steps: int, tol: float) -> dict[str, Any]:
     """Contraction of ``f = E∘D`` at ``codes [M, d]`` over ``steps`` steps (see the module)."""
-    z = torch.as_tensor(np.asarray(codes), dtype=torch.float32)
-    norms = []
-    for _ in range(steps):
-        nxt = encoder(decoder(z))
-        norms.append(torch.linalg.vector_norm(nxt - z, dim=1))
-        z = nxt
-    step = torch.stack(norms, dim=1).double().numpy()  # [M, T]
+    with torch.inference_mode():
+        _, step = iterate_steps(encoder, decoder,
+                                torch.as_tensor(np.asarray(codes), dtype=torch.float32), steps)
+    return contraction_of(step, steps=steps, tol=tol)
+
+
+def contraction_of(step: np.ndarray, *, steps: int, tol: float) -> dict[str, Any]:
+    """:func:`measure_contraction` from the step norms ``[M, T]`` of an iteration already run
+    (the exporter's latent baselines iterate the bank codes anyway)."""
     finite = np.isfinite(step).all(axis=1)
     converged = (step <= tol).any(axis=1)
     prev, nxt_s = step[:, :-1], step[:, 1:]

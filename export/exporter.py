@@ -34,8 +34,8 @@ from oodguard.export.baselines import (
 from oodguard.export.dynamics import (
     STABILITY_QUANTILE,
     STABILITY_THRESHOLD,
+    contraction_of,
     flush_denormal,
-    measure_contraction,
     measure_stability,
 )
 from oodguard.export.parity import (
@@ -326,8 +326,7 @@ def export_bundle(
         stability = measure_stability(module.feature_names, ref, onnx_features, train_rows,
                                       atol=parity_atol)
         stage("contraction")
-        contraction = measure_contraction(enc, dec, baselines.initial.bank, steps=steps,
-                                          tol=report.tol)
+        contraction = contraction_of(baselines.bank_steps, steps=steps, tol=report.tol)
     unstable = [k for k, v in stability.items() if not v["stable"]]
     if unstable:
         log.warning("features unstable under float32 round-off (whole trajectories, ONNX "

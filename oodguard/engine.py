@@ -1,6 +1,6 @@
 """The engine: one ONNX Runtime session over the fused trajectory graph.
 
-This is the only runtime module that imports onnxruntime. The graph maps a batch
+ONNX Runtime itself is imported by :mod:`oodguard.providers` alone. The graph maps a batch
 ``x [N, *input_shape]`` (float32) to ``features [N, F]`` in a single ``session.run``: the ``T``
 latent steps, the attractor bank and every feature live inside it.
 
@@ -41,18 +41,16 @@ from typing import Any
 
 import numpy as np
 
+from oodguard._cuda_graph import CudaGraph
 from oodguard.bundle import Manifest
-from oodguard.errors import BundleError, GuardFailure, MissingDependencyError
+from oodguard.errors import BundleError, GuardFailure
+from oodguard.providers import available_providers, ort_module, resolve_providers
 
 __all__ = ["DENORMAL_AS_ZERO_KEY", "Engine", "available_providers", "check_features",
            "resolve_providers"]
 
 log = logging.getLogger(__name__)
 
-_INSTALL_HINT = (
-    "oodguard needs ONNX Runtime to run a bundle: install exactly one of "
-    "pip install 'oodguard[cpu]'  (onnxruntime) or  pip install 'oodguard[gpu]'  (onnxruntime-gpu)"
-)
 # Working memory the graph's intermediates may take for all chunks in flight; batches that
 # would exceed it are cut into chunks so that memory stays bounded whatever the caller sends.
 _CHUNK_BUDGET_BYTES = 256 << 20
@@ -99,51 +97,6 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _ort() -> Any:
-    try:
-        import onnxruntime
-    except ImportError as err:
-        raise MissingDependencyError(_INSTALL_HINT) from err
-    return onnxruntime
-
-
-def available_providers() -> list[str]:
-    """The execution providers this onnxruntime build offers."""
-    return list(_ort().get_available_providers())
-
-
-def resolve_providers(providers: str | Sequence[str]) -> list[str]:
-    """Turn ``"auto"``, ``"cpu"``, ``"cuda"`` or an explicit list into a provider list.
-
-    ``"auto"`` takes CUDA when onnxruntime-gpu sees a GPU, else the CPU.
-    """
-    avail = available_providers()
-    if isinstance(providers, str):
-        key = providers.lower()
-        if key == "auto":
-            wanted = ["CUDAExecutionProvider"] if "CUDAExecutionProvider" in avail else []
-        elif key == "cpu":
-            wanted = []
-        elif key == "cuda":
-            if "CUDAExecutionProvider" not in avail:
-                raise MissingDependencyError(
-                    f"providers='cuda' but this onnxruntime offers only {avail}; install "
-                    "pip install 'oodguard[gpu]' (and not onnxruntime) on a machine with CUDA"
-                )
-            wanted = ["CUDAExecutionProvider"]
-        else:
-            raise ValueError(
-                f"providers must be 'auto', 'cpu', 'cuda' or a list of provider names. "
-                f"Got {providers!r}"
-            )
-        return [*wanted, "CPUExecutionProvider"]
-    chosen = list(providers)
-    missing = [p for p in chosen if p not in avail]
-    if missing or not chosen:
-        raise ValueError(f"providers {missing or chosen} are not available; this build has {avail}")
-    return chosen
 
 
 class Engine:
@@ -204,7 +157,7 @@ class Engine:
         io_binding: bool | None = None,
         cuda_graph_batch: int | None = None,
     ) -> None:
-        ort = _ort()
+        ort = ort_module()
         self.manifest = manifest
         for key, value in (("intra_op_threads", intra_op_threads),
                            ("inter_op_threads", inter_op_threads),
@@ -264,7 +217,7 @@ class Engine:
         self.max_batch = int(max_batch) if max_batch else max(1, _CHUNK_BUDGET_BYTES // per_sample)
         self._pool: ThreadPoolExecutor | None = None
         self._row_seconds = 0.0  # running estimate from single-threaded calls; 0 = unknown
-        self._graph: _CudaGraph | None = None
+        self._graph: CudaGraph | None = None
         if cuda_graph_batch is not None:
             if not on_cuda:
                 raise ValueError(
@@ -275,7 +228,7 @@ class Engine:
                 raise ValueError(
                     f"cuda_graph_batch={cuda_graph_batch} exceeds max_batch={self.max_batch}"
                 )
-            self._graph = _CudaGraph(ort, self, model, chosen, int(cuda_graph_batch))
+            self._graph = CudaGraph(ort, self, model, chosen, int(cuda_graph_batch))
         _ENGINES.add(self)
         log.debug("engine ready: providers=%s max_batch=%d batch_threads=%d io_binding=%s",
                   self.providers, self.max_batch, self.batch_threads, self.io_binding)
@@ -397,7 +350,7 @@ class Engine:
     def new_run_options(self) -> Any:
         """A fresh ``onnxruntime.RunOptions`` for :meth:`run` (one per call: its ``terminate``
         flag, once set, stops every run that uses it)."""
-        return _ort().RunOptions()
+        return ort_module().RunOptions()
 
     def _run_timed(self, x: np.ndarray, out: np.ndarray | None,
                    run_options: Any = None) -> np.ndarray:
@@ -482,42 +435,3 @@ def _bytes_per_sample(m: Manifest) -> int:
     k = max(m.attractor_count, 1)
     d = max(m.latent_dim, 1)
     return 4 * 2 * ((m.steps + 1) * (2 * k + 4 * d) + 3 * m.input.size)
-
-
-class _CudaGraph:
-    """A second session captured as a CUDA graph for one batch size, with fixed device
-    buffers: each call copies the input in, replays the graph and copies the features out."""
-
-    def __init__(self, ort: Any, engine: Engine, model: bytes, providers: list[str],
-                 batch: int) -> None:
-        m = engine.manifest
-        provs: list[Any] = [
-            ("CUDAExecutionProvider", {"enable_cuda_graph": "1"}) if p == "CUDAExecutionProvider"
-            else p
-            for p in providers
-        ]
-        self.batch = batch
-        self._lock = threading.Lock()
-        self._session = engine._make_session(ort, model, provs)
-        self._x = ort.OrtValue.ortvalue_from_shape_and_type(
-            (batch, *m.input.shape), np.float32, "cuda", 0)
-        self._y = ort.OrtValue.ortvalue_from_shape_and_type(
-            (batch, len(m.feature_names)), np.float32, "cuda", 0)
-        self._binding = self._session.io_binding()
-        self._binding.bind_ortvalue_input(m.input.name, self._x)
-        self._binding.bind_ortvalue_output(m.output_name, self._y)
-        try:
-            self._session.run_with_iobinding(self._binding)  # the first run captures
-        except Exception as err:  # onnxruntime raises its own exception types
-            raise BundleError(
-                f"CUDA graph capture failed for batch {batch} ({type(err).__name__}: {err}); "
-                "every node must run on the GPU and the graph must hold no If/Loop (bundles of "
-                "older oodguard versions hold one: re-export), or create the engine without "
-                "cuda_graph_batch"
-            ) from err
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        with self._lock:
-            self._x.update_inplace(x)
-            self._session.run_with_iobinding(self._binding)
-            return self._y.numpy()

@@ -180,6 +180,13 @@ class BatchHistogram:
                 child = self._children[guard] = _BatchChild(self._bounds, lock, offset, scale)
             return child
 
+    def renew_locks(self, renewed: dict[int, threading.Lock]) -> None:
+        """After ``fork()``, in the child: fresh locks for the family and its series (a series
+        sharing a guard's lock gets ``renewed[id(old lock)]``)."""
+        self._lock = threading.Lock()
+        for child in self._children.values():
+            child._lock = renewed.get(id(child._lock)) or threading.Lock()
+
     def describe(self) -> list[Metric]:
         return [HistogramMetricFamily(self.name, self.documentation, labels=["guard"])]
 
@@ -260,6 +267,12 @@ class _PlainFamily:
             if child is None:
                 child = self._children[values] = _PlainSeries(self._bounds, lock)
             return child
+
+    def renew_locks(self, renewed: dict[int, threading.Lock]) -> None:
+        """After ``fork()``, in the child: as :meth:`BatchHistogram.renew_locks`."""
+        self._lock = threading.Lock()
+        for child in self._children.values():
+            child.lock = renewed.get(id(child.lock)) or threading.Lock()
 
     def _family(self) -> CounterMetricFamily | HistogramMetricFamily:
         if self._bounds is None:

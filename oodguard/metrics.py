@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -151,10 +152,11 @@ class _GuardSeries:
     histograms."""
 
     __slots__ = ("_lock", "_in", "_ood", "_batch", "_engine", "_scoring", "_total", "_score",
-                 "_p")
+                 "_p", "__weakref__")
 
     def __init__(self, fam: _Families, guard: str, score_scale: tuple[float, float]) -> None:
         self._lock = lock = fam.lock_for(guard)
+        fam.series.add(self)
         self._in = fam.inputs.labels(guard, "in", lock=lock)
         self._ood = fam.inputs.labels(guard, "ood", lock=lock)
         offset, scale = score_scale
@@ -200,6 +202,7 @@ class _Families:
         kw: dict[str, Any] = {"registry": registry}
         self.plain = not _multiprocess_mode()
         self._locks: dict[str, threading.Lock] = {}
+        self.series: weakref.WeakSet[_GuardSeries] = weakref.WeakSet()
         self.inputs: Any
         self.duration: Any
         self.batch: Any
@@ -278,6 +281,19 @@ class _Families:
             **kw,
         )
 
+    def renew_locks(self) -> None:
+        """After ``fork()``, in the child: every lock of the single-process series anew. A lock
+        that another thread of the parent held at the fork stays held forever in the child
+        (that thread does not exist there), and the child's first check would wait on it."""
+        renewed: dict[int, threading.Lock] = {}
+        for guard, old in list(self._locks.items()):
+            self._locks[guard] = renewed[id(old)] = threading.Lock()
+        if self.plain:
+            for family in (self.inputs, self.duration, self.batch, self.score, self.p_value):
+                family.renew_locks(renewed)
+        for series in list(self.series):
+            series._lock = renewed.get(id(series._lock)) or threading.Lock()
+
     def lock_for(self, guard: str) -> threading.Lock:
         """The lock of every plain series of ``guard`` (shared by its GuardMetrics objects)."""
         with _lock:
@@ -286,6 +302,17 @@ class _Families:
 
 _families: weakref.WeakKeyDictionary[CollectorRegistry, _Families] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()
+    for fam in list(_families.values()):
+        fam.renew_locks()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _families_for(registry: CollectorRegistry) -> _Families:

@@ -89,3 +89,41 @@ def test_a_fork_while_another_thread_holds_the_engine_busy(warm) -> None:  # typ
         stop.set()
         t.join(timeout=WAIT_S)
     assert not t.is_alive()
+
+
+def test_a_fork_while_another_thread_records_metrics(bundle, data) -> None:  # type: ignore[no-untyped-def]
+    """A metrics lock held by another thread at the fork would stay held in the child (that
+    thread does not exist there): the child's first check records under a fresh one."""
+    import threading
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from oodguard.metrics import _families_for
+
+    registry = CollectorRegistry()
+    g = Guard.load(bundle, registry=registry, providers="cpu", name="forked")
+    x = np.ascontiguousarray(data["test"][:3])
+    g.check(x)
+    lock = _families_for(registry).lock_for("forked")
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with lock:  # as a check recording its metrics at the moment of the fork
+            held.set()
+            release.wait(WAIT_S)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    held.wait(WAIT_S)
+    try:
+        def child() -> int:
+            g.check(x)
+            text = generate_latest(registry).decode()
+            return 0 if 'oodguard_inputs_total{guard="forked",verdict="in"}' in text else 3
+
+        assert _in_child(child) == 0
+    finally:
+        release.set()
+        t.join(WAIT_S)
+    g.check(x)  # the parent's lock works as before
+    g.close()

@@ -12,7 +12,11 @@ features reach:
 - a rule *chosen per model without OOD data*, by its AUROC against the synthetic outliers
   calibration uses (pooled, mean / minimum / trimmed mean over the 10 proxy kinds);
 - the *hindsight oracle*: per model, the rule that does best on that model's real OOD sets —
-  an upper bound for any choice among these rules, not a detector.
+  an upper bound for any choice among these rules, not a detector;
+- two *joint* rules that model the three baselines together instead of combining per-feature
+  tests: the distance to the 5th nearest fit row and the Mahalanobis distance under the fit
+  rows' covariance, both in the standardised 3-D baseline space (a one-class density of the
+  baselines; they catch an input typical in each baseline alone but not in their combination).
 
 Each model's features come from its bundle (the guard's engine); the transform is fitted on
 the calibration fit split, as :func:`oodguard.calibration.calibrate` does; AUROCs are of the
@@ -79,6 +83,20 @@ def score(rule: tuple[tuple[str, ...], str], z: np.ndarray) -> np.ndarray:
     return parts.sum(axis=1) if comb == "fisher" else parts.max(axis=1)
 
 
+JOINT = ("joint knn5", "joint mahalanobis")
+
+
+def joint_score(name: str, z: np.ndarray, ref: np.ndarray, *, in_ref: bool = False) -> np.ndarray:
+    """A joint rule of ``z [N, 3]`` against the fit rows ``ref``; ``in_ref``: ``z`` is ``ref``
+    (the 5th neighbour is then the 6th, the row itself being the first)."""
+    if name == "joint knn5":
+        d = np.sqrt(((z[:, None, :] - ref[None]) ** 2).sum(-1))
+        return np.sort(d, axis=1)[:, 5 if in_ref else 4]
+    cov = np.cov(ref.T) + 1e-6 * np.eye(ref.shape[1])
+    diff = z - ref.mean(0)
+    return np.einsum("ij,jk,ik->i", diff, np.linalg.inv(cov), diff)
+
+
 def model_bounds(art: Path, seed: int = 0) -> dict[str, Any]:
     b = read_bundle(art / "bundle")
     engine = Engine(b.files[MODEL_FILE], b.manifest, providers="cpu")
@@ -105,18 +123,27 @@ def model_bounds(art: Path, seed: int = 0) -> dict[str, Any]:
                          scores_out=suite[f"{s}__{SUITE_NAMES[b]}"]) for b in BASELINES)
             for s in sets}
     per_rule: dict[str, Any] = {}
-    for rule in rules():
-        s_fit, s_proxy = score(rule, z_fit), score(rule, z_proxy)
+
+    def entry(fn: Any, s_fit: np.ndarray) -> dict[str, Any]:
+        """A rule's proxy AUROCs (fit rows against the synthetic outliers) and its AUROCs on
+        the real OOD sets; ``fn`` scores rows that are not fit rows."""
+        s_proxy, s_test = fn(z_proxy), fn(z_test)
         by_kind = np.sort([auroc(scores_in=s_fit, scores_out=s_proxy[g]) for g in kinds])
-        s_test = score(rule, z_test)
-        aurocs = {s: auroc(scores_in=s_test, scores_out=score(rule, z)) for s, z in sets.items()}
-        per_rule[f"{'/'.join(rule[0])} {rule[1]}"] = {
+        aurocs = {s: auroc(scores_in=s_test, scores_out=fn(z)) for s, z in sets.items()}
+        return {
             "proxy": {"pooled": auroc(scores_in=s_fit, scores_out=s_proxy),
                       "mean_kind": float(by_kind.mean()), "min_kind": float(by_kind[0]),
                       "trimmed_kind": float(by_kind[2:].mean())},
             "auroc": aurocs,
             "within": int(sum(aurocs[s] >= best[s] - MARGIN for s in sets)),
         }
+
+    for rule in rules():
+        per_rule[f"{'/'.join(rule[0])} {rule[1]}"] = entry(
+            lambda z, rule=rule: score(rule, z), score(rule, z_fit))
+    for name in JOINT:
+        per_rule[name] = entry(lambda z, name=name: joint_score(name, z, z_fit),
+                               joint_score(name, z_fit, z_fit, in_ref=True))
     return {"model": art.name, "sets": len(sets), "best_baseline": best, "rules": per_rule}
 
 
@@ -137,6 +164,7 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
         }
     oracle = sum(max(v["within"] for v in r["rules"].values()) for r in results) / pairs
     top = sorted(fixed, key=lambda n: -fixed[n])[:5]
+    top += [n for n in JOINT if n in fixed and n not in top]
     return {"models": len(results), "pairs": pairs, "margin": MARGIN,
             "best_fixed_rules": {n: {"within": round(fixed[n], 3),
                                      "mean_auroc": round(mean_auroc[n], 4)} for n in top},

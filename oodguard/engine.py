@@ -197,7 +197,7 @@ class Engine:
                 "a row's score may change in its last bits with the batch it arrives in. "
                 "Re-export the bundle for batch-invariant scores"
             )
-        elif not self.batch_invariant:
+        elif opts.intra_op_num_threads > 1:
             log.warning(
                 "intra_op_threads=%d: ONNX Runtime splits some kernels over threads by the batch "
                 "size, so a row's score may change in its last bits with its batch; use "

@@ -265,3 +265,4 @@ def test_a_graph_whose_rows_depend_on_the_batch_is_detected_at_load(parts, caplo
         eng = Engine(model.SerializeToString(), manifest, providers="cpu")
     assert not eng.batch_invariant
     assert "gives a row different bits alone and in a batch" in caplog.text
+    assert "splits some kernels over threads" not in caplog.text  # one warning, the right one

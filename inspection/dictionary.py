@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from oodguard.inspect.dynamics import iterate
+from oodguard.inspect.dynamics import find_basins, iterate
 from oodguard.inspect.latent_map import LatentMap
 
 __all__ = ["DictionaryComparison", "attractor_dictionary", "compare_dictionaries", "omp_mse",
@@ -27,21 +27,26 @@ DEFAULT_SPARSITIES = (0.05, 0.10, 0.25)
 
 
 def attractor_dictionary(latent: LatentMap, n_atoms: int, *, rel_tol: float = 1e-3,
-                         max_steps: int = 500, seed: int = 0) -> tuple[np.ndarray, float]:
-    """``(atoms [n_atoms, prod(input_shape)], fraction converged)`` from ``N(0, I)`` codes.
+                         rel_merge_radius: float = 0.05, max_steps: int = 500,
+                         seed: int = 0) -> tuple[np.ndarray, float, int]:
+    """``(atoms [n_atoms, prod(input_shape)], fraction converged, distinct attractors)`` from
+    ``N(0, I)`` codes.
 
-    No data is used: the convergence tolerance is relative to the median norm of ``f(z0)``.
-    Trajectories that did not converge contribute their last point; diverged ones (NaN)
-    are dropped, so fewer atoms may come back.
+    No data is used: the convergence tolerance and the merge radius that counts distinct
+    attractors are relative to the median norm of ``f(z0)``. Every code gives an atom (the
+    paper keeps duplicates too); trajectories that did not converge contribute their last
+    point, diverged ones (NaN) are dropped, so fewer atoms may come back.
     """
     if n_atoms < 1:
         raise ValueError(f"n_atoms must be >= 1. Got {n_atoms}")
     z0 = np.random.default_rng(seed).standard_normal((n_atoms, latent.latent_dim))
     z0 = z0.astype(np.float32)
     scale = float(np.median(np.linalg.norm(latent.step(z0), axis=1)))
-    run = iterate(latent.step, z0, tol=rel_tol * max(scale, 1e-12), max_steps=max_steps)
+    scale = max(scale, 1e-12)
+    run = iterate(latent.step, z0, tol=rel_tol * scale, max_steps=max_steps)
     atoms = latent.decode(run.terminal[run.finite]).reshape(int(run.finite.sum()), -1)
-    return atoms.astype(np.float64), float(run.converged.mean())
+    distinct = find_basins({"noise": run}, rel_merge_radius * scale).count
+    return atoms.astype(np.float64), float(run.converged.mean()), distinct
 
 
 def random_orthogonal_basis(dim: int, k: int, *, seed: int = 0) -> np.ndarray:
@@ -108,8 +113,7 @@ def compare_dictionaries(latent: LatentMap, x_train: np.ndarray, x_test: np.ndar
     all with ``n_atoms`` atoms (default: the input dimension), coding ``x_test``."""
     dim = int(np.prod(latent.input_shape))
     k = dim if n_atoms is None else int(n_atoms)
-    atoms, converged = attractor_dictionary(latent, k, seed=seed)
-    distinct = len(np.unique(np.round(atoms, 4), axis=0))
+    atoms, converged, distinct = attractor_dictionary(latent, k, seed=seed)
     k_lin = min(k, dim, len(x_train))
     dictionaries = {"attractors": atoms,
                     "random_orthogonal": random_orthogonal_basis(dim, k_lin, seed=seed),

@@ -180,13 +180,13 @@ def memorization_coefficient(decoded: np.ndarray, x_train: np.ndarray, *,
 
     A zero vector has cosine 0 with everything (instead of NaN).
     """
+    if len(x_train) == 0:
+        raise ValueError("x_train is empty: the memorization coefficient needs training samples")
     a = np.asarray(decoded, dtype=np.float64).reshape(len(decoded), -1)
     x = np.asarray(x_train, dtype=np.float64).reshape(len(x_train), -1)
     if a.shape[1] != x.shape[1]:
         raise ValueError(f"decoded attractors have {a.shape[1]} values per sample, training "
                          f"samples {x.shape[1]}; they must have the same shape")
-    if len(x) == 0:
-        raise ValueError("x_train is empty: the memorization coefficient needs training samples")
     an = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
     best = np.full(len(a), -np.inf)
     where = np.zeros(len(a), dtype=np.int64)

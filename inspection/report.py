@@ -201,15 +201,15 @@ class InspectionReport:
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 version = int(z["format_version"])
-                if version > FORMAT_VERSION:
-                    raise ValueError(
-                        f"inspection.npz has format version {version}, newer than the "
-                        f"{FORMAT_VERSION} this oodguard reads; upgrade oodguard")
-                arrays = {k: np.asarray(z[k]) for k in _ARRAYS}
-                scalars = json.loads(str(z["scalars"]))
-        except (KeyError, OSError, EOFError) as err:
+                arrays = ({k: np.asarray(z[k]) for k in _ARRAYS}
+                          if version <= FORMAT_VERSION else {})
+                scalars = json.loads(str(z["scalars"])) if version <= FORMAT_VERSION else {}
+        except (KeyError, OSError, EOFError, ValueError, TypeError) as err:
             raise ValueError(f"inspection.npz is not an oodguard inspection file: {err}") \
                 from err
+        if version > FORMAT_VERSION:
+            raise ValueError(f"inspection.npz has format version {version}, newer than the "
+                             f"{FORMAT_VERSION} this oodguard reads; upgrade oodguard")
         k = len(arrays["attractors"])
         for name in ("decoded", "basin_train", "basin_noise", "memorization", "nearest_train"):
             if len(arrays[name]) != k:

@@ -189,3 +189,24 @@ def test_monitor_records_a_tiny_training_run(tmp_path) -> None:  # type: ignore[
     assert (tmp_path / "monitor.png").stat().st_size > 1000 and path.endswith("monitor.png")
     with pytest.raises(ValueError, match="non-empty batch"):
         AttractorMonitor(model, np.zeros((0, 16), np.float32))
+
+
+def test_sweep_benchmark_quick_mode_writes_its_json(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("torch")
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "sweep.json"
+    subprocess.run([sys.executable, str(root / "benchmarks" / "inspect_sweep.py"), "--quick",
+                    "--no-plots", "--out", str(out)], check=True, capture_output=True,
+                   timeout=600)
+    doc = json.loads(out.read_text())
+    assert [r["latent"] for r in doc["summary"]] == [2, 8]
+    run = doc["runs"][0]
+    # the monitor ran from the training loop: before training, every 5 epochs, at the end
+    assert run["over_training"]["epoch"] == [0, 5, 10]
+    assert set(run["dictionary"]["mse"]) == {"attractors", "random_orthogonal", "pca"}
+    assert 0.0 < run["memorization_mean"] <= 1.0

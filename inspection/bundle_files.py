@@ -96,7 +96,8 @@ def _graph(encoder: Any, decoder: Any, x: Any, z: Any) -> bytes:
 def inspection_files(encoder: Any, decoder: Any, x_train: np.ndarray, *, steps: int,
                      seed: int = 0) -> dict[str, bytes]:
     """The inspection files for a bundle (the exporter's one call), or ``{}`` with a warning
-    when the inspection graph cannot be exported (the bundle is complete without them).
+    when they cannot be made (the graph does not export, the map cannot be measured): the
+    bundle is complete without them.
 
     Parameters
     ----------
@@ -109,15 +110,15 @@ def inspection_files(encoder: Any, decoder: Any, x_train: np.ndarray, *, steps: 
     import torch
 
     x = np.ascontiguousarray(x_train, dtype=np.float32)
-    latent = TorchMap.from_model((encoder, decoder), x)
-    report = inspect_map(latent, x_train=x, horizon=steps, max_codes=MAX_STORED_CODES,
-                         seed=seed)
     try:
+        latent = TorchMap.from_model((encoder, decoder), x)
+        report = inspect_map(latent, x_train=x, horizon=steps, max_codes=MAX_STORED_CODES,
+                             seed=seed)
         graph = _graph(encoder, decoder, torch.from_numpy(x[:2]),
                        torch.from_numpy(report.codes[:3]))
     except Exception as err:  # noqa: BLE001 - the bundle does not need these files
-        log.warning("the inspection graph could not be exported (%s: %s); the bundle is "
-                    "written without inspection files", type(err).__name__, err)
+        log.warning("the inspection files could not be made (%s: %s); the bundle is written "
+                    "without them (oodguard inspect will say so)", type(err).__name__, err)
         return {}
     return {INSPECTION_MODEL_FILE: graph, INSPECTION_DATA_FILE: report.to_npz()}
 

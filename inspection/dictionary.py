@@ -80,7 +80,7 @@ def omp_mse(atoms: np.ndarray, x: np.ndarray, n_nonzero: int) -> float:
     xs = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     if len(a) == 0:
         return float((xs ** 2).mean())
-    n_nonzero = max(1, min(int(n_nonzero), len(a)))
+    n_nonzero = max(1, min(int(n_nonzero), len(a), xs.shape[1]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # "linear dependence in the dictionary"
         coef = orthogonal_mp(a.T, xs.T, n_nonzero_coefs=n_nonzero)

@@ -68,7 +68,7 @@ def _trajectories(plt: Any, r: InspectionReport, paths: np.ndarray, out: Path) -
 
     fig, ax = plt.subplots(figsize=(5.5, 5))
     a2 = proj(r.attractors)
-    ax.scatter(a2[:, 0], a2[:, 1], s=30 + 120 * r.basin_train / max(r.basin_train.max(), 1),
+    ax.scatter(a2[:, 0], a2[:, 1], s=30 + 120 * r.basin_train / r.basin_train.max(initial=1),
                c="black", marker="x", label="attractors", zorder=3)
     for i in range(paths.shape[1]):
         p = proj(paths[:, i])

@@ -113,3 +113,23 @@ def test_out_that_is_a_file_is_refused(raw_bundle, tmp_path: Path, capsys) -> No
     assert main(["inspect", str(raw_bundle), "--out", str(f)]) == 2
     assert "is a file" in capsys.readouterr().err
     assert f.read_text() == "mine"
+
+
+def test_inspection_files_that_cannot_be_made_leave_a_complete_bundle(monkeypatch,
+                                                                       caplog) -> None:
+    import torch
+
+    import oodguard.inspect.bundle_files as bf
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("no exporter for this model")
+
+    monkeypatch.setattr(bf, "_graph", broken)
+    enc, dec = torch.nn.Linear(4, 2), torch.nn.Linear(2, 4)
+    x = np.random.default_rng(0).uniform(size=(20, 4)).astype(np.float32)
+    with caplog.at_level("WARNING"):
+        assert bf.inspection_files(enc, dec, x, steps=4) == {}
+    assert "no exporter for this model" in caplog.text
+    # and the map itself is measured from the same modules
+    latent = bf.TorchMap.from_model((enc, dec), x)
+    assert latent.latent_dim == 2 and latent.input_shape == (4,)

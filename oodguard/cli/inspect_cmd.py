@@ -34,7 +34,8 @@ def _inspect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="write into an existing non-empty --out folder")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG pictures")
-    p.add_argument("--seed", type=int, default=0, help="seed of the subsample and noise codes")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the subsample and noise codes (with --data)")
 
 
 def _out_problem(out: Path, overwrite: bool) -> str | None:

@@ -133,3 +133,14 @@ def test_inspection_files_that_cannot_be_made_leave_a_complete_bundle(monkeypatc
     # and the map itself is measured from the same modules
     latent = bf.TorchMap.from_model((enc, dec), x)
     assert latent.latent_dim == 2 and latent.input_shape == (4,)
+
+
+def test_overwriting_a_bundle_with_inspection_files_leaves_nothing_behind(raw_bundle,
+                                                                          tmp_path) -> None:
+    b = read_bundle(raw_bundle)
+    files = {MODEL_FILE: b.files[MODEL_FILE], **read_extras(b)}
+    target = tmp_path / "b"
+    write_bundle(target, b.manifest, files)
+    write_bundle(target, b.manifest, files, overwrite=True)  # the old one is swapped out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # and removed, extras included
+    assert set(read_extras(read_bundle(target))) == EXTRA_FILES

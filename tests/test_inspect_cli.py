@@ -144,3 +144,14 @@ def test_overwriting_a_bundle_with_inspection_files_leaves_nothing_behind(raw_bu
     write_bundle(target, b.manifest, files, overwrite=True)  # the old one is swapped out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # and removed, extras included
     assert set(read_extras(read_bundle(target))) == EXTRA_FILES
+
+
+def test_inspect_from_a_bundle_needs_neither_torch_nor_scikit_learn() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, oodguard.inspect, oodguard.cli; "
+            "print(sorted(m for m in ('torch', 'sklearn', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"

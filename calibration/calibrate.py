@@ -27,6 +27,7 @@ from oodguard.bundle import (
     MODEL_FILE,
     check_destination,
     read_bundle,
+    read_extras,
     write_bundle,
 )
 from oodguard.calibration.checks import sanity_check, unstable_features
@@ -470,6 +471,7 @@ def calibrate(
     files = {
         MODEL_FILE: source.files[MODEL_FILE],
         CALIBRATION_FILE: (json.dumps(scorer.to_dict()) + "\n").encode(),
+        **read_extras(source),  # the optional inspection files travel with the bundle
     }
     write_bundle(target, source.manifest, files, overwrite=in_place or overwrite)
     bar.update()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -61,6 +62,7 @@ def train_autoencoder(
     mask_fraction: float = 0.5,
     seed: int = 0,
     progress: bool | None = None,
+    on_epoch: Callable[[int, nn.Module], object] | None = None,
 ) -> MLPAutoencoder:
     """Train a denoising MLP autoencoder on ``x [N, dim]`` (values in [0, 1]). Seeded.
 
@@ -71,6 +73,9 @@ def train_autoencoder(
     ``progress``: a bar over the epochs (default: when stderr is a terminal and INFO is logged,
     see :mod:`oodguard._progress`); without a bar, the loss is logged at the first epoch and
     every tenth of the run. ``False`` logs nothing.
+
+    ``on_epoch(epochs_done, model)`` is called before the first epoch (0) and after each one
+    (e.g. :class:`oodguard.inspect.AttractorMonitor` every few epochs).
     """
     if corruption not in ("noise", "mask"):
         raise ValueError(f"corruption must be 'noise' or 'mask'. Got {corruption!r}")
@@ -85,6 +90,8 @@ def train_autoencoder(
     bar = progress_bar(epochs, "training", log, progress=drawn, unit="epoch")
     every = max(epochs // 10, 1)
     total = 0.0
+    if on_epoch is not None:
+        on_epoch(0, model)
     for epoch in range(epochs):
         perm = torch.randperm(len(data), generator=gen)
         total = 0.0
@@ -101,6 +108,8 @@ def train_autoencoder(
             opt.step()
             total += loss.item() * len(batch)
         sched.step()
+        if on_epoch is not None:
+            on_epoch(epoch + 1, model)
         bar.update()
         bar.set_postfix_str(f"loss {total / len(data):.5f}")
         if (not drawn and progress is not False

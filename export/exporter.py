@@ -48,6 +48,7 @@ from oodguard.export.parity import (
 )
 from oodguard.export.rewrite import elu_is_batch_invariant, rewrite_elu_nodes
 from oodguard.export.trajectory import TrajectoryFeatures
+from oodguard.inspect.bundle_files import inspection_files
 
 __all__ = ["ExportReport", "export_bundle", "export_graphs", "export_onnx", "rewrite_elu_nodes"]
 
@@ -349,7 +350,8 @@ def export_bundle(
                   "attractor_nonfinite_dropped": report.n_nonfinite},
     )
     stage("write")
-    out = write_bundle(path, manifest, {MODEL_FILE: data}, overwrite=overwrite)
+    files = {MODEL_FILE: data, **inspection_files(enc, dec, x_train, steps=steps, seed=seed)}
+    out = write_bundle(path, manifest, files, overwrite=overwrite)
     stage(None)
     return ExportReport(out, report, parity, baselines, dict(manifest.dynamics), len(data),
                         time.perf_counter() - t0)

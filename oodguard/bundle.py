@@ -54,6 +54,9 @@ from oodguard.errors import BundleError, BundleExistsError, NotCalibratedError
 __all__ = [
     "BUNDLE_FILES",
     "CALIBRATION_FILE",
+    "EXTRA_FILES",
+    "INSPECTION_DATA_FILE",
+    "INSPECTION_MODEL_FILE",
     "MANIFEST_FILE",
     "MODEL_FILE",
     "READ_ATTEMPTS",
@@ -64,6 +67,7 @@ __all__ = [
     "check_destination",
     "load_calibration",
     "read_bundle",
+    "read_extras",
     "write_bundle",
 ]
 
@@ -74,6 +78,13 @@ MODEL_FILE = "model.onnx"
 CALIBRATION_FILE = "calibration.json"
 MANIFEST_FILE = "manifest.json"
 BUNDLE_FILES = frozenset({MODEL_FILE, CALIBRATION_FILE, MANIFEST_FILE})
+# Optional files for offline tools (``oodguard inspect``): listed and hashed in the manifest like
+# the others, but read only on request (read_extras), so the runtime never pays for them. Their
+# format version lives inside them (the inspection arrays carry ``format_version``).
+INSPECTION_MODEL_FILE = "inspection.onnx"
+INSPECTION_DATA_FILE = "inspection.npz"
+EXTRA_FILES = frozenset({INSPECTION_MODEL_FILE, INSPECTION_DATA_FILE})
+_ALL_FILES = BUNDLE_FILES | EXTRA_FILES
 READ_ATTEMPTS = 3
 
 # Size caps, checked on the opened file before it is read: a corrupted or hostile bundle must
@@ -82,6 +93,8 @@ _MAX_BYTES = {
     MANIFEST_FILE: 1 << 20,
     CALIBRATION_FILE: 64 << 20,
     MODEL_FILE: 2 << 30,
+    INSPECTION_MODEL_FILE: 2 << 30,
+    INSPECTION_DATA_FILE: 2 << 30,
 }
 _DTYPES = ("float32",)
 _MAX_RANK = 8
@@ -230,7 +243,8 @@ class Manifest:
 
 @dataclass(frozen=True)
 class Bundle:
-    """A bundle read from disk and verified: the manifest and the raw bytes of each file."""
+    """A bundle read from disk and verified: the manifest and the raw bytes of each file
+    (the optional :data:`EXTRA_FILES` excepted: :func:`read_extras` reads those)."""
 
     path: Path
     manifest: Manifest
@@ -325,6 +339,49 @@ def _read_file(root: Path, dir_fd: int, name: str) -> bytes:
         ) from err
 
 
+def _checked(root: Path, name: str, data: bytes, digest: str) -> bytes:
+    actual = _sha256(data)
+    if actual != digest:
+        raise BundleError(
+            f"{root / name} has sha256 {actual[:12]}…, but the manifest records "
+            f"{digest[:12]!r}…: the file was changed or corrupted after the bundle was "
+            "written; re-export or re-calibrate the bundle instead of editing it"
+        )
+    return data
+
+
+def read_extras(bundle: Bundle) -> dict[str, bytes]:
+    """The optional files (:data:`EXTRA_FILES`) the bundle's manifest lists, read now and
+    checked against the manifest's sha256; ``{}`` for a bundle without them (exported by an
+    older oodguard). The runtime never calls this.
+
+    Raises
+    ------
+    BundleError
+        A listed file is missing, not a regular file, over its size cap, or its hash differs
+        from the manifest's (also when the bundle was replaced since ``bundle`` was read).
+    """
+    names = sorted(n for n in bundle.manifest.files if n in EXTRA_FILES)
+    if not names:
+        return {}
+    root = bundle.path
+    dir_fd = _fsio.open_dir(root)
+    try:
+        out = {}
+        for name in names:
+            try:
+                data = _fsio.read_regular(dir_fd, root, name, _MAX_BYTES[name])
+            except _fsio.FileMissing as err:
+                raise BundleError(
+                    f"{root / MANIFEST_FILE} lists {name}, but {root} holds no {name}: copy "
+                    "the whole bundle directory again, or re-export it"
+                ) from err
+            out[name] = _checked(root, name, data, bundle.manifest.files[name])
+        return out
+    finally:
+        os.close(dir_fd)
+
+
 def _read_once(root: Path, dir_fd: int) -> Bundle:
     where = root / MANIFEST_FILE
     doc = load_object(_read_file(root, dir_fd, MANIFEST_FILE), str(where), _FIX_MANIFEST)
@@ -343,17 +400,11 @@ def _read_once(root: Path, dir_fd: int) -> Bundle:
         raise BundleError(f"{where} lists no {MODEL_FILE}; {_FIX_MANIFEST}")
     files: dict[str, bytes] = {}
     for name, digest in manifest.files.items():
-        if name not in BUNDLE_FILES or name == MANIFEST_FILE:
+        if name not in _ALL_FILES or name == MANIFEST_FILE:
             raise BundleError(f"{where} lists an unexpected file {name!r}; {_FIX_MANIFEST}")
-        data = _read_file(root, dir_fd, name)
-        actual = _sha256(data)
-        if actual != digest:
-            raise BundleError(
-                f"{root / name} has sha256 {actual[:12]}…, but the manifest records "
-                f"{digest[:12]!r}…: the file was changed or corrupted after the bundle was "
-                "written; re-export or re-calibrate the bundle instead of editing it"
-            )
-        files[name] = data
+        if name in EXTRA_FILES:
+            continue  # read and checked on request only (read_extras)
+        files[name] = _checked(root, name, _read_file(root, dir_fd, name), digest)
     bundle = Bundle(path=root, manifest=manifest, files=files)
     if not bundle.calibrated:
         return bundle
@@ -375,7 +426,7 @@ def check_destination(path: str | os.PathLike[str], *, overwrite: bool) -> str:
         there (a file, a link, a directory holding other files), whatever ``overwrite`` says.
     """
     root = Path(path)
-    state = _fsio.existing_state(root, BUNDLE_FILES, "bundle")
+    state = _fsio.existing_state(root, _ALL_FILES, "bundle")
     if state == "full" and not overwrite:
         raise BundleExistsError(
             f"{root} exists and holds a bundle; pass overwrite=True (CLI: --overwrite) to "
@@ -402,12 +453,13 @@ def write_bundle(
         bundle (a file, a link, a directory with other files) — refused even with
         ``overwrite=True``. Nothing is written or deleted.
     BundleError
-        ``files`` are not bundle files, or the manifest does not serialise to a valid one.
+        ``files`` are not bundle files (:data:`BUNDLE_FILES`, :data:`EXTRA_FILES`), or the
+        manifest does not serialise to a valid one.
     """
     root = Path(path)
     if MODEL_FILE not in files:
         raise BundleError(f"a bundle needs {MODEL_FILE}; got files {sorted(files)}")
-    unknown = set(files) - {MODEL_FILE, CALIBRATION_FILE}
+    unknown = set(files) - {MODEL_FILE, CALIBRATION_FILE, *EXTRA_FILES}
     if unknown:
         raise BundleError(f"unexpected bundle files {sorted(unknown)}")
     state = check_destination(root, overwrite=overwrite)
@@ -460,6 +512,6 @@ def _listed_files(dir_fd: int) -> set[str]:
     """``manifest.json`` and the files the manifest in the open directory lists."""
     raw = _fsio.read_regular(dir_fd, Path("."), MANIFEST_FILE, _MAX_BYTES[MANIFEST_FILE])
     listed = set(get(load_object(raw, MANIFEST_FILE, ""), "files", dict))
-    if not listed <= BUNDLE_FILES:
+    if not listed <= _ALL_FILES:
         raise ValueError(f"the manifest lists files a bundle does not have: {sorted(listed)}")
     return listed | {MANIFEST_FILE}

@@ -16,6 +16,6 @@ fi
 echo "==> ruff"
 .venv/bin/ruff check .
 echo "==> mypy"
-.venv/bin/mypy oodguard export calibration demo
+.venv/bin/mypy oodguard export calibration demo inspection
 echo "==> pytest"
 .venv/bin/pytest -q "$@"

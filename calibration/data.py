@@ -23,6 +23,7 @@ __all__ = [
     "load_digits_data",
     "load_idx",
     "load_image_folder",
+    "load_images",
     "sample_image_patches",
 ]
 
@@ -76,11 +77,20 @@ def load_image_folder(
     """Images of a folder (sorted by name) as float32 in [0, 1]: ``(N, H, W)`` grayscale or
     ``(N, H, W, 3)``. Images of other sizes are resized to ``size`` (H, W) when given, else
     refused."""
-    from PIL import Image
-
     files = image_files(path)
     if not files:
         raise ValueError(f"{path} holds no images ({', '.join(sorted(_IMAGE_SUFFIXES))})")
+    return load_images(files, size=size, grayscale=grayscale, where=str(path))
+
+
+def load_images(
+    files: list[Path], *, size: tuple[int, int] | None = None, grayscale: bool = True,
+    where: str = "the images",
+) -> np.ndarray:
+    """:func:`load_image_folder` for a list of image files (e.g. a slice of a folder's
+    :func:`image_files`, read a part at a time)."""
+    from PIL import Image
+
     out = []
     for f in files:
         with Image.open(f) as src:
@@ -90,7 +100,8 @@ def load_image_folder(
         out.append(np.asarray(im, dtype=np.float32) / 255.0)
     shapes = {a.shape for a in out}
     if len(shapes) > 1:
-        raise ValueError(f"{path} holds images of several sizes {sorted(shapes)}; pass size=(H, W)")
+        raise ValueError(f"{where} holds images of several sizes {sorted(shapes)}; pass "
+                         "size=(H, W)")
     return np.stack(out)
 
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from oodguard._version import __version__
-from oodguard.cli import offline, runtime  # noqa: F401  (registers the commands)
+from oodguard.cli import offline, runtime, score  # noqa: F401  (registers the commands)
 from oodguard.cli._base import COMMANDS, Command, HelpFormatter
 
 __all__ = ["build_parser", "main"]

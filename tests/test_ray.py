@@ -9,16 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray.data
 from _ray_cluster import local_cluster
 from conftest import make_data
 
-ray = pytest.importorskip("ray")  # the ray extra is part of requirements/ci.txt: never skipped
-import ray.data  # noqa: E402
-
-from oodguard import Guard, InvalidInputError, read_bundle  # noqa: E402
-from oodguard.bundle import CALIBRATION_FILE, MODEL_FILE  # noqa: E402
-from oodguard.engine import Engine  # noqa: E402
-from oodguard.integrations.ray import (  # noqa: E402
+from oodguard import Guard, InvalidInputError, read_bundle
+from oodguard.bundle import CALIBRATION_FILE, MODEL_FILE
+from oodguard.engine import Engine
+from oodguard.integrations.ray import (
     calibrate_dataset,
     collect_features,
     score_dataset,
@@ -163,3 +161,30 @@ def test_calibration_refusals_come_before_the_cluster_work(raw_bundle, bundle, t
     with pytest.raises(BundleExistsError):
         calibrate_dataset(raw_bundle, ds, out=bundle)
     assert not (tmp_path / "small").exists()
+
+
+def test_score_cli_through_ray_writes_the_local_file(bundle, rows, tmp_path) -> None:
+    """``oodguard score --ray ADDRESS`` (a separate driver joining this module's cluster)
+    writes byte for byte the file the local path writes; the image folder's rows too."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    np.save(tmp_path / "x.npy", rows[:1200])
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, im in enumerate(np.round(rows[:9] * 255).astype(np.uint8).reshape(-1, 4, 4)):
+        Image.fromarray(im, mode="L").save(folder / f"{i}.png")
+    address = ray.get_runtime_context().gcs_address
+    for src, extra in ((tmp_path / "x.npy", []), (folder, ["--reshape"])):
+        outs = []
+        for how in ([], ["--ray", address, "--concurrency", "2"]):
+            out = tmp_path / f"{src.stem}{len(how)}.jsonl"
+            p = subprocess.run([sys.executable, "-m", "oodguard.cli", "-q", "score", str(bundle),
+                                str(src), "-o", str(out), "--batch-size", "250", *extra, *how],
+                               capture_output=True, text=True, timeout=300)
+            assert p.returncode == 0, p.stderr[-3000:]
+            outs.append(out.read_bytes())
+        assert outs[0] == outs[1]
+    assert len(outs[0].splitlines()) == 9

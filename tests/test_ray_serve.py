@@ -12,13 +12,11 @@ import pytest
 import tritonclient.http as triton
 from _ray_cluster import local_cluster
 from _serving import free_port, metric_value, wait_ready
+from ray import serve
 
-ray = pytest.importorskip("ray")  # the ray extra is part of requirements/ci.txt: never skipped
-from ray import serve  # noqa: E402
-
-from oodguard import Guard  # noqa: E402
-from oodguard.integrations.ray import guard_app  # noqa: E402
-from oodguard.server import ServeConfig  # noqa: E402
+from oodguard import Guard
+from oodguard.integrations.ray import guard_app
+from oodguard.server import ServeConfig
 
 
 @pytest.fixture(scope="module")

@@ -69,8 +69,9 @@ def _npz_key(path: Path, key: str | None) -> tuple[str, int]:
 def _parquet_column(path: Path, column: str | None) -> tuple[str, list[int]]:
     import pyarrow.parquet as pq
 
-    meta = pq.ParquetFile(path).metadata
-    names = list(meta.schema.names)
+    pf = pq.ParquetFile(path)
+    meta = pf.metadata
+    names = list(pf.schema_arrow.names)
     if column is None:
         if len(names) != 1:
             raise ValueError(f"{path} has columns {names}; pass --column to name the input")

@@ -40,7 +40,7 @@ def score_chunks(
     import ray.data
 
     items = [{"chunk": c.to_json()} for c in chunks]
-    loaded = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 1000)))
+    loaded: Any = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 1000)))
     loaded = loaded.map_batches(_load, batch_size=1, batch_format="numpy")
     scored = score_dataset(loaded, bundle, column="x", batch_size=batch_size,
                            concurrency=concurrency, columns=("index", "source", "row"),

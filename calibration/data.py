@@ -24,6 +24,7 @@ __all__ = [
     "load_idx",
     "load_image_folder",
     "load_images",
+    "npz_key",
     "sample_image_patches",
 ]
 
@@ -116,17 +117,21 @@ def load_array(path: str | os.PathLike[str], *, key: str | None = None) -> np.nd
         return np.load(p, allow_pickle=False)
     if name.endswith(".npz"):
         with np.load(p, allow_pickle=False) as z:
-            keys = list(z.keys())
-            if key is None:
-                if len(keys) != 1:
-                    raise ValueError(f"{p} holds arrays {keys}; pass key= to pick one")
-                key = keys[0]
-            if key not in keys:
-                raise ValueError(f"{p} has no array {key!r}; it holds {keys}")
-            return z[key]
+            return z[npz_key(p, list(z.keys()), key)]
     if "idx" in name:
         return load_idx(p)
     raise ValueError(f"cannot tell the format of {p}: use .npy, .npz, an IDX file or a folder")
+
+
+def npz_key(path: Path, keys: list[str], key: str | None, *, how: str = "key=") -> str:
+    """The member of an ``.npz`` (holding ``keys``) to read: ``key``, or its only array."""
+    if key is None:
+        if len(keys) != 1:
+            raise ValueError(f"{path} holds arrays {keys}; pass {how} to pick one")
+        key = keys[0]
+    if key not in keys:
+        raise ValueError(f"{path} has no array {key!r}; it holds {keys}")
+    return key
 
 
 def sample_image_patches(n: int, *, size: int = 8, crop: int = 32, seed: int = 0) -> np.ndarray:

@@ -55,14 +55,10 @@ def _ranges(kind: str, path: Path, n: int, rows: int, **kw: Any) -> list[Chunk]:
 
 
 def _npz_key(path: Path, key: str | None) -> tuple[str, int]:
+    from oodguard.calibration.data import npz_key
+
     with np.load(path, allow_pickle=False) as z:
-        keys = list(z.keys())
-        if key is None:
-            if len(keys) != 1:
-                raise ValueError(f"{path} holds arrays {keys}; pass --key to pick one")
-            key = keys[0]
-        if key not in keys:
-            raise ValueError(f"{path} has no array {key!r}; it holds {keys}")
+        key = npz_key(path, list(z.keys()), key, how="--key")
         return key, len(z[key])
 
 

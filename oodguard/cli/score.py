@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from oodguard.cli._base import alpha_arg, command, optional, positive_arg
+from oodguard.cli._base import alpha_arg, command, optional
 from oodguard.cli._chunks import Chunk, plan_chunks, read_chunk
+from oodguard.cli._inputs import add_input_args
 from oodguard.cli._sinks import Sink, output_format
 
 __all__: list[str] = []
@@ -54,14 +55,8 @@ def _score_args(p: argparse.ArgumentParser) -> None:
                    help="with --ray: scoring actors, one guard each")
     p.add_argument("--batch-size", type=_int_arg, default=4096,
                    help="rows per chunk read and per guard call")
-    p.add_argument("--key", help="array name inside an .npz holding several arrays")
+    add_input_args(p, positional=False)  # --key, --scale, --reshape as in oodguard check
     p.add_argument("--column", help="input column of a parquet file with several columns")
-    p.add_argument("--scale", type=positive_arg, default=None,
-                   help="divide the values by this, as in training (e.g. 255 for uint8); "
-                        "integer data is refused without it")
-    p.add_argument("--reshape", action="store_true",
-                   help="reshape each sample row-major to the bundle's input shape when the "
-                        "sizes agree")
     p.add_argument("--alpha", type=alpha_arg,
                    help="target false-positive rate of the verdict (default: the calibrated "
                         "one)")

@@ -15,7 +15,7 @@ on the same rows bit for bit, whatever ``batch_size`` and ``concurrency``.
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -101,6 +101,7 @@ def score_dataset(
     scale: float | None = None,
     reshape: bool = False,
     num_cpus: float = 1.0,
+    num_gpus: float = 0.0,
     guard_options: Mapping[str, Any] | None = None,
 ) -> Any:
     """Score a ``ray.data.Dataset`` with the guard, one actor (and ONNX Runtime session) each.
@@ -118,7 +119,8 @@ def score_dataset(
         every column but the input (and the input too with ``keep_input``)
     features : add the ``features`` column, float32 shape (N, F)
     scale, reshape : see :func:`~oodguard.integrations.tensors.tensor_column`
-    num_cpus : CPUs reserved per actor
+    num_cpus, num_gpus : CPUs and GPUs reserved per actor (with ``num_gpus``, pass
+        ``guard_options={"providers": "cuda"}``)
     guard_options : keywords for :class:`~oodguard.Guard` in each actor (``providers``,
         ``alpha``, ``intra_op_threads``, ...); metrics are off (``registry=None``)
 
@@ -147,12 +149,13 @@ def score_dataset(
     return _map(ds, as_bundle(bundle), column=column, mode=mode, batch_size=batch_size,
                 concurrency=concurrency, keep=None if columns is None else tuple(columns),
                 drop_input=not keep_input, scale=scale, reshape=reshape, num_cpus=num_cpus,
-                options=opts)
+                num_gpus=num_gpus, options=opts)
 
 
 def _map(ds: Any, bundle: Bundle, *, column: str, mode: str, batch_size: int,
          concurrency: int, keep: tuple[str, ...] | None, drop_input: bool,
-         scale: float | None, reshape: bool, num_cpus: float, options: dict[str, Any]) -> Any:
+         scale: float | None, reshape: bool, num_cpus: float, options: dict[str, Any],
+         num_gpus: float = 0.0) -> Any:
     _check_column(ds, column)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int. Got {batch_size!r}")
@@ -163,22 +166,22 @@ def _map(ds: Any, bundle: Bundle, *, column: str, mode: str, batch_size: int,
                                "drop_input": drop_input, "scale": scale, "reshape": reshape,
                                "guard_options": options},
         batch_size=batch_size, batch_format="numpy", compute=_compute(concurrency),
-        num_cpus=num_cpus, udf_modifying_row_count=False,
+        num_cpus=num_cpus, num_gpus=num_gpus or None, udf_modifying_row_count=False,
     )
 
 
-@contextlib.contextmanager
-def ordered() -> Iterator[None]:
-    """Ray Data keeps the dataset's row order while this is active (``preserve_order``)."""
-    from ray.data import DataContext
+def ordered(ds: Any) -> Any:
+    """``ds`` executing in order: its rows come out in the order of its source
+    (``preserve_order``), whatever the actors' timing.
 
-    ctx = DataContext.get_current()
-    before = ctx.execution_options.preserve_order
+    A dataset runs under the ``DataContext`` captured when its source was made, shared along
+    the chain, so setting the current context later has no effect, and setting the shared one
+    would change the caller's datasets too: this one gets its own copy.
+    """
+    ctx = copy.deepcopy(ds.context)
     ctx.execution_options.preserve_order = True
-    try:
-        yield
-    finally:
-        ctx.execution_options.preserve_order = before
+    ds._context = ctx  # no public setter (Ray 2.60); read by the executor at run time
+    return ds
 
 
 def feature_batches(ds: Any, bundle: Bundle, *, column: str, batch_size: int,
@@ -191,8 +194,7 @@ def feature_batches(ds: Any, bundle: Bundle, *, column: str, batch_size: int,
                   concurrency=concurrency, keep=(column,) if keep_input else (),
                   drop_input=False, scale=scale, reshape=reshape, num_cpus=num_cpus,
                   options=dict(engine_options or {}))
-    with ordered():
-        yield from mapped.iter_batches(batch_size=None, batch_format="numpy")
+    yield from ordered(mapped).iter_batches(batch_size=None, batch_format="numpy")
 
 
 def collect_features(

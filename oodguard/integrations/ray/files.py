@@ -45,5 +45,4 @@ def score_chunks(
     scored = score_dataset(loaded, bundle, column="x", batch_size=batch_size,
                            concurrency=concurrency, columns=("index", "source", "row"),
                            scale=scale, reshape=reshape, guard_options=guard_options)
-    with ordered():
-        yield from scored.iter_batches(batch_size=None, batch_format="numpy")
+    yield from ordered(scored).iter_batches(batch_size=None, batch_format="numpy")

@@ -56,25 +56,27 @@ def _sample(ds: Any, n: int, max_rows: int | None, seed: int) -> tuple[Any, int]
     if not isinstance(max_rows, int) or max_rows < 1:
         raise ValueError(f"max_rows must be a positive int or None. Got {max_rows!r}")
     chosen = np.sort(np.random.default_rng(seed).choice(n, size=max_rows, replace=False))
-    picked = _Positions(chosen)
-    with_pos = ds.zip(_range(n))
-    return with_pos.filter(picked).drop_columns(["id"]), max_rows
+    with_pos = ds.zip(_positions(n))
+    return with_pos.filter(_Chosen(chosen)).drop_columns([_POSITION]), max_rows
 
 
-class _Positions:
-    """A row filter: keep the rows whose position (the ``id`` column zipped in) is chosen."""
+_POSITION = "_oodguard_position"  # a name no user column has
+
+
+class _Chosen:
+    """A row filter: keep the rows whose position (zipped in as ``_POSITION``) is chosen."""
 
     def __init__(self, chosen: np.ndarray) -> None:
         self.chosen = frozenset(chosen.tolist())
 
     def __call__(self, row: dict[str, Any]) -> bool:
-        return int(row["id"]) in self.chosen
+        return int(row[_POSITION]) in self.chosen
 
 
-def _range(n: int) -> Any:
+def _positions(n: int) -> Any:
     import ray.data
 
-    return ray.data.range(n)
+    return ray.data.range(n).rename_columns({"id": _POSITION})
 
 
 def calibrate_dataset(

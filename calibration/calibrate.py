@@ -25,6 +25,7 @@ from oodguard._progress import progress_bar
 from oodguard.bundle import (
     CALIBRATION_FILE,
     MODEL_FILE,
+    Bundle,
     check_destination,
     read_bundle,
     read_extras,
@@ -410,6 +411,26 @@ def calibrate(
     """
     if select not in ("auto", "all"):
         raise ValueError(f"select must be 'auto' or 'all'. Got {select!r}")
+    source, target, in_place = _target(bundle, out, overwrite)
+    x32, _ = validate_batch(x_val, source.manifest.input, nonfinite="raise")
+    use, few = check_validation_size(len(x32), source.manifest.feature_names, use, alpha,
+                                     fit_fraction)
+    engine = Engine(source.files[MODEL_FILE], source.manifest, providers="cpu")
+    bar = progress_bar(5, "calibration", log, progress=progress, unit="stage")
+    bar.set_description_str("calibration: features")
+    log.info("computing features for %d validation inputs", len(x32))
+    features = engine.run(x32)
+    fit_idx, _ = split_indices(len(x32), fit_fraction, seed)
+    return fit_and_write(
+        source, target, in_place, features, x32[fit_idx], engine=engine, bar=bar, few=few,
+        alpha=alpha, fit_fraction=fit_fraction, select=select, x_ood=x_ood, combine=combine,
+        use=use, minor_tail=minor_tail, seed=seed, overwrite=overwrite)
+
+
+def _target(bundle: str | os.PathLike[str], out: str | os.PathLike[str] | None,
+            overwrite: bool) -> tuple[Bundle, Path, bool]:
+    """The source bundle, where the calibrated bundle goes, and whether that is in place;
+    refuses (``BundleExistsError``) before any work what ``write_bundle`` would refuse."""
     source = read_bundle(bundle)
     # In place is the caller's explicit request; the real directory is swapped (a link to it
     # stays a link). Elsewhere, refuse before the expensive part what write_bundle would.
@@ -417,27 +438,42 @@ def calibrate(
     target = Path(os.path.realpath(source.path)) if in_place else Path(out or "")
     if not in_place:
         check_destination(target, overwrite=overwrite)
-    spec = source.manifest.input
-    x32, _ = validate_batch(x_val, spec, nonfinite="raise")
-    names = list(source.manifest.feature_names)
-    use, few = _fit_candidates(len(x32), names, use, alpha, fit_fraction)
-    check_sizes(len(x32), len(names) if use is None else len(use), alpha, fit_fraction)
-    engine = Engine(source.files[MODEL_FILE], source.manifest, providers="cpu")
-    bar = progress_bar(5, "calibration", log, progress=progress, unit="stage")
-    bar.set_description_str("calibration: features")
-    log.info("computing features for %d validation inputs", len(x32))
-    features = engine.run(x32)
+    return source, target, in_place
+
+
+def check_validation_size(
+    n: int, names: Sequence[str], use: Sequence[str] | None, alpha: float, fit_fraction: float,
+) -> tuple[Sequence[str] | None, list[str]]:
+    """``(use, warnings)`` for ``n`` validation rows (see :func:`_fit_candidates`), after
+    :func:`check_sizes` refused what cannot be calibrated."""
+    use, few = _fit_candidates(n, list(names), use, alpha, fit_fraction)
+    check_sizes(n, len(names) if use is None else len(use), alpha, fit_fraction)
+    return use, few
+
+
+def fit_and_write(
+    source: Bundle, target: Path, in_place: bool, features: np.ndarray, x_fit: np.ndarray, *,
+    engine: Engine, bar: Any, few: Sequence[str], alpha: float, fit_fraction: float,
+    select: str, x_ood: np.ndarray | None, combine: str, use: Sequence[str] | None,
+    minor_tail: float, seed: int, overwrite: bool,
+) -> CalibrationReport:
+    """What :func:`calibrate` does once the features are computed: selection, fit, sanity
+    check, write. ``features`` are those of every validation row, in order (shape (n, F));
+    ``x_fit`` the inputs of the fit part, ``x_val[split_indices(n, fit_fraction, seed)[0]]``
+    in that order (its synthetic outliers choose the features, its far inputs are the sanity
+    check). Shared by :func:`calibrate` and the Ray integration's ``calibrate_dataset``, which
+    computes the features on a cluster."""
     bar.update()
     bar.set_description_str("calibration: selection")
-    fit_idx, cal_idx = split_indices(len(x32), fit_fraction, seed)
+    fit_idx, cal_idx = split_indices(len(features), fit_fraction, seed)
     reference = None
     groups: list[np.ndarray] | None = None
     if select == "auto":
         if x_ood is not None:
-            ref_x, _ = validate_batch(x_ood, spec, nonfinite="raise")
+            ref_x, _ = validate_batch(x_ood, source.manifest.input, nonfinite="raise")
         else:
             # Made from the fit part only: the calibration part stays untouched.
-            ref_x = make_proxies(x32[fit_idx], kinds=DEFAULT_PROXY_KINDS, seed=seed)
+            ref_x = make_proxies(x_fit, kinds=DEFAULT_PROXY_KINDS, seed=seed)
             n_fit = len(fit_idx)
             groups = [np.arange(i * n_fit, (i + 1) * n_fit)
                       for i in range(len(DEFAULT_PROXY_KINDS))]
@@ -459,7 +495,7 @@ def calibrate(
     bar.update()
     bar.set_description_str("calibration: sanity check")
     sanity, sanity_warnings = sanity_check(
-        lambda xs: engine.run(np.ascontiguousarray(xs)), scorer, x32[fit_idx], seed=seed
+        lambda xs: engine.run(np.ascontiguousarray(xs)), scorer, x_fit, seed=seed
     )
     for w in sanity_warnings:
         log.warning("calibration: %s", w)

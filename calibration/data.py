@@ -23,6 +23,8 @@ __all__ = [
     "load_digits_data",
     "load_idx",
     "load_image_folder",
+    "load_images",
+    "npz_key",
     "sample_image_patches",
 ]
 
@@ -76,11 +78,20 @@ def load_image_folder(
     """Images of a folder (sorted by name) as float32 in [0, 1]: ``(N, H, W)`` grayscale or
     ``(N, H, W, 3)``. Images of other sizes are resized to ``size`` (H, W) when given, else
     refused."""
-    from PIL import Image
-
     files = image_files(path)
     if not files:
         raise ValueError(f"{path} holds no images ({', '.join(sorted(_IMAGE_SUFFIXES))})")
+    return load_images(files, size=size, grayscale=grayscale, where=str(path))
+
+
+def load_images(
+    files: list[Path], *, size: tuple[int, int] | None = None, grayscale: bool = True,
+    where: str = "the images",
+) -> np.ndarray:
+    """:func:`load_image_folder` for a list of image files (e.g. a slice of a folder's
+    :func:`image_files`, read a part at a time)."""
+    from PIL import Image
+
     out = []
     for f in files:
         with Image.open(f) as src:
@@ -90,7 +101,8 @@ def load_image_folder(
         out.append(np.asarray(im, dtype=np.float32) / 255.0)
     shapes = {a.shape for a in out}
     if len(shapes) > 1:
-        raise ValueError(f"{path} holds images of several sizes {sorted(shapes)}; pass size=(H, W)")
+        raise ValueError(f"{where} holds images of several sizes {sorted(shapes)}; pass "
+                         "size=(H, W)")
     return np.stack(out)
 
 
@@ -105,17 +117,21 @@ def load_array(path: str | os.PathLike[str], *, key: str | None = None) -> np.nd
         return np.load(p, allow_pickle=False)
     if name.endswith(".npz"):
         with np.load(p, allow_pickle=False) as z:
-            keys = list(z.keys())
-            if key is None:
-                if len(keys) != 1:
-                    raise ValueError(f"{p} holds arrays {keys}; pass key= to pick one")
-                key = keys[0]
-            if key not in keys:
-                raise ValueError(f"{p} has no array {key!r}; it holds {keys}")
-            return z[key]
+            return z[npz_key(p, list(z.keys()), key)]
     if "idx" in name:
         return load_idx(p)
     raise ValueError(f"cannot tell the format of {p}: use .npy, .npz, an IDX file or a folder")
+
+
+def npz_key(path: Path, keys: list[str], key: str | None, *, how: str = "key=") -> str:
+    """The member of an ``.npz`` (holding ``keys``) to read: ``key``, or its only array."""
+    if key is None:
+        if len(keys) != 1:
+            raise ValueError(f"{path} holds arrays {keys}; pass {how} to pick one")
+        key = keys[0]
+    if key not in keys:
+        raise ValueError(f"{path} has no array {key!r}; it holds {keys}")
+    return key
 
 
 def sample_image_patches(n: int, *, size: int = 8, crop: int = 32, seed: int = 0) -> np.ndarray:

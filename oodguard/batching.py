@@ -16,12 +16,13 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from oodguard.guard import CheckResult
 
-__all__ = ["Batcher", "slice_result"]
+__all__ = ["BatchRunner", "Batcher", "slice_result"]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,17 @@ def slice_result(r: CheckResult, start: int, stop: int) -> CheckResult:
     """Rows ``start:stop`` of a result."""
     return CheckResult(r.score[start:stop], r.p_value[start:stop], r.is_ood[start:stop],
                        r.features[start:stop], r.feature_names, r.alpha, r.threshold)
+
+
+class BatchRunner(Protocol):
+    """What the HTTP service needs of a batcher: ``start`` in the serving loop, ``submit`` per
+    validated request (its own rows of the result come back), ``stop`` at shutdown."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def submit(self, x: np.ndarray) -> CheckResult: ...
 
 
 @dataclass(eq=False)

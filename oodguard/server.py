@@ -44,7 +44,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from oodguard._version import __version__
-from oodguard.batching import Batcher
+from oodguard.batching import Batcher, BatchRunner
 from oodguard.decisions import batch_decisions
 from oodguard.errors import GuardFailure, InvalidInputError
 from oodguard.guard import Guard
@@ -139,13 +139,15 @@ def _error(status: int, message: str, reason: str, headers: dict[str, str] | Non
 class _Service:
     """The routes' shared state: the guard, the batcher, readiness, the body-byte budget."""
 
-    def __init__(self, guard: Guard, config: ServeConfig, registry: Any) -> None:
+    def __init__(self, guard: Guard, config: ServeConfig, registry: Any,
+                 batcher: BatchRunner | None = None) -> None:
         self.guard, self.config, self.registry = guard, config, registry
         if guard.metrics is not None:
             guard.metrics.init_http()  # refusal and drop series at 0 before the first request
         self.name = config.model_name or guard.name
-        self.batcher = Batcher(guard.check, max_batch=config.max_batch,
-                               max_wait_s=config.max_wait_ms / 1000.0, enabled=config.batching)
+        self.batcher: BatchRunner = batcher or Batcher(
+            guard.check, max_batch=config.max_batch, max_wait_s=config.max_wait_ms / 1000.0,
+            enabled=config.batching)
         self.ready = False
         self._token = None if config.token is None else f"Bearer {config.token}".encode()
         self.bodies = BodyReader(max_bytes=config.max_body_bytes,
@@ -283,8 +285,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return _error(500, "internal error", "internal")
 
 
-def create_app(guard: Guard, config: ServeConfig | None = None, *, registry: Any = None
-               ) -> Starlette:
+def create_app(guard: Guard, config: ServeConfig | None = None, *, registry: Any = None,
+               batcher: BatchRunner | None = None) -> Starlette:
     """The ASGI application.
 
     Parameters
@@ -293,8 +295,12 @@ def create_app(guard: Guard, config: ServeConfig | None = None, *, registry: Any
     config : limits, batching and token (``host``/``port`` are used by :func:`serve` only)
     registry : what ``/metrics`` exposes: the guard's registry, or
         :func:`oodguard.metrics.multiprocess_registry` under a pre-fork server; None: 404
+    batcher : what coalesces validated requests into guard calls; default a
+        :class:`~oodguard.batching.Batcher` over ``guard.check`` set by ``config``. The Ray Serve
+        deployment (:mod:`oodguard.integrations.ray`) passes one built on ``@serve.batch``;
+        every route, limit and refusal stays this module's.
     """
-    svc = _Service(guard, config or ServeConfig(), registry)
+    svc = _Service(guard, config or ServeConfig(), registry, batcher)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

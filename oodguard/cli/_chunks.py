@@ -1,0 +1,143 @@
+"""``oodguard score``'s inputs, a part at a time: ``.npy`` (memory-mapped), ``.npz``, image
+folders and parquet files are cut into chunks that are read on their own — by the command
+itself, or by Ray tasks on any node that sees the same path.
+
+A chunk is plain data (JSON-serialisable), so it can travel to a Ray task; :func:`read_chunk`
+gives its raw values (as stored: dtype and sample shape unchanged) and, per row, the global
+index, the source file and the row in that file (``-1`` for an image, which is its own file).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from oodguard.cli._inputs import _check_magic as check_magic
+
+__all__ = ["Chunk", "plan_chunks", "read_chunk"]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Rows ``start:stop`` of ``path`` (``kind`` npy, npz, parquet; for parquet a row
+    group, ``start`` its first row), or the image ``files`` of a folder; ``index`` is the
+    global index of its first row."""
+
+    kind: str
+    path: str
+    index: int
+    start: int = 0
+    stop: int = 0
+    key: str | None = None
+    column: str | None = None
+    group: int = -1
+    files: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.files) if self.kind == "images" else self.stop - self.start
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Chunk:
+        d = json.loads(text)
+        return cls(**{**d, "files": tuple(d["files"])})
+
+
+def _ranges(kind: str, path: Path, n: int, rows: int, **kw: Any) -> list[Chunk]:
+    return [Chunk(kind, str(path), start, start, min(start + rows, n), **kw)
+            for start in range(0, n, rows)]
+
+
+def _npz_key(path: Path, key: str | None) -> tuple[str, int]:
+    from oodguard.calibration.data import npz_key
+
+    with np.load(path, allow_pickle=False) as z:
+        key = npz_key(path, list(z.keys()), key, how="--key")
+        return key, len(z[key])
+
+
+def _parquet_column(path: Path, column: str | None) -> tuple[str, list[int]]:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    meta = pf.metadata
+    names = list(pf.schema_arrow.names)
+    if column is None:
+        if len(names) != 1:
+            raise ValueError(f"{path} has columns {names}; pass --column to name the input")
+        column = names[0]
+    if column not in names:
+        raise ValueError(f"{path} has no column {column!r}; its columns are {names}")
+    return column, [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+
+
+def plan_chunks(path: Path, *, rows: int, key: str | None = None, column: str | None = None
+                ) -> list[Chunk]:
+    """The chunks of an input (``rows`` rows each; a parquet file's row groups as stored).
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        No such input; not a file of a kind read here (the message lists them); an ``.npz``
+        without ``--key`` holding several arrays; a parquet file without ``--column`` holding
+        several columns; an empty folder.
+    """
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    check_magic(path)
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        from oodguard.calibration.data import image_files
+
+        files = [str(f) for f in image_files(path)]
+        if not files:
+            raise ValueError(f"{path} holds no images")
+        return [Chunk("images", str(path), i, files=tuple(files[i:i + rows]))
+                for i in range(0, len(files), rows)]
+    if suffix == ".npy":
+        n = len(np.load(path, mmap_mode="r", allow_pickle=False))
+        return _ranges("npy", path, n, rows)
+    if suffix == ".npz":
+        key, n = _npz_key(path, key)
+        return _ranges("npz", path, n, rows, key=key)
+    if suffix in (".parquet", ".pq"):
+        column, sizes = _parquet_column(path, column)
+        starts = np.cumsum([0, *sizes]).tolist()
+        return [Chunk("parquet", str(path), starts[g], starts[g], starts[g + 1],
+                      column=column, group=g) for g in range(len(sizes)) if sizes[g]]
+    raise ValueError(f"cannot read {path}: oodguard score reads .npy, .npz, .parquet files and "
+                     "folders of images")
+
+
+def read_chunk(chunk: Chunk) -> tuple[Any, np.ndarray, list[str], np.ndarray]:
+    """``(x, index, sources, rows)`` of a chunk: the raw values, shape (n, ...); the global
+    indices (int64); each row's source file; its row in that file (int64, -1 for images)."""
+    n = len(chunk)
+    index = np.arange(chunk.index, chunk.index + n, dtype=np.int64)
+    rows = np.arange(chunk.start, chunk.start + n, dtype=np.int64)
+    sources = [chunk.path] * n
+    if chunk.kind == "npy":
+        x: Any = np.array(np.load(chunk.path, mmap_mode="r", allow_pickle=False)
+                          [chunk.start:chunk.stop])
+    elif chunk.kind == "npz":
+        with np.load(chunk.path, allow_pickle=False) as z:
+            x = z[chunk.key][chunk.start:chunk.stop]
+    elif chunk.kind == "parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.ParquetFile(chunk.path).read_row_group(chunk.group, columns=[chunk.column])
+        x = table.column(0).to_numpy(zero_copy_only=False)
+    elif chunk.kind == "images":
+        from oodguard.calibration.data import load_images
+
+        x = load_images([Path(f) for f in chunk.files], where=chunk.path)
+        sources, rows = list(chunk.files), np.full(n, -1, dtype=np.int64)
+    else:
+        raise ValueError(f"unknown chunk kind {chunk.kind!r}")
+    return x, index, sources, rows

@@ -151,3 +151,24 @@ class Rotation(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return z @ self.r
+
+
+def roundtrip(path: Any, x_train: np.ndarray, x_val: np.ndarray, x_test: np.ndarray,
+              **export_kw: Any) -> tuple[Any, np.ndarray]:
+    """Export (T = 4, few noise codes), calibrate on ``x_val``, load a Guard and score
+    ``x_test`` at batch 256 and row by row (batch 1); the two must agree exactly. Returns the
+    export report and the scores."""
+    from oodguard import Guard
+    from oodguard.calibration import calibrate
+    from oodguard.export import export_bundle
+
+    kw = {"steps": 4, "n_noise": 16} | export_kw
+    report = export_bundle(path / "raw", x_train=x_train, **kw)
+    calibrate(report.path, x_val, alpha=0.1, out=path / "cal")
+    guard = Guard.load(path / "cal")
+    big = np.concatenate([guard.check(x_test[i : i + 256]).score
+                          for i in range(0, len(x_test), 256)])
+    one = np.concatenate([guard.check(x_test[i : i + 1]).score for i in range(8)])
+    assert np.isfinite(big).all()
+    np.testing.assert_array_equal(one, big[:8])
+    return report, big

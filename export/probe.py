@@ -211,10 +211,14 @@ def prepare_autoencoder(
     if dtype != torch.float32:
         enc_s, dec_s = _copies(enc0, dec0, dtype)
         source = (_FlatEncoder(enc_s, latent, dtype), _ShapedDecoder(dec_s, latent_shape, dtype))
-    kind = "tensor" if plain else ("callable" if callable(latent) and not isinstance(latent, str)
-                                   else repr(latent) if latent is not None else "distribution "
-                                   "mean" if isinstance(out, torch.distributions.Distribution)
-                                   else "tensor")
+    if callable(latent) and not isinstance(latent, str):
+        kind = "callable"
+    elif latent is not None:
+        kind = repr(latent)
+    elif isinstance(out, torch.distributions.Distribution):
+        kind = "distribution mean"
+    else:
+        kind = "tensor"
     ae = Autoencoder(encoder=enc, decoder=dec, preprocess=pre, latent_shape=latent_shape,
                      source_dtype=dtype, source=source, latent=kind,
                      training_modules=tuple(training))

@@ -156,3 +156,20 @@ def test_float64_model_split_at_a_layer_is_measured_as_given(tmp_path) -> None: 
     assert 0 < source["x_hat_rel_diff"] < 1e-4  # float32 round-off of the float64 model
     assert report.dynamics["model"]["source_dtype"] == "float64"
     assert next(model.parameters()).dtype == torch.float64  # the caller's model untouched
+
+
+def test_bfloat16_model_is_measured_against_itself() -> None:
+    """bfloat16 weights: a float32 copy is what the graph runs; the source copy stays bfloat16
+    and the recorded deviation is bfloat16's round-off, not zero and not a silent cast."""
+    from oodguard.export.source import source_parity
+
+    enc, dec = mlp_ae()
+    x = tabular(32)
+    ae, xm = prepare_autoencoder(x_train=x, encoder=enc.bfloat16().eval(),
+                                 decoder=dec.bfloat16().eval())
+    assert ae.source_dtype == torch.bfloat16 and ae.source is not None
+    with torch.inference_mode():
+        x_hat32 = ae.decoder(ae.encoder(torch.from_numpy(xm))).numpy()
+    doc = source_parity(ae, xm, x_hat32)
+    assert doc["dtype"] == "bfloat16"
+    assert 1e-4 < doc["x_hat_rel_diff"] < 0.1

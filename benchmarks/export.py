@@ -71,8 +71,8 @@ def _family(name: str, tiny: bool) -> tuple[dict[str, Any], np.ndarray, int]:
     if name in ("gru", "lstm"):
         enc_g, dec_g = GRUEncoder(hidden=16, latent=8), GRUDecoder(length, 16, 8)
         if name == "lstm":
-            enc_g.gru = _LastState(nn.LSTM(1, 16, batch_first=True))  # type: ignore[assignment]
-            dec_g.gru = _LastState(nn.LSTM(16, 16, batch_first=True))  # type: ignore[assignment]
+            enc_g.gru = _LastState(nn.LSTM(1, 16, batch_first=True))
+            dec_g.gru = _LastState(nn.LSTM(16, 16, batch_first=True))
         return {"encoder": enc_g.eval(), "decoder": dec_g.eval()}, sines(n, length), steps
     if name == "conv1d":
         enc, dec = conv1d_ae(length)

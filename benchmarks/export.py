@@ -9,6 +9,10 @@ shows the other extreme, a map that never converges).
 
     .venv/bin/python benchmarks/export.py --out benchmarks/results/export.json
     .venv/bin/python benchmarks/export.py --tiny          # seconds: small inputs, T = 4
+
+torch runs one thread (``OODGUARD_BENCH_THREADS`` sets another number): on a shared 2-core
+machine two torch threads beside ONNX Runtime's own oversubscribed the cores and the GRU row took
+79 s instead of 9 s.
 """
 
 from __future__ import annotations
@@ -69,10 +73,8 @@ def _family(name: str, tiny: bool) -> tuple[dict[str, Any], np.ndarray, int]:
     if name == "vae":
         return {"model": VAE(dim=30, latent=8).eval(), "latent": "mean"}, tabular(n, 30), steps
     if name in ("gru", "lstm"):
-        enc_g, dec_g = GRUEncoder(hidden=16, latent=8), GRUDecoder(length, 16, 8)
-        if name == "lstm":
-            enc_g.gru = _LastState(nn.LSTM(1, 16, batch_first=True))
-            dec_g.gru = _LastState(nn.LSTM(16, 16, batch_first=True))
+        enc_g = GRUEncoder(hidden=16, latent=8, cell=name)
+        dec_g = GRUDecoder(length, 16, 8, cell=name)
         return {"encoder": enc_g.eval(), "decoder": dec_g.eval()}, sines(n, length), steps
     if name == "conv1d":
         enc, dec = conv1d_ae(length)
@@ -107,18 +109,6 @@ def _family(name: str, tiny: bool) -> tuple[dict[str, Any], np.ndarray, int]:
     raise SystemExit(f"unknown family {name!r}; one of {FAMILIES}")
 
 
-class _LastState(nn.Module):
-    """An LSTM returning ``(output, h)`` as a GRU does (``h`` of its ``(h, c)`` state)."""
-
-    def __init__(self, lstm: nn.LSTM) -> None:
-        super().__init__()
-        self.lstm = lstm
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y, (h, _) = self.lstm(x)
-        return y, h
-
-
 def _timed(module: Any, names: tuple[str, ...], into: dict[str, float]) -> None:
     for n in names:
         fn: Callable[..., Any] = getattr(module, n)
@@ -138,7 +128,7 @@ def run_one(name: str, tiny: bool, out_dir: Path) -> dict[str, Any]:
     import oodguard.export.exporter as exporter
     from oodguard.export import export_bundle
 
-    torch.set_num_threads(int(os.environ.get("OODGUARD_BENCH_THREADS", "2")))
+    torch.set_num_threads(int(os.environ.get("OODGUARD_BENCH_THREADS", "1")))
     kw, x, steps = _family(name, tiny)
     stages: dict[str, float] = {}
     _timed(exporter, STAGES, stages)

@@ -2,12 +2,14 @@
 
 The graph runs ``z0 = E(x)``, ``x̂ = D(z0)``, ``z1 = E(x̂)``, ``z_{t+1} = E(D(z_t))`` up to
 ``z_T`` and then the features (see :class:`oodguard.export.trajectory.TrajectoryFeatures`).
-Tracing that module whole made ``torch.export`` trace the encoder and decoder ``T + 1`` times
-each: a GRU autoencoder (whose recurrence is decomposed step by step, under a symbolic batch)
-took 270 s to export at ``T = 32``. Here each of the encoder, the decoder, the optional input
-preprocessing and the feature head is exported once, turned into a model-local ONNX function
-whose weights are inputs (so the ``2T + 2`` calls share one copy of them), the calls are laid
+Tracing that module whole made ``torch.export`` trace the encoder ``T + 1`` and the decoder
+``T`` times: a GRU autoencoder (whose recurrence is decomposed step by step, under a symbolic
+batch) took 277 s to export at ``T = 32``. Here each of the encoder, the decoder, the optional
+input preprocessing and the feature head is exported once, turned into a model-local ONNX function
+whose weights are inputs (so the ``2T + 1`` calls share one copy of them), the calls are laid
 out as nodes, and the functions are inlined: the bundle holds one flat graph, as before.
+A module with a recurrent layer goes through the TorchScript exporter, which writes ONNX's own
+``GRU``/``LSTM`` node (see :func:`_has_rnn`); every other part keeps the dynamo exporter.
 """
 
 from __future__ import annotations
@@ -51,12 +53,21 @@ def strip_metadata(model: onnx.ModelProto) -> None:
 
 
 def torch_export(module: nn.Module, args: Sequence[torch.Tensor], inputs: Sequence[str],
-                 outputs: Sequence[str], batch_axes: Sequence[int], what: str) -> onnx.ModelProto:
+                 outputs: Sequence[str], batch_axes: Sequence[int], what: str,
+                 legacy_opset: int | None = None) -> onnx.ModelProto:
     """``torch.onnx.export`` (dynamo) with one dynamic ``batch`` axis per input, quietly;
-    metadata stripped, local functions inlined. Any failure is an :class:`ExportError`."""
+    metadata stripped, local functions inlined. Any failure is an :class:`ExportError`.
+
+    ``legacy_opset`` uses the TorchScript exporter at that opset instead (see
+    :func:`_has_rnn`)."""
     batch = torch.export.Dim("batch", min=1)
     # positional (a tuple), so the user's forward may name its argument anything
-    dynamic = tuple({axis: batch} for axis in batch_axes)
+    dynamic: Any = tuple({axis: batch} for axis in batch_axes)
+    options: dict[str, Any] = {"dynamo": True, "dynamic_shapes": dynamic}
+    if legacy_opset is not None:
+        axes = {name: {axis: "batch"} for name, axis in zip(inputs, batch_axes, strict=True)}
+        axes |= {name: {0: "batch"} for name in outputs}
+        options = {"dynamo": False, "dynamic_axes": axes, "opset_version": legacy_opset}
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         path = os.path.join(tmp, MODEL_FILE)
@@ -69,8 +80,7 @@ def torch_export(module: nn.Module, args: Sequence[torch.Tensor], inputs: Sequen
             with contextlib.redirect_stdout(io.StringIO()):
                 torch.onnx.export(
                     module, tuple(args), path, input_names=list(inputs),
-                    output_names=list(outputs), dynamo=True, external_data=False,
-                    dynamic_shapes=dynamic, verbose=False,
+                    output_names=list(outputs), external_data=False, verbose=False, **options,
                 )
         except Exception as err:
             raise ExportError(
@@ -107,6 +117,14 @@ def features_only(model: onnx.ModelProto) -> onnx.ModelProto:
         del g.node[:]
         g.node.extend(reversed(nodes))
     return out
+
+
+def _has_rnn(module: nn.Module) -> bool:
+    """Whether ``module`` holds a recurrent layer. ``torch.export`` decomposes ``nn.GRU`` /
+    ``nn.LSTM`` into one cell per time step under a symbolic batch: 20–50 s for one GRU of 128
+    steps, where the TorchScript exporter writes ONNX's own ``GRU``/``LSTM`` node in 0.3 s. Such
+    modules (only they: other graphs keep the dynamo exporter) go through the TorchScript one."""
+    return any(isinstance(m, nn.RNNBase) for m in module.modules())
 
 
 class _Features(nn.Module):
@@ -154,12 +172,15 @@ def compose_trajectory(module: TrajectoryFeatures, example: torch.Tensor,
         z = module.encoder(xm)
         traj, x_hat = module.time_major(xm)
     parts: dict[str, onnx.ModelProto] = {}
-    if preprocess is not None:
-        parts["P"] = torch_export(preprocess, [example], ["x"], ["y"], [0], "input preprocessing")
-    parts["E"] = torch_export(module.encoder, [xm], ["x"], ["z"], [0], "encoder")
-    parts["D"] = torch_export(module.decoder, [z], ["z"], ["x_hat"], [0], "decoder")
     parts["F"] = torch_export(_Features(module), [xm, x_hat, traj], ["x", "x_hat", "traj"],
                               [OUTPUT_NAME], [0, 0, 1], "feature head")
+    opset = next(o.version for o in parts["F"].opset_import if o.domain in ("", "ai.onnx"))
+    if preprocess is not None:
+        parts["P"] = torch_export(preprocess, [example], ["x"], ["y"], [0], "input preprocessing")
+    parts["E"] = torch_export(module.encoder, [xm], ["x"], ["z"], [0], "encoder",
+                              opset if _has_rnn(module.encoder) else None)
+    parts["D"] = torch_export(module.decoder, [z], ["z"], ["x_hat"], [0], "decoder",
+                              opset if _has_rnn(module.decoder) else None)
     opsets: dict[str, int] = {}
     functions, inits = [], []
     for name, part in parts.items():

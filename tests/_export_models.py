@@ -108,10 +108,30 @@ def tabular(n: int, dim: int = 12, seed: int = 0) -> np.ndarray:
     return ((base + 0.1 * rng.standard_normal((n, dim))) * scale + 5.0).astype(np.float32)
 
 
-class GRUEncoder(nn.Module):
-    def __init__(self, hidden: int = 16, latent: int = 8) -> None:
+class LastState(nn.Module):
+    """An LSTM returning ``(output, h)`` as a GRU does (``h`` of its ``(h, c)`` state)."""
+
+    def __init__(self, lstm: nn.LSTM) -> None:
         super().__init__()
-        self.gru = nn.GRU(1, hidden, batch_first=True)
+        self.lstm = lstm
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y, (h, _) = self.lstm(x)
+        return y, h
+
+
+def _rnn(cell: str, inp: int, hidden: int) -> nn.Module:
+    if cell == "lstm":
+        return LastState(nn.LSTM(inp, hidden, batch_first=True))
+    return nn.GRU(inp, hidden, batch_first=True)
+
+
+class GRUEncoder(nn.Module):
+    """A GRU (or ``cell="lstm"``) encoder ``[N, 1, L] -> [N, latent]``."""
+
+    def __init__(self, hidden: int = 16, latent: int = 8, cell: str = "gru") -> None:
+        super().__init__()
+        self.gru = _rnn(cell, 1, hidden)
         self.out = nn.Linear(hidden, latent)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -120,11 +140,14 @@ class GRUEncoder(nn.Module):
 
 
 class GRUDecoder(nn.Module):
-    def __init__(self, length: int = 128, hidden: int = 16, latent: int = 8) -> None:
+    """A GRU (or ``cell="lstm"``) decoder ``[N, latent] -> [N, 1, length]``."""
+
+    def __init__(self, length: int = 128, hidden: int = 16, latent: int = 8,
+                 cell: str = "gru") -> None:
         super().__init__()
         self.length = length
         self.inp = nn.Linear(latent, hidden)
-        self.gru = nn.GRU(hidden, hidden, batch_first=True)
+        self.gru = _rnn(cell, hidden, hidden)
         self.out = nn.Linear(hidden, 1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from _export_models import GRUDecoder, GRUEncoder, Rotation, conv1d_ae, roundtrip, sines
 from torch import nn
 
+from oodguard.bundle import MODEL_FILE, read_bundle
 from oodguard.export import discover_attractors, export_bundle
 
 
@@ -20,12 +22,18 @@ def _one_thread() -> None:
     torch.manual_seed(0)
 
 
-def test_gru_autoencoder(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    x = sines(160, length=16)
-    report, _ = roundtrip(tmp_path, x[:96], x[96:], sines(32, 16, seed=1),
-                          encoder=GRUEncoder(hidden=4, latent=4).eval(),
-                          decoder=GRUDecoder(length=16, hidden=4, latent=4).eval())
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_recurrent_autoencoder(tmp_path, cell: str) -> None:  # type: ignore[no-untyped-def]
+    """GRU/LSTM AEs on [N, 1, 64]: the recurrence is ONNX's own GRU/LSTM node (the
+    TorchScript exporter), not one decomposed cell per time step."""
+    x = sines(160, length=64)
+    report, _ = roundtrip(tmp_path, x[:96], x[96:], sines(32, 64, seed=1),
+                          encoder=GRUEncoder(hidden=8, latent=4, cell=cell).eval(),
+                          decoder=GRUDecoder(length=64, hidden=8, latent=4, cell=cell).eval())
     assert report.dynamics["model"]["latent_shape"] == [4]
+    graph = onnx.load_from_string(read_bundle(report.path).files[MODEL_FILE]).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count(cell.upper()) == 2 * 4 + 1  # one per call: E T + 1 times, D T times
 
 
 def test_conv1d_autoencoder_with_a_sequence_latent(tmp_path) -> None:  # type: ignore[no-untyped-def]

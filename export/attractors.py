@@ -35,6 +35,9 @@ class AttractorReport:
     n_nonfinite : int
         Codes (training and Gaussian) whose iteration overflowed to NaN or infinity; their
         terminal points were dropped.
+    n_train : int
+        Training codes available; ``n_data`` of them were iterated (a seeded subsample when
+        ``max_codes`` was smaller).
     """
 
     attractors: np.ndarray
@@ -50,6 +53,19 @@ class AttractorReport:
     merge_radius: float
     seconds: float
     n_nonfinite: int = 0
+    n_train: int = 0
+
+    @property
+    def converged_fraction(self) -> float:
+        total = self.n_data + self.n_noise
+        return (self.n_data_converged + self.n_noise_converged) / total if total else 0.0
+
+    def record(self) -> dict[str, float | int]:
+        """The manifest's record of discovery (``dynamics["discovery"]``)."""
+        return {"n_train": self.n_train or self.n_data, "n_data": self.n_data,
+                "n_data_converged": self.n_data_converged, "n_noise": self.n_noise,
+                "n_noise_converged": self.n_noise_converged, "max_steps": self.max_steps,
+                "attractors": len(self.attractors), "seconds": round(self.seconds, 3)}
 
     def summary(self) -> str:
         return (
@@ -118,6 +134,7 @@ def discover_attractors(
     batch_size: int = 4096,
     seed: int = 0,
     progress: bool | None = None,
+    max_codes: int | None = None,
 ) -> AttractorReport:
     """Find the attractors of ``f = E∘D`` from training codes and data-free Gaussian codes.
 
@@ -130,7 +147,12 @@ def discover_attractors(
     rel_tol, rel_merge_radius : float
         Convergence tolerance and merge radius, relative to the median training-code norm.
     max_steps : int
-        Step budget per code.
+        Step budget per code. All codes are iterated as one batch; a code leaves the batch as
+        soon as its step is within tolerance, and iteration stops when none is left.
+    max_codes : int, optional
+        Iterate at most this many training codes (a seeded subsample; default all): the cost
+        is ``(max_codes + n_noise) × steps`` evaluations of the map, which for a map that does
+        not contract is the full ``max_steps`` each.
     max_attractors : int
         Keep at most this many attractors (those that gathered the most terminal points).
     progress : bool or None
@@ -140,6 +162,12 @@ def discover_attractors(
     x = torch.as_tensor(np.asarray(x_train), dtype=torch.float32)
     if len(x) == 0:
         raise ExportError("x_train is empty; attractor discovery needs training inputs")
+    if max_steps < 1 or (max_codes is not None and max_codes < 1):
+        raise ValueError(f"max_steps and max_codes must be >= 1. Got {max_steps}, {max_codes}")
+    n_train = len(x)
+    if max_codes is not None and max_codes < n_train:
+        pick = np.sort(np.random.default_rng(seed).choice(n_train, max_codes, replace=False))
+        x = x[torch.from_numpy(pick)]
     codes = torch.cat([encoder(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
     if codes.ndim != 2:
         raise ExportError(
@@ -178,8 +206,13 @@ def discover_attractors(
     ok = converged.numpy() & finite
     if not ok.any():
         log.warning(
-            "no code converged within %d steps (tol %.3g); using all terminal points — the map "
-            "may not be contractive (train with weight decay / denoising)", max_steps, tol
+            "none of %d codes converged within %d steps (tol %.3g): the latent map "
+            "z ▶ E(D(z)) does not contract here, so the exported 'attractors' are merely where "
+            "iteration stopped. steps_to_converge will read T for every input and the "
+            "attractor distances measure distance to arbitrary points; the step-norm, rate and "
+            "latent kNN/Mahalanobis features still hold. Training with weight decay or "
+            "denoising makes the map contractive; max_steps= bounds this search",
+            len(points), max_steps, tol,
         )
         ok = finite
     centers, members = merge_points(points[ok], radius)
@@ -202,6 +235,7 @@ def discover_attractors(
         merge_radius=radius,
         seconds=time.perf_counter() - t0,
         n_nonfinite=n_nonfinite,
+        n_train=n_train,
     )
     log.info("attractor discovery: %s", report.summary())
     return report

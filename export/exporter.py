@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import logging
 import os
-import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +20,7 @@ from oodguard.bundle import MODEL_FILE, InputSpec, Manifest, write_bundle
 from oodguard.engine import DENORMAL_AS_ZERO_KEY
 from oodguard.errors import ExportError
 from oodguard.export.attractors import AttractorReport, discover_attractors
-from oodguard.export.autoencoder import as_encoder_decoder
+from oodguard.export.autoencoder import Latent
 from oodguard.export.baselines import (
     DEFAULT_KNN_K,
     DEFAULT_MAX_BANK,
@@ -38,6 +34,8 @@ from oodguard.export.dynamics import (
     flush_denormal,
     measure_stability,
 )
+from oodguard.export.graphs import INPUT_NAME, OUTPUT_NAME, compose_trajectory, features_only
+from oodguard.export.model_errors import UnsupportedDtypeError
 from oodguard.export.parity import (
     DEFAULT_ATOL,
     DEFAULT_RTOL,
@@ -46,7 +44,9 @@ from oodguard.export.parity import (
     ParityReport,
     check_same_trajectory,
 )
+from oodguard.export.probe import prepare_autoencoder, to_model_space
 from oodguard.export.rewrite import elu_is_batch_invariant, rewrite_elu_nodes
+from oodguard.export.source import source_parity
 from oodguard.export.trajectory import TrajectoryFeatures
 from oodguard.inspect.bundle_files import inspection_files
 
@@ -54,8 +54,6 @@ __all__ = ["ExportReport", "export_bundle", "export_graphs", "export_onnx", "rew
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "x"
-OUTPUT_NAME = "features"
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,91 +67,25 @@ class ExportReport:
     export_seconds: float
 
 
-CHECK_OUTPUTS = ("_check_trajectory", "_check_x_hat")
-
-
-class _WithTrajectory(nn.Module):
-    """The trajectory module with the time-major trajectory and ``x̂`` as extra outputs."""
-
-    def __init__(self, module: TrajectoryFeatures) -> None:
-        super().__init__()
-        self.m = module
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        traj, x_hat = self.m.time_major(x)
-        return self.m.features(x, x_hat, traj), traj, x_hat
-
-
-def _torch_export(module: nn.Module, example: torch.Tensor, outputs: list[str]) -> onnx.ModelProto:
-    batch = torch.export.Dim("batch", min=1)
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        path = os.path.join(tmp, MODEL_FILE)
-        # The exporter and onnxscript's optimizer log every rewrite; keep the user's log clean.
-        noisy = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "onnx_ir", "torch")]
-        levels = [lg.level for lg in noisy]
-        for lg in noisy:
-            lg.setLevel(logging.ERROR)
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                torch.onnx.export(
-                    module,
-                    (example,),
-                    path,
-                    input_names=[INPUT_NAME],
-                    output_names=outputs,
-                    dynamo=True,
-                    external_data=False,
-                    dynamic_shapes={"x": {0: batch}},
-                    verbose=False,
-                )
-        except Exception as err:
-            raise ExportError(
-                f"torch.onnx.export failed for the trajectory graph ({type(err).__name__}: "
-                f"{err}); the encoder/decoder must be traceable by torch.export"
-            ) from err
-        finally:
-            for lg, lvl in zip(noisy, levels, strict=True):
-                lg.setLevel(lvl)
-        return onnx.load_from_string(Path(path).read_bytes())
-
-
-def _features_only(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy with only the ``features`` output, and without the nodes only the extra outputs
-    needed (none in practice: the trajectory and ``x̂`` feed the features)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    g = out.graph
-    keep = [o for o in g.output if o.name == OUTPUT_NAME]
-    del g.output[:]
-    g.output.extend(keep)
-    needed = {OUTPUT_NAME}
-    nodes = []
-    for node in reversed(g.node):
-        if any(o in needed for o in node.output):
-            nodes.append(node)
-            needed.update(i for i in node.input if i)
-    if len(nodes) != len(g.node):
-        del g.node[:]
-        g.node.extend(reversed(nodes))
-    return out
-
 
 def export_graphs(
-    module: TrajectoryFeatures, example: torch.Tensor, *, rewrite_elu: bool | None = None
+    module: TrajectoryFeatures, example: torch.Tensor, *, rewrite_elu: bool | None = None,
+    preprocess: nn.Module | None = None,
 ) -> tuple[bytes, onnx.ModelProto]:
     """``(bundle model bytes, check model)``.
 
-    The module is exported once with the trajectory and ``x̂`` as extra outputs (the check
-    model); the bundle graph is the same graph with only the ``features`` output — so the
-    parity check sees exactly the nodes the bundle runs.
+    The check model computes the trajectory and ``x̂`` as extra outputs (see
+    :func:`oodguard.export.graphs.compose_trajectory`: the encoder, decoder and feature head
+    traced once each); the bundle graph is the same graph with only the ``features`` output —
+    so the parity check sees exactly the nodes the bundle runs.
 
     ``rewrite_elu`` replaces every ``Elu`` node by an equal expression, faster at large batches
     and slower at small ones; ``None`` does so only where the plain ``Elu`` would not be batch
     invariant. The graph keeps one path for every batch size (see
-    :mod:`oodguard.export.rewrite`).
+    :mod:`oodguard.export.rewrite`). ``preprocess`` (raw ``x`` ▶ model space) becomes the
+    graph's first nodes; ``example`` is then a raw input.
     """
-    check = _torch_export(_WithTrajectory(module), example, [OUTPUT_NAME, *CHECK_OUTPUTS])
+    check = compose_trajectory(module, example, preprocess)
     if rewrite_elu is None:
         rewrite_elu = not elu_is_batch_invariant(check)
     elif not rewrite_elu and not elu_is_batch_invariant(check):
@@ -161,7 +93,7 @@ def export_graphs(
                     "may change in their last bits with the batch size")
     if rewrite_elu and not check.functions:
         rewrite_elu_nodes(check)
-    model = _features_only(check)
+    model = features_only(check)
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as err:
@@ -217,6 +149,11 @@ def export_bundle(
     knn_k: int = DEFAULT_KNN_K,
     max_bank: int = DEFAULT_MAX_BANK,
     progress: bool | None = None,
+    latent: Latent = None,
+    split: str | None = None,
+    preprocess: Any = None,
+    max_steps: int = 500,
+    max_codes: int | None = None,
 ) -> ExportReport:
     """Export a trained autoencoder to an (uncalibrated) bundle directory.
 
@@ -224,9 +161,31 @@ def export_bundle(
     ----------
     path : directory to write (atomically)
     x_train : ndarray of float32, shape (N, *input_shape)
-        Training inputs, scaled as in training: attractors are discovered from their codes.
+        Training inputs, scaled as in training (or raw, with ``preprocess``): attractors are
+        discovered from their codes.
     encoder, decoder : nn.Module
-        Or ``model`` with ``encode``/``decode`` methods. Codes must be (N, d).
+        Or ``model``: with ``encode``/``decode`` methods, with ``encoder``/``decoder``
+        submodules (PyOD, the adapters of :mod:`oodguard.export.adapters`), or an
+        ``nn.Sequential`` split after the layer named ``split``. Codes of any shape are
+        flattened to ``(N, d)`` for the dynamics and reshaped for the decoder inside the graph
+        (``manifest.dynamics["model"]["latent_shape"]``). Modules in training mode are exported
+        from an eval-mode copy, with a warning. float64/float16/bfloat16 models are exported as
+        float32 and the graph is measured against the model as given
+        (``manifest.parity["source"]``).
+    latent : None, "mean", int, str or callable
+        Which part of the encoder's output is the code: a tensor or a
+        ``torch.distributions`` distribution (its mean) need nothing; for a VAE's
+        ``(mu, logvar)`` pass ``latent="mean"`` or ``0``; a dict key, or
+        ``lambda out: ...`` (see :data:`oodguard.export.autoencoder.Latent`).
+    split : str, optional
+        With an ``nn.Sequential`` ``model``: the name of the encoder's last layer.
+    preprocess : None, nn.Module, (mean, std) or a fitted StandardScaler
+        Input preprocessing applied first inside the graph, so the bundle takes raw inputs as
+        ``x_train`` holds them (see :mod:`oodguard.export.preprocess`).
+    max_steps, max_codes : int
+        Attractor discovery's step budget per code, and the most training codes it iterates
+        (a seeded subsample beyond it; default all). See
+        :func:`oodguard.export.attractors.discover_attractors`.
     steps : int
         ``T``, the number of latent steps fused into the graph.
     x_check : ndarray, optional
@@ -261,26 +220,31 @@ def export_bundle(
     Raises
     ------
     ExportError
-        The graph cannot be exported, fails ``onnx.checker`` or disagrees with torch.
+        The graph cannot be exported, fails ``onnx.checker`` or disagrees with torch; or a
+        named mistake in the model (:mod:`oodguard.export.model_errors`: swapped or not
+        composable modules, a reconstruction shaped unlike the input, an encoder output
+        without ``latent=``, a model that is not deterministic, an unsupported dtype).
     """
     t0 = time.perf_counter()
-    x_train = np.ascontiguousarray(x_train, dtype=np.float32)
-    if x_train.ndim < 2 or len(x_train) == 0:
-        raise ExportError(f"x_train must be a non-empty batch (N, ...); got {x_train.shape}")
-    if not np.isfinite(x_train).all():
-        raise ExportError("x_train holds NaN or infinity")
-    enc, dec = as_encoder_decoder(model=model, encoder=encoder, decoder=decoder)
-    with torch.inference_mode():
-        probe = dec(enc(torch.from_numpy(x_train[:2])))
-    if tuple(probe.shape) != x_train[:2].shape:
-        raise ExportError(
-            f"decoder(encoder(x)) has shape {tuple(probe.shape)} but x has {x_train[:2].shape}; "
-            "the decoder must reconstruct the input's shape"
+    x_raw = np.asarray(x_train)
+    if not (np.issubdtype(x_raw.dtype, np.floating) or np.issubdtype(x_raw.dtype, np.integer)):
+        raise UnsupportedDtypeError(
+            f"x_train has dtype {x_raw.dtype}; pass real numbers (float32 is what the bundle "
+            "takes; float64 and integers are cast)"
         )
+    x_raw = np.ascontiguousarray(x_raw, dtype=np.float32)
+    if x_raw.ndim < 2 or len(x_raw) == 0:
+        raise ExportError(f"x_train must be a non-empty batch (N, ...); got {x_raw.shape}")
+    if not np.isfinite(x_raw).all():
+        raise ExportError("x_train holds NaN or infinity (or values beyond float32's range)")
+    ae, x_train = prepare_autoencoder(x_train=x_raw, model=model, encoder=encoder,
+                                      decoder=decoder, latent=latent, split=split,
+                                      preprocess=preprocess)
+    enc, dec = ae.encoder, ae.decoder
     report = discover_attractors(
         enc, dec, x_train, n_noise=n_noise, rel_tol=rel_tol,
         rel_merge_radius=rel_merge_radius, max_attractors=max_attractors, seed=seed,
-        progress=progress,
+        progress=progress, max_steps=max_steps, max_codes=max_codes,
     )
     stages = progress_bar(len(_STAGES), "export", log, progress=progress, unit="stage")
     stage = _stage_marker(stages)
@@ -305,10 +269,11 @@ def export_bundle(
     x_check_given = x_check is not None
     if x_check is None:
         rng = np.random.default_rng(seed)
-        lo, hi = float(x_train.min()), float(x_train.max())
-        noise = rng.uniform(lo, hi, size=(64, *x_train.shape[1:])).astype(np.float32)
-        x_check = np.concatenate([x_train[:256], noise])
+        lo, hi = float(x_raw.min()), float(x_raw.max())
+        noise = rng.uniform(lo, hi, size=(64, *x_raw.shape[1:])).astype(np.float32)
+        x_check = np.concatenate([x_raw[:256], noise])
     x_check = np.ascontiguousarray(x_check, dtype=np.float32)
+    x_check_model = to_model_space(ae.preprocess, x_check)
     train_rows = np.zeros(len(x_check), dtype=bool)
     train_rows[: min(256, len(x_train))] = True
     if x_check_given:
@@ -317,12 +282,13 @@ def export_bundle(
     with flush_denormal():
         stage("torch.onnx.export")
         data, check = export_graphs(module, torch.from_numpy(x_check[: min(len(x_check), 4)]),
-                                    rewrite_elu=rewrite_elu)
+                                    rewrite_elu=rewrite_elu, preprocess=ae.preprocess)
         # The check model is the bundle graph plus two outputs: its features are the bundle's.
         stage("parity check")
-        parity, onnx_features = _verify(module, check, x_check, parity_rtol, parity_atol)
+        parity, onnx_features, onnx_x_hat = _verify(module, check, x_check, x_check_model,
+                                                    train_rows, parity_rtol, parity_atol)
         with torch.inference_mode():
-            ref = module(torch.from_numpy(x_check)).numpy()
+            ref = module(torch.from_numpy(x_check_model)).numpy()
         stage("stability")
         stability = measure_stability(module.feature_names, ref, onnx_features, train_rows,
                                       atol=parity_atol)
@@ -332,22 +298,27 @@ def export_bundle(
     if unstable:
         log.warning("features unstable under float32 round-off (whole trajectories, ONNX "
                     "Runtime vs torch): %s; calibration leaves them out", unstable)
+    parity_doc = _parity_doc(parity, module32 if half else None, onnx_features, x_check_model)
+    if ae.source is not None:
+        parity_doc["source"] = source_parity(ae, x_check_model, onnx_x_hat)
     manifest = Manifest(
-        input=InputSpec(name=INPUT_NAME, shape=tuple(x_train.shape[1:])),
+        input=InputSpec(name=INPUT_NAME, shape=tuple(x_raw.shape[1:])),
         output_name=OUTPUT_NAME,
         feature_names=module.feature_names,
         steps=steps,
         attractor_count=len(report.attractors),
         latent_dim=int(report.attractors.shape[1]),
         convergence_tol=report.tol,
-        parity=_parity_doc(parity, module32 if half else None, onnx_features, x_check),
+        parity=parity_doc,
         versions=_versions(data),
         dynamics={"baselines": baselines.to_dict(), "contraction": contraction,
                   "stability": stability,
                   "stability_rule": {"quantile": STABILITY_QUANTILE,
                                      "threshold": STABILITY_THRESHOLD,
                                      "scale": "IQR over training rows"},
-                  "attractor_nonfinite_dropped": report.n_nonfinite},
+                  "attractor_nonfinite_dropped": report.n_nonfinite,
+                  "discovery": report.record(),
+                  "model": ae.record()},
     )
     stage("write")
     files = {MODEL_FILE: data, **inspection_files(enc, dec, x_train, steps=steps, seed=seed)}
@@ -379,22 +350,28 @@ def _stage_marker(bar: Any) -> Any:
 
 
 def _verify(module: TrajectoryFeatures, check: onnx.ModelProto, x: np.ndarray,
-            rtol: float, atol: float) -> tuple[ParityReport, np.ndarray]:
+            x_model: np.ndarray, train_rows: np.ndarray, rtol: float,
+            atol: float) -> tuple[ParityReport, np.ndarray, np.ndarray]:
     """The deterministic parity check on the check model; raises when any input fails.
-    Returns the report and ONNX Runtime's features of ``x``."""
+    ``x`` goes to the graph, ``x_model`` (``x`` after the preprocessing) to torch. Returns the
+    report and ONNX Runtime's features and ``x̂`` of ``x``."""
     outputs = _check_outputs(check, x)
-    parity = check_same_trajectory(module, x, *outputs, rtol=rtol, atol=atol)
+    parity = check_same_trajectory(module, x_model, *outputs, rtol=rtol, atol=atol)
     if not parity.ok:
+        bad = parity.feature_failed.any(axis=1) | parity.step_failed
         raise ExportError(
             "ONNX Runtime disagrees with torch on the same trajectory (the one-step map "
-            f"z ▶ E(D(z)) or the features of a given trajectory): {parity.describe()}. The "
-            "bundle was not written. A kernel or an exported formula differs; pass "
-            "parity_rtol/parity_atol only if the differences above are acceptable"
+            f"z ▶ E(D(z)) or the features of a given trajectory): {parity.describe()}; "
+            f"failing inputs: {int((bad & train_rows).sum())} of {int(train_rows.sum())} "
+            f"training inputs, {int((bad & ~train_rows).sum())} of {int((~train_rows).sum())} "
+            "uniform-noise inputs. The bundle was not written. A kernel or an exported formula "
+            "differs; pass parity_rtol=/parity_atol= only if the differences above are "
+            "acceptable (or x_check= to check other inputs)"
         )
     log.info("parity ok on %d inputs; max |diff| %s; one-step map %.2g", parity.n,
              {k: f"{v:.2g}" for k, v in parity.max_abs_diff.items()},
              parity.one_step_max_abs_diff)
-    return parity, outputs[0]
+    return parity, outputs[0], outputs[2]
 
 
 class _Half(nn.Module):

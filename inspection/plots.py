@@ -35,7 +35,7 @@ def _attractors(plt: Any, r: InspectionReport, out: Path) -> Path:
     k = min(r.attractor_count, MAX_SHOWN)
     ncol = min(max(k, 1), 8)
     nrow = max(1, math.ceil(k / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(1.6 * ncol, 1.9 * nrow), squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(1.6 * ncol, 2.3 * nrow), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_xticks([])
         ax.set_yticks([])

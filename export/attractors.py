@@ -55,11 +55,6 @@ class AttractorReport:
     n_nonfinite: int = 0
     n_train: int = 0
 
-    @property
-    def converged_fraction(self) -> float:
-        total = self.n_data + self.n_noise
-        return (self.n_data_converged + self.n_noise_converged) / total if total else 0.0
-
     def record(self) -> dict[str, float | int]:
         """The manifest's record of discovery (``dynamics["discovery"]``)."""
         return {"n_train": self.n_train or self.n_data, "n_data": self.n_data,

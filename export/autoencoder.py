@@ -338,13 +338,6 @@ class Autoencoder:
     latent: str = "tensor"
     training_modules: Sequence[str] = field(default_factory=tuple)
 
-    @property
-    def latent_dim(self) -> int:
-        d = 1
-        for s in self.latent_shape:
-            d *= s
-        return d
-
     def record(self) -> dict[str, Any]:
         """What the manifest records (``dynamics["model"]``)."""
         return {

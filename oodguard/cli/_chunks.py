@@ -105,7 +105,9 @@ def plan_chunks(path: Path, *, rows: int, key: str | None = None, column: str | 
         return _ranges("npy", path, n, rows)
     if suffix == ".npz":
         key, n = _npz_key(path, key)
-        return _ranges("npz", path, n, rows, key=key)
+        # One chunk: a member is compressed as a whole, so every slice of it would read and
+        # inflate all of it again; the chunk is scored in --batch-size slices all the same.
+        return _ranges("npz", path, n, max(n, 1), key=key)
     if suffix in (".parquet", ".pq"):
         column, sizes = _parquet_column(path, column)
         starts = np.cumsum([0, *sizes]).tolist()

@@ -154,8 +154,9 @@ def calibrate_dataset(
         features[start:stop] = f
         mine = slot[start:stop] >= 0
         if mine.any():
-            x = _inputs(batch[column], spec, scale=scale, reshape=reshape, column=column)
-            x_fit[slot[start:stop][mine]] = x[mine]
+            # only the fit rows: the actor already validated the whole batch
+            x_fit[slot[start:stop][mine]] = _inputs(batch[column][mine], spec, scale=scale,
+                                                    reshape=reshape, column=column)
         start = stop
     if start != n:
         raise CalibrationError(f"the dataset gave {start} rows; it counted {n}. Calibrate on "

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from oodguard._progress import progress_bar
 from oodguard.bundle import (
     CALIBRATION_FILE,
     MODEL_FILE,
@@ -41,6 +40,7 @@ from oodguard.calibration.selection import (
 )
 from oodguard.engine import Engine
 from oodguard.errors import CalibrationError
+from oodguard.progress import progress_bar
 from oodguard.scoring import Scorer, score_threshold
 from oodguard.validation import validate_batch
 

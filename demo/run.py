@@ -136,7 +136,7 @@ def run_demo(
     """Run the demo; returns the report (also written to ``out/report.json``).
 
     ``out`` is checked first (:func:`check_out`): a previous run is replaced only with
-    ``overwrite``. Progress bars follow :mod:`oodguard._progress` (a terminal, INFO logged).
+    ``overwrite``. Progress bars follow :mod:`oodguard.progress` (a terminal, INFO logged).
     """
     out = Path(out)
     check_out(out, overwrite=overwrite)

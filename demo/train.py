@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from oodguard._progress import progress_bar, wants_progress
+from oodguard.progress import progress_bar, wants_progress
 
 __all__ = ["EncoderDecoder", "MLPAutoencoder", "train_autoencoder"]
 
@@ -71,7 +71,7 @@ def train_autoencoder(
     the direction of the trajectory features.
 
     ``progress``: a bar over the epochs (default: when stderr is a terminal and INFO is logged,
-    see :mod:`oodguard._progress`); without a bar, the loss is logged at the first epoch and
+    see :mod:`oodguard.progress`); without a bar, the loss is logged at the first epoch and
     every tenth of the run. ``False`` logs nothing.
 
     ``on_epoch(epochs_done, model)`` is called before the first epoch (0) and after each one

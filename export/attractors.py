@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from oodguard._progress import progress_bar
 from oodguard.errors import ExportError
+from oodguard.progress import progress_bar
 
 __all__ = ["AttractorReport", "discover_attractors", "merge_points"]
 

@@ -15,7 +15,6 @@ import onnx
 import torch
 from torch import nn
 
-from oodguard._progress import progress_bar
 from oodguard.bundle import MODEL_FILE, InputSpec, Manifest, write_bundle
 from oodguard.engine import DENORMAL_AS_ZERO_KEY
 from oodguard.errors import ExportError
@@ -49,6 +48,7 @@ from oodguard.export.rewrite import elu_is_batch_invariant, rewrite_elu_nodes
 from oodguard.export.source import source_parity
 from oodguard.export.trajectory import TrajectoryFeatures
 from oodguard.inspect.bundle_files import inspection_files
+from oodguard.progress import progress_bar
 
 __all__ = ["ExportReport", "export_bundle", "export_graphs", "export_onnx", "rewrite_elu_nodes"]
 

@@ -26,8 +26,10 @@ from oodguard.errors import (
     OODInputError,
 )
 from oodguard.features import FEATURE_FORMULAS, FEATURE_NAMES
-from oodguard.guard import CheckResult, Guard, GuardedModel, GuardedOutput
+from oodguard.guard import Guard
+from oodguard.results import CheckResult
 from oodguard.scoring import Scorer
+from oodguard.wrap import GuardedModel, GuardedOutput
 
 __all__ = [
     "FEATURE_FORMULAS",

@@ -20,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from oodguard.guard import CheckResult
+from oodguard.results import CheckResult
 
 __all__ = ["BatchRunner", "Batcher", "slice_result"]
 

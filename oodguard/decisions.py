@@ -1,4 +1,11 @@
-"""Batch decisions from conformal p-values: the per-row test and Benjamini–Hochberg.
+"""Conformal p-values and the decisions made from them: the per-row test and
+Benjamini–Hochberg.
+
+A conformal p-value compares a score with the ``n`` sorted calibration scores,
+``p = (1 + #{c ≥ s}) / (n + 1)``, so ``P(p ≤ alpha) ≤ alpha`` for an in-distribution input in
+finite samples. It takes one of ``n + 1`` values; :func:`p_value_table` lists them and
+:func:`conformal_p_values` reads the table (the one implementation: the guard, calibration and
+evaluation all call it). :func:`score_threshold` is the score above which ``p ≤ alpha``.
 
 Flagging ``p ≤ alpha`` row by row bounds the false-positive rate of each in-distribution input
 by ``alpha``. In a batch of many rows that may hold several OOD inputs, an operator often wants
@@ -8,14 +15,45 @@ calibration set are positively dependent (PRDS; Bates et al., *Testing for outli
 conformal p-values*, Ann. Statist. 2023), so the Benjamini–Hochberg step-up procedure controls
 the FDR at ``q`` over the rows of one batch.
 
-Pure numpy; scores and p-values come from :class:`oodguard.scoring.Scorer`.
+Pure numpy; scores come from :class:`oodguard.scoring.Scorer`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["batch_decisions", "benjamini_hochberg"]
+__all__ = [
+    "batch_decisions",
+    "benjamini_hochberg",
+    "conformal_p_values",
+    "p_value_table",
+    "score_threshold",
+]
+
+
+def p_value_table(n: int) -> np.ndarray:
+    """The ``n + 1`` possible conformal p-values, indexed by ``k = #{c < s}``:
+    ``(1 + n − k) / (n + 1)``."""
+    return (1.0 + (n - np.arange(n + 1, dtype=np.float64))) / (n + 1.0)
+
+
+def conformal_p_values(sorted_cal: np.ndarray, scores: np.ndarray,
+                       table: np.ndarray | None = None) -> np.ndarray:
+    """``p = (1 + #{c ≥ s}) / (n + 1)`` for each score, against the calibration scores
+    ``sorted_cal [n]`` sorted ascending (``table``: :func:`p_value_table` of ``n``, when the
+    caller keeps it). A NaN score sorts last: p = 1/(n + 1)."""
+    if table is None:
+        table = p_value_table(len(sorted_cal))
+    return table[np.searchsorted(sorted_cal, scores, side="left")]
+
+
+def score_threshold(sorted_cal: np.ndarray, alpha: float) -> float:
+    """The score ``t`` with ``score > t ⇔ p ≤ alpha`` (for scores distinct from calibration)."""
+    n = len(sorted_cal)
+    m = int(np.floor(alpha * (n + 1) + 1e-9)) - 1  # largest allowed #{cal ≥ s}
+    if m >= n:
+        return -np.inf
+    return float(sorted_cal[n - m - 1])
 
 
 def benjamini_hochberg(p_values: np.ndarray, q: float) -> np.ndarray:

@@ -3,7 +3,7 @@
 Every valid input gets a verdict or a :class:`GuardFailure`, never another error: the engine's
 output is checked (shape ``(N, F)`` and float32, else a failure; finite rows with non-finite
 features are flagged OOD and counted, see :meth:`Guard.check`) and an optional timeout bounds
-the wait (see :mod:`oodguard._timed`: stalled runs never pile up). Failures are counted
+the wait (see :mod:`oodguard.engine.timed`: stalled runs never pile up). Failures are counted
 (``observe_failure(reason)``).
 """
 
@@ -14,12 +14,10 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 
-from oodguard._timed import TimedRuns
 from oodguard._version import __version__
 from oodguard.bundle import (
     CALIBRATION_FILE,
@@ -30,81 +28,24 @@ from oodguard.bundle import (
     load_calibration,
     read_bundle,
 )
-from oodguard.decisions import batch_decisions
+from oodguard.decisions import batch_decisions, score_threshold
 from oodguard.engine import Engine, check_features
+from oodguard.engine.timed import TimedRuns
 from oodguard.errors import (
     GuardFailure,
     InvalidInputError,
 )
-from oodguard.scoring import SCALAR_ROWS, Scorer, _Plan, score_threshold
+from oodguard.results import CheckResult
+from oodguard.scoring import Scorer
 from oodguard.validation import NONFINITE_POLICIES, check_fdr, check_timeout, validate_batch
-from oodguard.wrap import GuardedModel, GuardedOutput
+from oodguard.wrap import GuardedModel
 
-__all__ = ["CheckResult", "Guard", "GuardedModel", "GuardedOutput"]
+__all__ = ["Guard"]
 
 log = logging.getLogger(__name__)
 
 P = TypeVar("P")
 _DEFAULT: Any = object()  # "the global prometheus registry", distinct from None ("no metrics")
-_INF = float("inf")
-
-
-@dataclass(frozen=True, eq=False, init=False)
-class CheckResult:
-    """The guard's verdict on a batch of ``N`` inputs.
-
-    Attributes
-    ----------
-    score : ndarray of float64, shape (N,)
-        OOD score; higher = more OOD. ``+inf`` for rows with non-finite input, and for finite
-        rows whose features came out non-finite (counted as ``output_nonfinite`` failures).
-    p_value : ndarray of float64, shape (N,)
-        Conformal p-value; an in-distribution input has ``P(p ≤ alpha) ≤ alpha``.
-        0 for the rows flagged without a score (non-finite input or features).
-    is_ood : ndarray of bool, shape (N,)
-        ``rule="alpha"``: ``p_value ≤ alpha`` (each row on its own). ``rule="bh"``: rejected by
-        Benjamini–Hochberg at level ``fdr`` over the batch's finite rows, non-finite rows
-        always OOD — a row's verdict then depends on the batch it came in, by design.
-    features : ndarray of float32, shape (N, F)
-        The trajectory features (NaN rows for non-finite input), named by ``feature_names``.
-    rule : "alpha" or "bh"
-        Which decision rule made ``is_ood``.
-    fdr : float or None
-        The false discovery rate target of ``rule="bh"``.
-    """
-
-    score: np.ndarray
-    p_value: np.ndarray
-    is_ood: np.ndarray
-    features: np.ndarray
-    feature_names: tuple[str, ...]
-    alpha: float
-    threshold: float
-    rule: str = "alpha"
-    fdr: float | None = None
-
-    def __init__(self, score: np.ndarray, p_value: np.ndarray, is_ood: np.ndarray,
-                 features: np.ndarray, feature_names: tuple[str, ...], alpha: float,
-                 threshold: float, rule: str = "alpha", fdr: float | None = None) -> None:
-        # The fields in one update of the instance dict: the frozen dataclass's own __init__
-        # sets them one object.__setattr__ at a time, 2.7 µs of a batch-1 check.
-        vars(self).update(score=score, p_value=p_value, is_ood=is_ood, features=features,
-                          feature_names=feature_names, alpha=alpha, threshold=threshold,
-                          rule=rule, fdr=fdr)
-
-    def __len__(self) -> int:
-        return len(self.score)
-
-    @property
-    def n_ood(self) -> int:
-        return int(self.is_ood.sum())
-
-    def feature(self, name: str) -> np.ndarray:
-        """One feature column by name."""
-        try:
-            return self.features[:, self.feature_names.index(name)]
-        except ValueError:
-            raise KeyError(f"no feature {name!r}; features are {self.feature_names}") from None
 
 
 class Guard:
@@ -148,7 +89,6 @@ class Guard:
                 f"(n={n}); got {self.alpha}. Calibrate on more data for a smaller alpha"
             )
         self.threshold = score_threshold(self.scorer.calibration_scores, self.alpha)
-        self._rows_scorer = self.scorer.rows_scorer
         self.engine = Engine(
             bundle.files[MODEL_FILE],
             bundle.manifest,
@@ -278,58 +218,51 @@ class Guard:
             raise
         tv = time.perf_counter()
         n = len(x32)
-        few = self._rows_scorer
-        if few is not None and finite is None and q is None and 0 < n <= SCALAR_ROWS:
-            return self._check_few(x32, few, timeout, t0, tv)
-        nf = len(self.feature_names)
         rule = "alpha" if q is None else "bh"
         if n == 0:
             empty = np.empty(0)
             return CheckResult(
-                empty, empty, empty.astype(bool), np.empty((0, nf), np.float32),
+                empty, empty, empty.astype(bool), np.empty((0, len(self.feature_names)),
+                                                           np.float32),
                 self.feature_names, self.alpha, self.threshold, rule, q,
             )
         try:
             if finite is None:
                 features = self._features(x32, timeout)
             else:
-                features = np.full((n, nf), np.nan, dtype=np.float32)
+                features = np.full((n, len(self.feature_names)), np.nan, dtype=np.float32)
                 if finite.any():
                     features[finite] = self._features(np.ascontiguousarray(x32[finite]),
                                                       timeout)
                 if self.metrics is not None:
                     self.metrics.observe_refused("non_finite", int((~finite).sum()))
-            t1 = time.perf_counter()
-            score = self.scorer.score(features)
-            p = self.scorer.p_value(score)
         except GuardFailure as err:
             if self.metrics is not None:
                 self.metrics.observe_failure(err.reason)
             raise
-        # Finite input whose features are not finite: float32 overflow of an input far outside
-        # the training range, or a faulty engine — the two cannot be told apart here. Either
-        # way the row is flagged (never served as in-distribution: bad input must not bypass
-        # the guard through on_error="open") and the event is counted as a guard failure.
+        t1 = time.perf_counter()
+        score = self.scorer.score(features)
+        p = self.scorer.p_value(score)
+        # Non-finite input rows (flagged without a score) and finite input whose features are
+        # not finite: float32 overflow of an input far outside the training range, or a faulty
+        # engine — the two cannot be told apart here. Either way the row is flagged (never
+        # served as in-distribution: bad input must not bypass the guard through
+        # on_error="open") and the second kind is counted as a guard failure.
         if finite is not None:
             score[~finite] = np.inf
             p[~finite] = 0.0
-        if not np.isfinite(features).all():  # one pass in the common case
+        if not math.isfinite(float(features.sum())):  # one pass in the common case
             overflow = ~np.isfinite(features).all(axis=1)
             if finite is not None:
                 overflow &= finite
-        else:
-            overflow = None
-        if overflow is not None and overflow.any():
-            score[overflow] = np.inf
-            p[overflow] = 0.0
-            if self.metrics is not None:
-                self.metrics.observe_failure("output_nonfinite")
-            log.warning("guard %r: non-finite features for %d finite input rows; flagged OOD",
-                        self.name, int(overflow.sum()))
-        if q is None:
-            is_ood = p <= self.alpha
-        else:
-            is_ood = batch_decisions(score, p, q)
+            if overflow.any():
+                score[overflow] = np.inf
+                p[overflow] = 0.0
+                if self.metrics is not None:
+                    self.metrics.observe_failure("output_nonfinite")
+                log.warning("guard %r: non-finite features for %d finite input rows; flagged "
+                            "OOD", self.name, int(overflow.sum()))
+        is_ood = p <= self.alpha if q is None else batch_decisions(score, p, q)
         t2 = time.perf_counter()
         if self.metrics is not None:
             self.metrics.observe_check(
@@ -337,42 +270,6 @@ class Guard:
             )
         return CheckResult(score, p, is_ood, features, self.feature_names, self.alpha,
                            self.threshold, rule, q)
-
-    def _check_few(self, x32: np.ndarray, plan: _Plan, timeout: float | None, t0: float,
-                   tv: float) -> CheckResult:
-        """:meth:`check` of a few finite rows under ``rule="alpha"``, in plain Python after the
-        engine: at batch 1, numpy's per-call cost (and its cold caches right after the engine)
-        was most of the guard's time. The same bits, verdicts, failures and metrics as the
-        general path, which the scorer itself takes for these rows (tested)."""
-        metrics = self.metrics
-        try:
-            features = self._features(x32, timeout)
-        except GuardFailure as err:
-            if metrics is not None:
-                metrics.observe_failure(err.reason)
-            raise
-        t1 = time.perf_counter()
-        rows = features.tolist()
-        score = plan.score_lists(rows)
-        p = plan.p_values_of(score)
-        overflow = 0
-        for i, row in enumerate(rows):
-            if not all(map(math.isfinite, row)):  # as the general path: see check()
-                score[i], p[i] = _INF, 0.0
-                overflow += 1
-        alpha = self.alpha
-        is_ood = [v <= alpha for v in p]
-        if overflow:
-            if metrics is not None:
-                metrics.observe_failure("output_nonfinite")
-            log.warning("guard %r: non-finite features for %d finite input rows; flagged OOD",
-                        self.name, overflow)
-        t2 = time.perf_counter()
-        if metrics is not None:
-            metrics.observe_rows(score, p, sum(is_ood), engine_s=t1 - tv, scoring_s=t2 - t1,
-                                 total_s=t2 - t0)
-        return CheckResult(np.array(score), np.array(p), np.array(is_ood), features,
-                           self.feature_names, self.alpha, self.threshold)
 
     def _features(self, x32: np.ndarray, timeout: float | None) -> np.ndarray:
         """The engine's features for finite rows, checked; any fault is a GuardFailure."""

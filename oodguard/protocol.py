@@ -28,7 +28,7 @@ import numpy as np
 
 from oodguard.bundle import InputSpec
 from oodguard.errors import InvalidInputError
-from oodguard.guard import CheckResult
+from oodguard.results import CheckResult
 from oodguard.validation import check_fdr
 
 __all__ = [

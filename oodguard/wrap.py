@@ -13,20 +13,28 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
 from oodguard.errors import GuardFailure, InvalidInputError, OODInputError
+from oodguard.results import CheckResult
 
-if TYPE_CHECKING:
-    from oodguard.guard import CheckResult, Guard
-
-__all__ = ["GuardedModel", "GuardedOutput"]
+__all__ = ["Checker", "GuardedModel", "GuardedOutput"]
 
 log = logging.getLogger(__name__)
 
 P = TypeVar("P")
+
+
+class Checker(Protocol):
+    """What a :class:`GuardedModel` needs of its guard (:class:`oodguard.Guard` is one)."""
+
+    name: str
+    metrics: Any  # GuardMetrics or None
+
+    def check(self, x: Any, *, fdr: float | None = ..., timeout_s: float | None = ...
+              ) -> CheckResult: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,11 +64,14 @@ class GuardedModel(Generic[P]):
     (``result=None``); ``"closed"`` raises the :class:`GuardFailure`. Input that fails
     validation in any way (type, dtype, rank, shape, a tensor that does not convert) is the
     caller's error and always raises :class:`InvalidInputError` before the model runs.
+
+    An empty batch (zero rows) is checked but not passed to ``predict`` (many models refuse
+    one): the prediction is an empty float64 array of shape ``(0,)``.
     """
 
     def __init__(
         self,
-        guard: Guard,
+        guard: Checker,
         predict: Callable[[Any], P],
         *,
         on_ood: str,
@@ -106,6 +117,8 @@ class GuardedModel(Generic[P]):
             log.warning("guard %r failed (%s); serving unguarded (on_error='open')",
                         self.guard.name, failure.reason)
             return GuardedOutput(self._timed(self.predict, x), None)
+        if len(result) == 0:
+            return GuardedOutput(np.empty(0), result)  # type: ignore[arg-type]
         if self.on_ood == "raise" and result.n_ood:
             raise OODInputError(
                 f"{result.n_ood} of {len(result)} inputs are out of distribution "

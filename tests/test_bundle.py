@@ -296,7 +296,7 @@ def test_the_bundle_path_itself_may_be_a_link(tmp_path: Path) -> None:
 
 
 def test_oversized_file_is_refused_before_reading(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setitem(bundle_mod._MAX_BYTES, MODEL_FILE, 10)
+    monkeypatch.setitem(bundle_mod.manifest.MAX_BYTES, MODEL_FILE, 10)
     path = write_bundle(tmp_path / "b", _manifest(), {MODEL_FILE: b"x" * 11})
     with pytest.raises(BundleError, match="11 bytes, over the 10-byte limit for model.onnx"):
         read_bundle(path)
@@ -372,7 +372,7 @@ def test_failure_mid_write_keeps_the_previous_bundle(tmp_path: Path, monkeypatch
     if where == "fsync":
         monkeypatch.setattr(os, "fsync", boom)
     else:
-        monkeypatch.setattr(bundle_mod._fsio, where, boom)
+        monkeypatch.setattr(bundle_mod.fsio, where, boom)
     with pytest.raises(OSError, match="injected failure"):
         write_bundle(target, _manifest(), {MODEL_FILE: b"two"}, overwrite=True)
     monkeypatch.undo()
@@ -383,7 +383,7 @@ def test_failure_mid_write_keeps_the_previous_bundle(tmp_path: Path, monkeypatch
 def test_fallback_without_exchange_replaces_and_cleans_up(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Where renameat2 is missing the swap is two renames; a failure of the second restores
     the old bundle."""
-    monkeypatch.setattr(bundle_mod._fsio, "_RENAMEAT2", None)
+    monkeypatch.setattr(bundle_mod.fsio, "_RENAMEAT2", None)
     path = write_bundle(tmp_path / "b", _manifest(), {MODEL_FILE: b"one"})
     write_bundle(path, _manifest(), {MODEL_FILE: b"two"}, overwrite=True)
     assert read_bundle(path).files[MODEL_FILE] == b"two"
@@ -405,7 +405,7 @@ def test_reader_retries_when_its_directory_is_removed(tmp_path: Path, monkeypatc
     """A reader that opened the old directory, whose files the writer then removes, reads the
     new bundle instead of failing."""
     path = write_bundle(tmp_path / "b", _manifest(), {MODEL_FILE: b"one"})
-    real_read = bundle_mod._fsio.read_regular
+    real_read = bundle_mod.fsio.read_regular
     calls: list[str] = []
     rewritten = []
 
@@ -418,7 +418,7 @@ def test_reader_retries_when_its_directory_is_removed(tmp_path: Path, monkeypatc
             write_bundle(path, _manifest(), {MODEL_FILE: b"two"}, overwrite=True)
         return data
 
-    monkeypatch.setattr(bundle_mod._fsio, "read_regular", read_then_rewrite)
+    monkeypatch.setattr(bundle_mod.fsio, "read_regular", read_then_rewrite)
     assert read_bundle(path).files[MODEL_FILE] == b"two"
     # manifest (old dir), model.onnx (gone: retry), then both from the new directory
     assert calls == [MANIFEST_FILE, MODEL_FILE, MANIFEST_FILE, MODEL_FILE]

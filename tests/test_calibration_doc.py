@@ -1,5 +1,6 @@
-"""Load-time checks of calibration.json (oodguard._calibration_doc via Scorer.from_dict): every
-number out of its domain is a BundleError naming the field, on a real calibrated bundle."""
+"""Load-time checks of calibration.json (oodguard.bundle.calibration_doc via
+Scorer.from_dict): every number out of its domain is a BundleError naming the field, on a real
+calibrated bundle."""
 
 from __future__ import annotations
 

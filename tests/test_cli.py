@@ -332,7 +332,7 @@ def test_demo_without_pillow_names_the_extra(tmp_path, capsys, monkeypatch) -> N
 def test_progress_only_on_a_terminal_and_not_under_quiet(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import logging
 
-    from oodguard._progress import wants_progress
+    from oodguard.progress import wants_progress
 
     log = logging.getLogger("oodguard.test_progress")
     log.setLevel(logging.INFO)

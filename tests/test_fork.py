@@ -98,7 +98,7 @@ def test_a_fork_while_another_thread_records_metrics(bundle, data) -> None:  # t
 
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from oodguard.metrics import _families_for
+    from oodguard.metrics.guard_metrics import _families_for
 
     registry = CollectorRegistry()
     g = Guard.load(bundle, registry=registry, providers="cpu", name="forked")

@@ -385,51 +385,33 @@ def test_huge_finite_inputs_are_flagged_not_failures(guard) -> None:  # type: ig
     assert r.is_ood[1] and r.score[1] == np.inf and np.isfinite(r.score[0])
 
 
-def test_few_rows_path_gives_the_general_paths_bits_and_metrics(bundle, data,
-                                                                monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """Batches of up to SCALAR_ROWS finite rows are checked in plain Python after the engine:
-    the same features, scores, p-values, verdicts, failures and metrics as the general path
-    (duration sums aside: they are timings)."""
+def test_one_row_alone_or_in_a_batch_same_bits_and_metrics(bundle, data) -> None:  # type: ignore[no-untyped-def]
+    """One path for every batch size: rows checked one at a time and together (an overflow row
+    among them) get the same features, scores, p-values and verdicts bit for bit, and the
+    per-input metrics (verdict counts, score and p-value histograms, failures) agree."""
     from prometheus_client import generate_latest
 
-    from oodguard.scoring import SCALAR_ROWS
-
-    regs = {"few": CollectorRegistry(), "general": CollectorRegistry()}
+    regs = {"alone": CollectorRegistry(), "together": CollectorRegistry()}
     guards = {k: Guard.load(bundle, registry=r, name="g") for k, r in regs.items()}
-    assert guards["few"]._rows_scorer is not None  # the bundle's combination has the path
-    guards["general"]._rows_scorer = None
     huge = np.full((1, 16), 3e38, np.float32)  # non-finite features from finite input
     rows = np.concatenate([data["test"][:6], data["noise"][:4], huge, data["test"][6:8]])
-    batches = [rows[i : i + 1] for i in range(len(rows))]
-    batches += [rows[i : i + k] for k in range(2, SCALAR_ROWS + 1) for i in (0, 7, 9)]
-    for x in batches:
-        a, b = guards["few"].check(x), guards["general"].check(x)
-        for f in ("features", "score", "p_value", "is_ood"):
-            got, want = getattr(a, f), getattr(b, f)
-            assert got.dtype == want.dtype and got.shape == want.shape
-            assert got.tobytes() == want.tobytes(), f
-        assert a.rule == b.rule == "alpha" and a.fdr is b.fdr is None
-    for g in guards.values():  # a NaN feature from the engine, on one of three rows
-        run = g.engine.run
-
-        def nan_row(a: np.ndarray, run=run, **kw: object) -> np.ndarray:  # type: ignore[no-untyped-def]
-            out = run(a, **kw).copy()
-            out[min(1, len(a) - 1), 2] = np.nan
-            return out
-
-        monkeypatch.setattr(g.engine, "run", nan_row)
-        r = g.check(rows[:3])
-        assert r.is_ood[1] and r.score[1] == np.inf and r.p_value[1] == 0.0
+    alone = [guards["alone"].check(rows[i : i + 1]) for i in range(len(rows))]
+    together = guards["together"].check(rows)
+    for f in ("features", "score", "p_value", "is_ood"):
+        got = np.concatenate([getattr(r, f) for r in alone])
+        want = getattr(together, f)
+        assert got.dtype == want.dtype and got.tobytes() == want.tobytes(), f
+    assert together.is_ood[10] and together.score[10] == np.inf
 
     def text(r: CollectorRegistry) -> list[str]:
         return [ln for ln in generate_latest(r).decode().splitlines()
                 if "_created" not in ln and not ln.startswith(
-                    ("oodguard_guard_duration_seconds_bucket",
-                     "oodguard_guard_duration_seconds_sum"))]
+                    ("oodguard_guard_duration_seconds", "oodguard_batch_size",
+                     "oodguard_score_normalized_sum"))]
 
-    assert text(regs["few"]) == text(regs["general"])
-    assert regs["few"].get_sample_value(
-        "oodguard_guard_failures_total", {"guard": "g", "kind": "output_nonfinite"}) >= 2
+    assert text(regs["alone"]) == text(regs["together"])
+    assert regs["together"].get_sample_value(
+        "oodguard_guard_failures_total", {"guard": "g", "kind": "output_nonfinite"}) == 1
 
 
 # -- timeout -------------------------------------------------------------------------------
@@ -459,7 +441,7 @@ def test_a_stalled_engine_times_out_under_both_policies(bundle, data, registry,
 def test_abandoned_runs_are_bounded(bundle, data, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Stalled runs do not pile up: past MAX_ABANDONED a timed check fails at once, and
     once the stalled runs finish, checks work again."""
-    from oodguard._timed import MAX_ABANDONED
+    from oodguard.engine.timed import MAX_ABANDONED
 
     g = Guard.load(bundle, registry=None, timeout_s=0.05)
     release = threading.Event()

@@ -99,25 +99,6 @@ def test_observe_many_gives_the_same_exposition_as_observe(batches, bounds) -> N
     assert without_created(generate_latest(coll)) == without_created(generate_latest(loop))
 
 
-@settings(max_examples=150, deadline=None)
-@given(batches=st.lists(st.tuples(st.booleans(), values_st), max_size=6),
-       bounds=st.sampled_from([BOUNDS, BOUNDS[2:]]))
-def test_batch_histogram_lists_and_arrays_keep_observe_order(batches, bounds) -> None:
-    """``observe_list`` (the guard's small batches) mixed with ``observe_many``: the exposition
-    of ``Histogram.observe`` value by value, sums bit for bit (the order is kept)."""
-    coll, loop = CollectorRegistry(), CollectorRegistry()
-    hc = BatchHistogram("h", "h", bounds, coll).labels("a")
-    hl = Histogram("h", "h", ["guard"], buckets=bounds, registry=loop).labels("a")
-    for as_list, batch in batches:
-        if as_list:
-            hc.observe_list(list(batch))
-        else:
-            hc.observe_many(np.asarray(batch, dtype=np.float64))
-        for v in batch:
-            hl.observe(v)
-    assert without_created(generate_latest(coll)) == without_created(generate_latest(loop))
-
-
 def test_observe_many_batch_sum_is_sequential_not_pairwise(registry) -> None:
     # Values whose pairwise and sequential float sums differ: a sum done with np.sum would not
     # match repeated observe() bit for bit on a fresh histogram.
@@ -171,23 +152,23 @@ def test_batch_histogram_loses_nothing_under_concurrency(registry) -> None:
 
 
 def test_batch_histogram_queue_is_bounded_and_holds_copies(registry) -> None:
-    from oodguard import _collectors
+    from oodguard.metrics import collectors as _collectors
 
     child = BatchHistogram("h", "h", (0.5,), registry).labels("g")
     v = np.zeros(3)
-    for _ in range(_collectors._FOLD_BATCHES - 1):
+    for _ in range(_collectors.FOLD_BATCHES - 1):
         child.observe_many(v)
-    assert len(child._queued) == _collectors._FOLD_BATCHES - 1  # queued, not yet bucketed
+    assert len(child._queued) == _collectors.FOLD_BATCHES - 1  # queued, not yet bucketed
     child.observe_many(v)
     assert child._queued == []  # folded without a scrape: the queue's memory is bounded
-    big = np.zeros(_collectors._FOLD_VALUES)
+    big = np.zeros(_collectors.FOLD_VALUES)
     child.observe_many(big)
     assert child._queued == []
     v[:] = 9.0  # the caller reuses its array: what was observed must not change
     child.observe_many(np.ones(2))
     big[:] = 9.0
     s = samples(registry)
-    n = 3 * _collectors._FOLD_BATCHES + _collectors._FOLD_VALUES
+    n = 3 * _collectors.FOLD_BATCHES + _collectors.FOLD_VALUES
     assert s[("h_bucket", (("guard", "g"), ("le", "0.5")))] == n
     assert s[("h_count", (("guard", "g"),))] == n + 2
     assert s[("h_sum", (("guard", "g"),))] == 2.0
@@ -377,9 +358,10 @@ def test_every_reason_the_code_counts_starts_at_zero() -> None:
     import re
     from pathlib import Path
 
+    import oodguard
     from oodguard import metrics
 
-    src = "\n".join(p.read_text() for p in Path(metrics.__file__).parent.glob("*.py"))
+    src = "\n".join(p.read_text() for p in Path(oodguard.__file__).parent.rglob("*.py"))
     known = {*metrics.REFUSAL_REASONS, *metrics.HTTP_REFUSAL_REASONS, *metrics.FAILURE_KINDS,
              *metrics.DROP_REASONS}
     counted = set(re.findall(r'reason="([a-z_]+)"', src))
@@ -399,12 +381,12 @@ def test_plain_families_expose_what_prometheus_client_does(values, bounds) -> No
 
     from prometheus_client import Counter
 
-    from oodguard.metrics import _PlainFamily
+    from oodguard.metrics.collectors import PlainFamily
 
     plain, client = CollectorRegistry(), CollectorRegistry()
     lock = threading.Lock()
-    pc = _PlainFamily("c", "a counter", ["guard", "kind"], plain)
-    ph = _PlainFamily("h", "a histogram", ["guard"], plain, buckets=bounds)
+    pc = PlainFamily("c", "a counter", ["guard", "kind"], plain)
+    ph = PlainFamily("h", "a histogram", ["guard"], plain, buckets=bounds)
     cc = Counter("c", "a counter", ["guard", "kind"], registry=client)
     ch = Histogram("h", "a histogram", ["guard"], buckets=bounds, registry=client)
     for kind in ("x", "y"):  # series exist (at 0) as soon as they are labelled
@@ -425,25 +407,26 @@ def test_plain_families_expose_what_prometheus_client_does(values, bounds) -> No
 def test_guard_metrics_plain_and_client_paths_agree(monkeypatch) -> None:
     """GuardMetrics in single-process mode (plain series, one lock) and on prometheus_client's
     metrics (the multiprocess path's objects) record the same checks identically."""
-    from oodguard import metrics
+    from oodguard.metrics import guard_metrics as metrics
 
     regs = {}
     for mode in (False, True):
-        monkeypatch.setattr(metrics, "_multiprocess_mode", lambda mode=mode: mode)
+        monkeypatch.setattr(metrics, "multiprocess_mode", lambda mode=mode: mode)
         reg = regs[mode] = CollectorRegistry()
         m = metrics.GuardMetrics(reg, "g", score_scale=(0.5, 2.0), threshold=1.0,
-                                 info={k: "1" for k in metrics._INFO_KEYS})
+                                 info={k: "1" for k in metrics.INFO_KEYS})
         for i in range(5):
             s = np.array([0.1 * i, 1.5, np.inf])
             m.observe_check(s, np.array([0.5, 0.01, 0.0]), 2, engine_s=1e-4 * i,
                             scoring_s=3e-5, total_s=2e-4 * i)
-            m.observe_rows([0.3 * i, np.inf], [0.2, 0.0], 1, engine_s=2e-4, scoring_s=1e-5,
-                           total_s=3e-3 * i)
-            m.observe_rows([1.0], [0.04], 0, engine_s=0.3, scoring_s=0.1, total_s=0.5)
+            m.observe_check(np.array([0.3 * i, np.inf]), np.array([0.2, 0.0]), 1, engine_s=2e-4,
+                            scoring_s=1e-5, total_s=3e-3 * i)
+            m.observe_check(np.array([1.0]), np.array([0.04]), 0, engine_s=0.3, scoring_s=0.1,
+                            total_s=0.5)
         m.observe_model(0.01)
         m.observe_failure("timeout")
         m.observe_refused("shape", 3)
-    assert isinstance(metrics._families[regs[False]].inputs, metrics._PlainFamily)
-    assert not isinstance(metrics._families[regs[True]].inputs, metrics._PlainFamily)
+    assert isinstance(metrics._families[regs[False]].inputs, metrics.PlainFamily)
+    assert not isinstance(metrics._families[regs[True]].inputs, metrics.PlainFamily)
     assert without_created(generate_latest(regs[False])) == without_created(
         generate_latest(regs[True]))

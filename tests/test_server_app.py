@@ -13,8 +13,8 @@ from _serving import metric_value, strict_json
 from oodguard import Guard
 from oodguard.batching import Batcher
 from oodguard.bundle import InputSpec
-from oodguard.guard import CheckResult
 from oodguard.protocol import HEADER_LENGTH, ProtocolError, encode_response, parse_infer
+from oodguard.results import CheckResult
 from oodguard.server import ServeConfig, create_app
 
 with warnings.catch_warnings():  # starlette 1.x prefers httpx2; httpx is what we ship

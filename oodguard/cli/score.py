@@ -97,9 +97,9 @@ def _on_ray(chunks: list[Chunk], bundle: Any, a: argparse.Namespace
 @command("score", _score_args)
 def _score(a: argparse.Namespace) -> int:
     """Score a large input into a .jsonl or .parquet file, chunk by chunk, locally or on Ray."""
-    from oodguard._progress import progress_bar
     from oodguard.cli.runtime import calibrated_bundle
     from oodguard.errors import OODGuardError
+    from oodguard.progress import progress_bar
 
     fmt = output_format(a.output, overwrite=a.overwrite)
     bundle = calibrated_bundle(a.bundle, "score")

@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from oodguard._progress import progress_bar
 from oodguard.bundle import MODEL_FILE, InputSpec
 from oodguard.calibration.calibrate import (
     DEFAULT_COMBINE,
@@ -41,6 +40,7 @@ from oodguard.engine import Engine
 from oodguard.errors import CalibrationError
 from oodguard.integrations.ray.data import DEFAULT_BATCH_SIZE, feature_batches
 from oodguard.integrations.tensors import tensor_column
+from oodguard.progress import progress_bar
 from oodguard.validation import validate_batch
 
 __all__ = ["calibrate_dataset"]

@@ -30,8 +30,9 @@ from ray import serve
 
 from oodguard.batching import slice_result
 from oodguard.bundle import Bundle
-from oodguard.guard import CheckResult, Guard
+from oodguard.guard import Guard
 from oodguard.integrations.ray.data import as_bundle
+from oodguard.results import CheckResult
 from oodguard.server import ServeConfig, create_app
 
 __all__ = ["GuardReplica", "ServeBatcher", "guard_app"]

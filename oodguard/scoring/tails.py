@@ -1,6 +1,10 @@
-"""Per-feature Gaussian tail p-values and their Fisher / Cauchy combinations, in numpy and
-(for the guard's small batches) plain Python: the arithmetic :mod:`oodguard.scoring` builds its
-p-value combinations on (see its docstring for the formulas)."""
+"""Per-feature Gaussian tail p-values and their Fisher / Cauchy combinations: the arithmetic
+:mod:`oodguard.scoring.scorer` builds its p-value combinations on (see its docstring for the
+formulas).
+
+Every function is elementwise over whole arrays, or sums a row's columns left to right with
+:func:`row_sum`: a row's result never depends on the other rows of its batch (see
+:mod:`oodguard.scoring`)."""
 
 from __future__ import annotations
 
@@ -9,11 +13,11 @@ from typing import Protocol
 
 import numpy as np
 
-__all__ = ["gaussian_log_sf"]
+__all__ = ["LOG2", "TailPlan", "combine_p", "gaussian_log_sf", "row_sum", "tail_log_p"]
 
 
 class TailPlan(Protocol):
-    """What :func:`_tail_log_p` reads of the scorer's precomputed plan."""
+    """What :func:`tail_log_p` reads of the scorer's precomputed plan."""
 
     all_one_sided: bool
     weighted: bool
@@ -44,23 +48,7 @@ def gaussian_log_sf(z: np.ndarray) -> np.ndarray:
     return np.where(np.asarray(z) >= 0, upper, lower)
 
 
-_LOG2 = math.log(2.0)
-_SQRT2 = math.sqrt(2.0)
-
-
-def _log_sf_scalar(z: float) -> float:
-    """:func:`gaussian_log_sf` for one Python float, the same arithmetic (the guard's small
-    batches score in plain Python)."""
-    x = abs(z) / _SQRT2
-    t = 1.0 / (1.0 + 0.5 * x)
-    # The loop of gaussian_log_sf unrolled (its first step, 0·t + c0, is c0 exactly).
-    c0, c1, c2, c3, c4, c5, c6, c7, c8, c9 = _ERFC_COEF
-    poly = ((((((((c0 * t + c1) * t + c2) * t + c3) * t + c4) * t + c5) * t + c6) * t + c7)
-            * t + c8) * t + c9
-    upper = math.log(t) - x * x + poly - _LOG2
-    if z >= 0:
-        return upper
-    return math.log1p(-math.exp(min(upper, 0.0)))
+LOG2 = math.log(2.0)
 
 
 def _two_sided_q(a: np.ndarray) -> np.ndarray:
@@ -75,7 +63,7 @@ def _two_sided_q(a: np.ndarray) -> np.ndarray:
                     -np.expm1(np.log(2.0) + gaussian_log_sf(np.abs(a))))
 
 
-def _tail_log_p(z: np.ndarray, plan: TailPlan, method: str) -> tuple[np.ndarray, np.ndarray]:
+def tail_log_p(z: np.ndarray, plan: TailPlan, method: str) -> tuple[np.ndarray, np.ndarray]:
     """``(log p [N, U], q [N, U])``: each feature's Gaussian tail p-value (see the module
     docstring) and, for ``"cauchy"`` only (else empty), ``q = 1 − p`` computed where it is
     accurate."""
@@ -85,7 +73,7 @@ def _tail_log_p(z: np.ndarray, plan: TailPlan, method: str) -> tuple[np.ndarray,
              else np.where(plan.two_sided, np.abs(z), plan.direction * z))
         logp = gaussian_log_sf(a)
         if not plan.all_one_sided:
-            logp = np.where(plan.two_sided, np.minimum(logp + _LOG2, 0.0), logp)
+            logp = np.where(plan.two_sided, np.minimum(logp + LOG2, 0.0), logp)
         if method != "cauchy":
             return logp, none
         return logp, np.where(plan.two_sided, _two_sided_q(a), np.exp(gaussian_log_sf(-a)))
@@ -98,11 +86,11 @@ def _tail_log_p(z: np.ndarray, plan: TailPlan, method: str) -> tuple[np.ndarray,
     return logp, (-np.expm1(logp) if method == "cauchy" else none)
 
 
-def _combine_p(logp: np.ndarray, q: np.ndarray, method: str) -> np.ndarray:
+def combine_p(logp: np.ndarray, q: np.ndarray, method: str) -> np.ndarray:
     """Fisher or Cauchy statistic of rows of per-feature log p-values (see the module
-    docstring); ``q = 1 − p`` from :func:`_tail_log_p` (Cauchy only)."""
+    docstring); ``q = 1 − p`` from :func:`tail_log_p` (Cauchy only)."""
     if method == "fisher":
-        return -2.0 * logp.sum(axis=1)
+        return -2.0 * row_sum(logp)
     p = np.exp(logp)
     # tan((½ − p)π) = cot(pπ) = −cot(qπ) with q = 1 − p. Each side is taken where it is
     # accurate: below p = 1e-8 as 1/(pπ) from log p (capped at e^700, so no term overflows);
@@ -113,4 +101,16 @@ def _combine_p(logp: np.ndarray, q: np.ndarray, method: str) -> np.ndarray:
     terms = np.where(p <= 0.5, np.tan((0.5 - p) * math.pi), -1.0 / np.tan(q * math.pi))
     small = logp < math.log(1e-8)
     terms[small] = np.exp(np.minimum(-logp[small] - math.log(math.pi), 700.0))
-    return np.arcsinh(terms.mean(axis=1))
+    return np.arcsinh(row_sum(terms) / terms.shape[1])
+
+
+def row_sum(a: np.ndarray) -> np.ndarray:
+    """``[N]``: each row of ``a [N, U]`` summed left to right, one column at a time.
+
+    Elementwise additions only, so a row's bits never depend on how many rows share its batch
+    (``ndarray.sum`` chooses its summation order, pairwise or SIMD-blocked, by array layout).
+    """
+    out = a[:, 0].copy()
+    for j in range(1, a.shape[1]):
+        out += a[:, j]
+    return out

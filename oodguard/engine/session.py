@@ -1,6 +1,6 @@
 """The engine: one ONNX Runtime session over the fused trajectory graph.
 
-ONNX Runtime itself is imported by :mod:`oodguard.providers` alone. The graph maps a batch
+ONNX Runtime itself is imported by :mod:`oodguard.engine.providers` alone. The graph maps a batch
 ``x [N, *input_shape]`` (float32) to ``features [N, F]`` in a single ``session.run``: the ``T``
 latent steps, the attractor bank and every feature live inside it.
 
@@ -41,10 +41,10 @@ from typing import Any
 
 import numpy as np
 
-from oodguard._cuda_graph import CudaGraph
-from oodguard.bundle import Manifest
+from oodguard.bundle.manifest import Manifest
+from oodguard.engine.cuda_graph import CudaGraph
+from oodguard.engine.providers import available_providers, ort_module, resolve_providers
 from oodguard.errors import BundleError, GuardFailure
-from oodguard.providers import available_providers, ort_module, resolve_providers
 
 __all__ = ["DENORMAL_AS_ZERO_KEY", "Engine", "available_providers", "check_features",
            "resolve_providers"]

@@ -50,7 +50,7 @@ touched) recording a check cost 27 µs that way and 6 µs now. The exposition is
 ``Histogram`` observed value by value (tested, sums bit for bit).
 
 The per-check counter and histograms (inputs by verdict, batch size, durations by stage) are,
-in single-process mode, :class:`_PlainFamily` collectors: a guard's series are plain Python
+in single-process mode, :class:`PlainFamily` collectors: a guard's series are plain Python
 numbers that one lock guards, so recording a check takes that lock once, together with the two
 batch histograms' queues (prometheus_client's values take a lock each: about ten per check,
 5.5 µs at batch 1 against 2.3 µs now). Their exposition is that of ``Counter`` and
@@ -68,7 +68,6 @@ per process.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import weakref
@@ -76,12 +75,15 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, values
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
-from oodguard._collectors import BatchHistogram, _PlainFamily, observe_many
+from oodguard.metrics.collectors import BatchHistogram, PlainFamily, observe_many
+from oodguard.metrics.prometheus_adapter import multiprocess_mode
 
 __all__ = [
+    "BATCH_BUCKETS",
+    "LATENCY_BUCKETS",
     "BatchHistogram",
     "CONTENT_TYPE",
     "DEFAULT_REGISTRY",
@@ -89,6 +91,7 @@ __all__ = [
     "DROP_REASONS",
     "FAILURE_KINDS",
     "HTTP_REFUSAL_REASONS",
+    "INFO_KEYS",
     "NORMALIZED_SCORE_BUCKETS",
     "P_VALUE_BUCKETS",
     "REFUSAL_REASONS",
@@ -167,32 +170,21 @@ class _GuardSeries:
         self._total = fam.duration.labels(guard, "total", lock=lock)
         self._batch = fam.batch.labels(guard, lock=lock)
 
-    def record(self, n: int, n_ood: int, scores: np.ndarray | list[float],
-               p_values: np.ndarray | list[float], engine_s: float, scoring_s: float,
-               total_s: float) -> None:
-        """Scores and p-values: private float64 arrays, or lists of floats."""
+    def record(self, n: int, n_ood: int, scores: np.ndarray, p_values: np.ndarray,
+               engine_s: float, scoring_s: float, total_s: float) -> None:
+        """Scores and p-values: private float64 arrays, given up by the caller."""
         with self._lock:
             self._batch.observe(n)
             self._ood.total += n_ood
             self._in.total += n - n_ood
-            if isinstance(scores, list):
-                if scores:
-                    self._score._add_list(scores)
-                self._p._add_list(list(p_values))
-            else:
-                self._score._add_array(scores)
-                self._p._add_array(np.asarray(p_values))
+            self._score.add_locked(scores)
+            self._p.add_locked(p_values)
             self._engine.observe(engine_s)
             self._scoring.observe(scoring_s)
             self._total.observe(total_s)
 
 
-def _multiprocess_mode() -> bool:
-    """Whether prometheus_client writes values to per-process files (decided at its import)."""
-    return bool(getattr(values.ValueClass, "_multiprocess", False))
-
-
-_INFO_KEYS = ("sha256", "calibration_sha256", "schema", "version", "steps", "alpha")
+INFO_KEYS = ("sha256", "calibration_sha256", "schema", "version", "steps", "alpha")
 
 
 class _Families:
@@ -200,7 +192,7 @@ class _Families:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         kw: dict[str, Any] = {"registry": registry}
-        self.plain = not _multiprocess_mode()
+        self.plain = not multiprocess_mode()
         self._locks: dict[str, threading.Lock] = {}
         self.series: weakref.WeakSet[_GuardSeries] = weakref.WeakSet()
         self.inputs: Any
@@ -208,7 +200,7 @@ class _Families:
         self.batch: Any
         inputs_doc = "Inputs scored by the guard, by verdict."
         if self.plain:
-            self.inputs = _PlainFamily("oodguard_inputs", inputs_doc, ["guard", "verdict"],
+            self.inputs = PlainFamily("oodguard_inputs", inputs_doc, ["guard", "verdict"],
                                        registry)
         else:
             self.inputs = Counter("oodguard_inputs", inputs_doc, ["guard", "verdict"], **kw)
@@ -237,7 +229,7 @@ class _Families:
             P_VALUE_BUCKETS,
         )
         # The per-check series are plain (one lock per guard) in single-process mode.
-        per_call: Any = _PlainFamily if self.plain else (
+        per_call: Any = PlainFamily if self.plain else (
             lambda name, doc, labels, registry, buckets: Histogram(
                 name, doc, labels, buckets=buckets, registry=registry))
         self.duration = per_call("oodguard_guard_duration_seconds",
@@ -257,7 +249,7 @@ class _Families:
         self.info = Gauge(
             "oodguard_bundle_info",
             "The bundle a guard runs (always 1; the labels carry the information).",
-            ["guard", *_INFO_KEYS],
+            ["guard", *INFO_KEYS],
             multiprocess_mode="max",
             **kw,
         )
@@ -345,7 +337,7 @@ class GuardMetrics:
     guard : the ``guard`` label
     score_scale : ``(m, s)`` of :func:`score_scale`: the normalised score is ``(score − m) / s``
     threshold : the score threshold (``oodguard_threshold_score``)
-    info : the ``oodguard_bundle_info`` labels (every key of ``_INFO_KEYS``)
+    info : the ``oodguard_bundle_info`` labels (every key of ``INFO_KEYS``)
     """
 
     def __init__(
@@ -357,9 +349,9 @@ class GuardMetrics:
         threshold: float,
         info: Mapping[str, str],
     ) -> None:
-        missing = [k for k in _INFO_KEYS if k not in info]
+        missing = [k for k in INFO_KEYS if k not in info]
         if missing:
-            raise ValueError(f"info must hold {_INFO_KEYS}; missing {missing}")
+            raise ValueError(f"info must hold {INFO_KEYS}; missing {missing}")
         fam = _families_for(registry)
         # single-process mode: one lock per check; multiprocess: prometheus_client's values
         self._series = _GuardSeries(fam, guard, score_scale) if fam.plain else None
@@ -377,7 +369,7 @@ class GuardMetrics:
         self._failures = fam.failures
         self._dropped = fam.dropped
         self._guard = guard
-        fam.info.labels(guard, *(str(info[k]) for k in _INFO_KEYS)).set(1)
+        fam.info.labels(guard, *(str(info[k]) for k in INFO_KEYS)).set(1)
         fam.threshold.labels(guard).set(threshold)
         # Series at 0 from the start: the first refusal or failure is then an increase.
         for reason in REFUSAL_REASONS:
@@ -402,6 +394,9 @@ class GuardMetrics:
         scoring_s: float,
         total_s: float,
     ) -> None:
+        """Record one check: its scores (float64 ``[N]``, ``+inf`` for rows flagged without a
+        score, which the score histogram leaves out), p-values, how many rows were flagged
+        OOD, and the time of each stage."""
         n = len(scores)
         # +inf marks a non-finite input row (counted as a refusal); keep it out of the sum.
         finite = np.isfinite(scores)
@@ -419,26 +414,6 @@ class GuardMetrics:
         self._engine.observe(engine_s)
         self._scoring.observe(scoring_s)
         self._total.observe(total_s)
-
-    def observe_rows(
-        self,
-        scores: list[float],
-        p_values: list[float],
-        n_ood: int,
-        *,
-        engine_s: float,
-        scoring_s: float,
-        total_s: float,
-    ) -> None:
-        """:meth:`observe_check` of a few rows given as lists of floats, without numpy (the
-        guard's small batches); the same exposition."""
-        if self._series is None:  # multiprocess mode
-            self.observe_check(np.asarray(scores, dtype=np.float64),
-                               np.asarray(p_values, dtype=np.float64), n_ood,
-                               engine_s=engine_s, scoring_s=scoring_s, total_s=total_s)
-            return
-        finite = [s for s in scores if math.isfinite(s)]
-        self._series.record(len(scores), n_ood, finite, p_values, engine_s, scoring_s, total_s)
 
     def observe_refused(self, reason: str, n: int = 1) -> None:
         """Count ``n`` inputs refused before scoring; ``reason`` is a fixed token (for example

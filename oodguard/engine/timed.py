@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from oodguard.engine import Engine
+from oodguard.engine.session import Engine
 from oodguard.errors import GuardFailure
 
 __all__ = ["MAX_ABANDONED", "TimedRuns"]

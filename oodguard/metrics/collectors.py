@@ -1,6 +1,6 @@
 """The collectors behind the guard's metrics in single-process mode (see
 :mod:`oodguard.metrics`): histograms observed a batch at a time (:class:`BatchHistogram`) and
-per-guard series kept as plain Python numbers under the guard's one lock (:class:`_PlainFamily`).
+per-guard series kept as plain Python numbers under the guard's one lock (:class:`PlainFamily`).
 Both expose exactly what ``prometheus_client``'s ``Counter`` and ``Histogram`` would (tested)."""
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
-import prometheus_client.metrics
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-__all__ = ["BatchHistogram", "observe_many"]
+from oodguard.metrics.prometheus_adapter import created_series_enabled, histogram_internals
+
+__all__ = ["FOLD_BATCHES", "FOLD_VALUES", "BatchHistogram", "PlainFamily", "observe_many"]
 
 _LOOP_MAX = 8  # below this many values, plain observe() beats numpy's fixed cost
 _INF = float("inf")
@@ -37,13 +38,12 @@ def observe_many(child: Any, values: np.ndarray) -> None:
     which also back multiprocess mode.
     """
     values = np.asarray(values, dtype=np.float64).ravel()
-    bounds = getattr(child, "_upper_bounds", None)
-    buckets = getattr(child, "_buckets", None)
-    total = getattr(child, "_sum", None)
-    if len(values) <= _LOOP_MAX or bounds is None or buckets is None or total is None:
+    internals = histogram_internals(child)
+    if len(values) <= _LOOP_MAX or internals is None:
         for v in values.tolist():
             child.observe(v)
         return
+    bounds, buckets, total = internals
     # observe() puts v in the first bucket with v <= bound; NaN compares false everywhere.
     idx = np.searchsorted(np.asarray(bounds, dtype=np.float64), values[~np.isnan(values)],
                           side="left")
@@ -56,8 +56,8 @@ def observe_many(child: Any, values: np.ndarray) -> None:
 
 # A series queues the batches it is given and folds them into its bucket counts when it is
 # scraped, or once this many batches or values wait (which bounds the memory they hold).
-_FOLD_BATCHES = 1024
-_FOLD_VALUES = 1 << 16
+FOLD_BATCHES = 1024
+FOLD_VALUES = 1 << 16
 
 
 class _BatchChild:
@@ -65,12 +65,12 @@ class _BatchChild:
 
     ``observe_many`` only queues a private copy of the values (one lock, one copy, one list
     append); the bucket counts and the sum are brought up to date, in one vectorised pass over
-    everything queued, by :meth:`snapshot` (every scrape) or once ``_FOLD_BATCHES`` batches or
-    ``_FOLD_VALUES`` values wait. A scrape therefore sees every value observed before it, and
+    everything queued, by :meth:`snapshot` (every scrape) or once ``FOLD_BATCHES`` batches or
+    ``FOLD_VALUES`` values wait. A scrape therefore sees every value observed before it, and
     the guard's hot path does none of the bucketing.
     """
 
-    __slots__ = ("_bounds", "_counts", "_sum", "_lock", "_queued", "_queued_values", "_floats",
+    __slots__ = ("_bounds", "_counts", "_sum", "_lock", "_queued", "_queued_values",
                  "created", "offset", "scale")
 
     def __init__(self, bounds: np.ndarray, lock: threading.Lock | None = None,
@@ -84,43 +84,24 @@ class _BatchChild:
         self._lock = threading.Lock() if lock is None else lock
         self._queued: list[np.ndarray] = []
         self._queued_values = 0
-        self._floats: list[float] = []  # values of observe_list, queued after self._queued
         self.created = time.time()
 
     def observe_many(self, values: np.ndarray) -> None:
         """Observe every value of a 1-D float array (NaN: no bucket, NaN sum, as ``observe``)."""
         v = np.array(values, dtype=np.float64)  # a copy: the caller may change its array later
         with self._lock:
-            self._add_array(v)
+            self.add_locked(v)
 
-    def observe_list(self, values: list[float]) -> None:
-        """:meth:`observe_many` of a few Python floats, without numpy: the guard's small
-        batches."""
-        with self._lock:
-            self._add_list(values)
-
-    def _add_array(self, v: np.ndarray) -> None:
-        """Queue a private float64 array (the lock is held)."""
-        if self._floats:  # keep the order of the observations: it is the order of the sum
-            self._queued.append(np.array(self._floats, dtype=np.float64))
-            self._floats = []
+    def add_locked(self, v: np.ndarray) -> None:
+        """Queue a private 1-D float64 array; the caller holds this series' lock (the guard's
+        one lock, see :class:`PlainFamily`) and gives up the array."""
         self._queued.append(v)
         self._queued_values += len(v)
-        if len(self._queued) >= _FOLD_BATCHES or self._queued_values >= _FOLD_VALUES:
-            self._fold()
-
-    def _add_list(self, values: list[float]) -> None:
-        """Queue a few floats (the lock is held; they are copied)."""
-        self._floats += values
-        self._queued_values += len(values)
-        if self._queued_values >= _FOLD_VALUES:
+        if len(self._queued) >= FOLD_BATCHES or self._queued_values >= FOLD_VALUES:
             self._fold()
 
     def _fold(self) -> None:
         """Bring counts and sum up to date with the queue (the lock is held)."""
-        if self._floats:
-            self._queued.append(np.array(self._floats, dtype=np.float64))
-            self._floats = []
         if not self._queued:
             return
         queued, self._queued, self._queued_values = self._queued, [], 0
@@ -194,7 +175,7 @@ class BatchHistogram:
         fam = HistogramMetricFamily(self.name, self.documentation, labels=["guard"])
         # prometheus_client's switch for _created series (env PROMETHEUS_DISABLE_CREATED_SERIES
         # or disable_created_metrics()); read at scrape time, as its own metrics do.
-        created = getattr(prometheus_client.metrics, "_use_created", True)
+        created = created_series_enabled()
         with self._lock:
             children = list(self._children.items())
         for guard, child in children:
@@ -216,7 +197,7 @@ class BatchHistogram:
 
 
 class _PlainSeries:
-    """One series of a :class:`_PlainFamily`: a counter's value (``total``), or a histogram's
+    """One series of a :class:`PlainFamily`: a counter's value (``total``), or a histogram's
     bucket counts and sum, as Python numbers, guarded by the lock of the guard it belongs to."""
 
     __slots__ = ("bounds", "counts", "total", "lock", "created")
@@ -236,7 +217,7 @@ class _PlainSeries:
             self.counts[bisect_left(self.bounds, v)] += 1
 
 
-class _PlainFamily:
+class PlainFamily:
     """A counter (``buckets=None``) or histogram family of plain Python series; single-process
     mode only. A guard's series share one lock, so that recording a check takes one lock
     instead of one per value object (prometheus_client's ``Counter`` and ``Histogram`` take
@@ -284,7 +265,7 @@ class _PlainFamily:
 
     def collect(self) -> Iterator[Metric]:
         fam = self._family()
-        created = getattr(prometheus_client.metrics, "_use_created", True)
+        created = created_series_enabled()
         with self._lock:
             children = list(self._children.items())
         for label_values, child in children:

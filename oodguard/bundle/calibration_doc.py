@@ -1,8 +1,9 @@
-"""Load-time checks of ``calibration.json``: every number's type and domain.
+"""``calibration.json``: its writer (:func:`calibration_document`) and its reader
+(:func:`scorer_fields`), side by side, with the schema's constants.
 
-:meth:`oodguard.scoring.Scorer.from_dict` builds the runtime scorer through
-:func:`scorer_fields`, so a bundle whose calibration numbers are out of their domain is refused
-at load, with the field named, instead of scoring wrongly forever: ``post_scale = 1e308`` maps
+The reader checks every number's type and domain. :meth:`oodguard.scoring.Scorer.from_dict`
+builds the runtime scorer through :func:`scorer_fields`, so a bundle whose calibration
+numbers are out of their domain is refused at load, with the field named, instead of scoring wrongly forever: ``post_scale = 1e308`` maps
 every input to z ≈ 0 (nothing is flagged), an alpha below ``1/(n+1)`` can never be reached,
 unsorted calibration scores break the p-value search. The domains are wide — a fitted scorer
 lies far inside them — and are checked here only: the scoring hot path trusts them.
@@ -15,16 +16,24 @@ from typing import Any
 
 import numpy as np
 
+from oodguard.decisions import score_threshold
 from oodguard.errors import BundleError
-from oodguard.scoring import (
-    _MAHALANOBIS_COMBINATIONS,
-    _P_COMBINATIONS,
-    CALIBRATION_SCHEMA_VERSION,
-    COMBINE_METHODS,
-    score_threshold,
-)
 
-__all__ = ["scorer_fields"]
+__all__ = [
+    "CALIBRATION_SCHEMA_VERSION",
+    "COMBINE_METHODS",
+    "MAHALANOBIS_COMBINATIONS",
+    "P_COMBINATIONS",
+    "calibration_document",
+    "scorer_fields",
+]
+
+# Version 2 adds ``lower_weight`` (unequal tails of the two-sided tests); a document without it
+# is written as version 1, so bundles that do not use it stay readable by older runtimes.
+CALIBRATION_SCHEMA_VERSION = 2
+COMBINE_METHODS = ("max", "mahalanobis", "max_mahalanobis", "fisher", "cauchy")
+P_COMBINATIONS = ("fisher", "cauchy")
+MAHALANOBIS_COMBINATIONS = ("mahalanobis", "max_mahalanobis")
 
 _INF = float("inf")
 _SCALE_RANGE = (1e-30, 1e30)  # pre_scale: robust spread of a raw or logged feature
@@ -104,7 +113,7 @@ def scorer_fields(d: Mapping[str, Any], feature_names: Sequence[str]) -> dict[st
         raise ValueError(f"combine must be one of {COMBINE_METHODS}, got {combine!r:.40}")
     maha = d.get("mahalanobis")
     loc = prec = None
-    if combine in _MAHALANOBIS_COMBINATIONS:
+    if combine in MAHALANOBIS_COMBINATIONS:
         if not isinstance(maha, Mapping) or not maha:
             raise ValueError(f"combine={combine!r} needs the 'mahalanobis' block")
         loc = _vec(maha, "location", u, -_MAHA_BOUND, _MAHA_BOUND)
@@ -125,7 +134,7 @@ def scorer_fields(d: Mapping[str, Any], feature_names: Sequence[str]) -> dict[st
         lower_weight = _vec(d, "lower_weight", u, *_TAIL_WEIGHT_RANGE)
         if ((direction != 0) & (lower_weight != 0.5)).any():
             raise ValueError("lower_weight must be 0.5 for one-sided features (direction ±1)")
-        if (lower_weight != 0.5).any() and combine not in _P_COMBINATIONS:
+        if (lower_weight != 0.5).any() and combine not in P_COMBINATIONS:
             raise ValueError(
                 f"unequal tails (lower_weight) need combine 'fisher' or 'cauchy', got {combine!r}"
             )
@@ -189,3 +198,39 @@ def scorer_fields(d: Mapping[str, Any], feature_names: Sequence[str]) -> dict[st
         lower_weight=lower_weight,
     )
 
+
+
+def calibration_document(s: Any) -> dict[str, Any]:
+    """The ``calibration.json`` document of a :class:`oodguard.scoring.Scorer` ``s`` (typed
+    ``Any``: this module does not import the scorer, which imports it): what
+    :func:`scorer_fields` reads back.
+
+    Written as schema version 1 unless unequal tails (``lower_weight``) need version 2.
+    """
+    weighted = bool((s.tail_weights() != 0.5).any())
+    d: dict[str, Any] = {
+        "schema_version": CALIBRATION_SCHEMA_VERSION if weighted else 1,
+        "feature_names": list(s.feature_names),
+        "used_features": [s.feature_names[i] for i in s.used],
+        "log_offset": [None if np.isnan(v) else float(v) for v in s.log_offset],
+        "pre_center": s.pre_center.tolist(),
+        "pre_scale": s.pre_scale.tolist(),
+        "lambdas": s.lambdas.tolist(),
+        "post_center": s.post_center.tolist(),
+        "post_scale": s.post_scale.tolist(),
+        "direction": s.direction.tolist(),
+        "combine": s.combine,
+        "mahalanobis": None,
+        "calibration_scores": s.calibration_scores.tolist(),
+        "alpha": s.alpha,
+        "threshold": s.threshold,
+        "info": dict(s.info),
+    }
+    if weighted:
+        d["lower_weight"] = s.tail_weights().tolist()
+    if s.maha_location is not None and s.maha_precision is not None:
+        d["mahalanobis"] = {
+            "location": s.maha_location.tolist(),
+            "precision": s.maha_precision.tolist(),
+        }
+    return d

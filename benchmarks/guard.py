@@ -93,7 +93,6 @@ def overhead(
     from prometheus_client import CollectorRegistry
 
     from oodguard import Guard
-    from oodguard.scoring import SCALAR_ROWS
     from oodguard.validation import validate_batch
 
     opts = {"batch_threads": batch_threads} if batch_threads else None
@@ -128,23 +127,13 @@ def overhead(
                 guard.check(xb)
                 outside.append(time.perf_counter() - t0 - spent[-1])
 
-            # The parts as check() runs them: a few rows in plain Python where it does so.
-            few = guard.scorer.rows_scorer if n <= SCALAR_ROWS else None
-
-            def scoring(feats: np.ndarray = feats, few: Any = few) -> Any:
-                if few is not None:
-                    ps = few.p_values_of(few.score_lists(feats.tolist()))
-                    return [v <= guard.alpha for v in ps]
+            # The parts as check() runs them (one path for every batch size).
+            def scoring(feats: np.ndarray = feats) -> Any:
                 s = guard.scorer.score(feats)
                 return guard.scorer.p_value(s) <= guard.alpha
 
-            def metrics(s: np.ndarray = score, p: np.ndarray = p, m: Any = guard.metrics,
-                        few: Any = few) -> None:
-                if few is not None:
-                    m.observe_rows(s.tolist(), p.tolist(), 0, engine_s=1e-3, scoring_s=1e-4,
-                                   total_s=1.1e-3)
-                else:
-                    m.observe_check(s, p, 0, engine_s=1e-3, scoring_s=1e-4, total_s=1.1e-3)
+            def metrics(s: np.ndarray = score, p: np.ndarray = p, m: Any = guard.metrics) -> None:
+                m.observe_check(s, p, 0, engine_s=1e-3, scoring_s=1e-4, total_s=1.1e-3)
 
             fns = {
                 "engine": lambda xb=xb: engine_run(xb),

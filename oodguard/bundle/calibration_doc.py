@@ -3,9 +3,10 @@
 
 The reader checks every number's type and domain. :meth:`oodguard.scoring.Scorer.from_dict`
 builds the runtime scorer through :func:`scorer_fields`, so a bundle whose calibration
-numbers are out of their domain is refused at load, with the field named, instead of scoring wrongly forever: ``post_scale = 1e308`` maps
-every input to z ≈ 0 (nothing is flagged), an alpha below ``1/(n+1)`` can never be reached,
-unsorted calibration scores break the p-value search. The domains are wide — a fitted scorer
+numbers are out of their domain is refused at load, with the field named, instead of scoring
+wrongly forever: ``post_scale = 1e308`` maps every input to z ≈ 0 (nothing is flagged), an
+alpha below ``1/(n+1)`` can never be reached, unsorted calibration scores break the p-value
+search. The domains are wide — a fitted scorer
 lies far inside them — and are checked here only: the scoring hot path trusts them.
 """
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from oodguard.errors import check_parameter
+
 __all__ = [
     "batch_decisions",
     "benjamini_hochberg",
@@ -76,8 +78,9 @@ def benjamini_hochberg(p_values: np.ndarray, q: float) -> np.ndarray:
         True for rejected rows (OOD), in the input's row order. The decision of a row depends
         on the whole batch: the same row may be flagged in one batch and not in another.
     """
-    if isinstance(q, bool) or not isinstance(q, (int, float, np.floating)) or not 0.0 < q < 1.0:
-        raise ValueError(f"The FDR level q must be a float in (0, 1). Got {q!r} instead.")
+    check_parameter(not isinstance(q, bool) and isinstance(q, (int, float, np.floating))
+                    and 0.0 < q < 1.0, "q", "a float in (0, 1)", q,
+                    owner="benjamini_hochberg")
     p = np.asarray(p_values, dtype=np.float64)
     if p.ndim != 1:
         raise ValueError(f"p_values must be one-dimensional. Got shape {p.shape}")

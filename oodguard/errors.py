@@ -15,12 +15,15 @@ __all__ = [
     "ExportError",
     "GuardFailure",
     "InvalidInputError",
+    "InvalidParameterError",
     "MissingDependencyError",
     "NonFiniteInputError",
     "NotCalibratedError",
     "OODGuardError",
     "OODInputError",
     "CalibrationError",
+    "check_parameter",
+    "parameter_error",
 ]
 
 
@@ -38,6 +41,37 @@ class InvalidInputError(OODGuardError, ValueError):
     def __init__(self, message: str, *, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class InvalidParameterError(OODGuardError, ValueError):
+    """A parameter outside its domain. The message names the parameter, the rule and the
+    value, in scikit-learn's words: "The 'alpha' parameter of Guard must be a float in
+    [1/(n+1), 1). Got 2.0 instead." ``parameter`` holds the name."""
+
+    def __init__(self, message: str, *, parameter: str) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+
+
+def parameter_error(name: str, rule: str, value: Any, *, owner: str | None = None,
+                    fix: str = "") -> InvalidParameterError:
+    """The :class:`InvalidParameterError` for ``value`` of parameter ``name`` (of ``owner``,
+    a class or function name) breaking ``rule`` ("a float in (0, 1)"); ``fix`` adds how to
+    mend it."""
+    where = f"The {name!r} parameter" + (f" of {owner}" if owner else "")
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    tail = f" {fix}" if fix else ""
+    return InvalidParameterError(f"{where} must be {rule}. Got {shown} instead.{tail}",
+                                 parameter=name)
+
+
+def check_parameter(ok: bool, name: str, rule: str, value: Any, *, owner: str | None = None,
+                    fix: str = "") -> None:
+    """Raise :func:`parameter_error` unless ``ok``: the one way public parameters are checked."""
+    if not ok:
+        raise parameter_error(name, rule, value, owner=owner, fix=fix)
 
 
 class NonFiniteInputError(InvalidInputError):

@@ -34,6 +34,7 @@ from oodguard.engine.timed import TimedRuns
 from oodguard.errors import (
     GuardFailure,
     InvalidInputError,
+    check_parameter,
 )
 from oodguard.results import CheckResult
 from oodguard.scoring import Scorer
@@ -72,8 +73,8 @@ class Guard:
         timeout_s: float | None = None,
     ) -> None:
         self.timeout_s = check_timeout(timeout_s)
-        if nonfinite not in NONFINITE_POLICIES:
-            raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}. Got {nonfinite!r}")
+        check_parameter(nonfinite in NONFINITE_POLICIES, "nonfinite",
+                        f"one of {NONFINITE_POLICIES}", nonfinite, owner="Guard")
         # NotCalibratedError without calibration.json; parsed by read_bundle, within bounds;
         # Scorer.from_dict checks the numbers.
         doc = load_calibration(bundle)
@@ -82,12 +83,13 @@ class Guard:
         self.nonfinite = nonfinite
         self.scorer = Scorer.from_dict(doc, bundle.manifest.feature_names)
         n = len(self.scorer.calibration_scores)
+        check_parameter(
+            alpha is None or (not isinstance(alpha, bool) and isinstance(alpha, (int, float))
+                              and 1.0 / (n + 1) <= alpha < 1.0),
+            "alpha", f"None or a float in [1/(n+1), 1) = [{1 / (n + 1):.4g}, 1) for this "
+            f"calibration (n={n})", alpha, owner="Guard",
+            fix="Calibrate on more data for a smaller alpha.")
         self.alpha = self.scorer.alpha if alpha is None else float(alpha)
-        if not 1.0 / (n + 1) <= self.alpha < 1.0:
-            raise ValueError(
-                f"alpha must lie in [1/(n+1), 1) = [{1 / (n + 1):.4g}, 1) for this calibration "
-                f"(n={n}); got {self.alpha}. Calibrate on more data for a smaller alpha"
-            )
         self.threshold = score_threshold(self.scorer.calibration_scores, self.alpha)
         self.engine = Engine(
             bundle.files[MODEL_FILE],

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from oodguard.bundle import InputSpec
-from oodguard.errors import InvalidInputError, NonFiniteInputError
+from oodguard.errors import InvalidInputError, NonFiniteInputError, parameter_error
 
 __all__ = [
     "NONFINITE_POLICIES", "as_array", "check_fdr", "check_timeout", "is_tensor_like",
@@ -157,8 +157,7 @@ def check_timeout(timeout_s: float | None) -> float | None:
         return None
     if (isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float, np.floating))
             or not math.isfinite(timeout_s) or timeout_s <= 0):
-        raise ValueError(f"timeout_s must be a positive number of seconds or None. "
-                         f"Got {timeout_s!r}")
+        raise parameter_error("timeout_s", "a positive number of seconds or None", timeout_s)
     return float(timeout_s)
 
 
@@ -168,5 +167,5 @@ def check_fdr(fdr: float | None) -> float | None:
         return None
     if (isinstance(fdr, bool) or not isinstance(fdr, (int, float, np.floating))
             or not 0.0 < fdr < 1.0):
-        raise ValueError(f"fdr must be a float in (0, 1) or None. Got {fdr!r}")
+        raise parameter_error("fdr", "a float in (0, 1) or None", fdr)
     return float(fdr)

@@ -17,7 +17,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
-from oodguard.errors import GuardFailure, InvalidInputError, OODInputError
+from oodguard.errors import GuardFailure, InvalidInputError, OODInputError, check_parameter
 from oodguard.results import CheckResult
 
 __all__ = ["Checker", "GuardedModel", "GuardedOutput"]
@@ -80,12 +80,13 @@ class GuardedModel(Generic[P]):
         fdr: float | None = None,
         timeout_s: float | None = None,
     ) -> None:
-        if on_ood not in ("flag", "raise", "fallback"):
-            raise ValueError(f"on_ood must be 'flag', 'raise' or 'fallback'. Got {on_ood!r}")
-        if on_error not in ("open", "closed"):
-            raise ValueError(f"on_error must be 'open' or 'closed'. Got {on_error!r}")
-        if (on_ood == "fallback") != (fallback is not None):
-            raise ValueError("pass fallback= exactly when on_ood='fallback'")
+        check_parameter(on_ood in ("flag", "raise", "fallback"), "on_ood",
+                        "'flag', 'raise' or 'fallback'", on_ood, owner="Guard.wrap")
+        check_parameter(on_error in ("open", "closed"), "on_error", "'open' or 'closed'",
+                        on_error, owner="Guard.wrap")
+        check_parameter((on_ood == "fallback") == (fallback is not None), "fallback",
+                        "a callable exactly when on_ood='fallback'", fallback,
+                        owner="Guard.wrap")
         self.guard, self.predict, self.fallback = guard, predict, fallback
         self.on_ood, self.on_error = on_ood, on_error
         self.fdr, self.timeout_s = fdr, timeout_s

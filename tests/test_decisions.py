@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from oodguard.decisions import batch_decisions, benjamini_hochberg
+from oodguard.errors import InvalidParameterError
 from oodguard.scoring import conformal_p_values
 
 
@@ -51,9 +52,11 @@ def test_realised_fdr_stays_under_target() -> None:
 
 
 def test_refuses_bad_levels_and_nan() -> None:
-    with pytest.raises(ValueError, match="FDR level q must be a float in \\(0, 1\\)"):
+    with pytest.raises(InvalidParameterError,
+                       match=r"The 'q' parameter of benjamini_hochberg must be a float in "
+                             r"\(0, 1\)\. Got 1\.5 instead\."):
         benjamini_hochberg(np.array([0.1]), 1.5)
-    with pytest.raises(ValueError, match="FDR level"):
+    with pytest.raises(ValueError, match="'q' parameter"):
         benjamini_hochberg(np.array([0.1]), True)
     with pytest.raises(ValueError, match="NaN"):
         benjamini_hochberg(np.array([0.1, np.nan]), 0.1)

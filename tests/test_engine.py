@@ -7,6 +7,7 @@ import pytest
 
 from oodguard.bundle import MODEL_FILE, read_bundle
 from oodguard.engine import Engine, resolve_providers
+from oodguard.errors import InvalidParameterError
 
 ort = pytest.importorskip("onnxruntime")
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
@@ -154,7 +155,9 @@ def test_thread_and_session_options_are_applied(parts) -> None:  # type: ignore[
                                  "max_batch", "cuda_graph_batch"])
 @pytest.mark.parametrize("bad", [0, -1, 2.5, "2", True])
 def test_bad_engine_options_are_refused(parts, key, bad) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(ValueError, match=f"{key} must be a positive int or None. Got"):
+    with pytest.raises(InvalidParameterError,
+                       match=f"The '{key}' parameter of Engine must be a positive int or "
+                             "None\\. Got"):
         _engine(parts, **{key: bad})
 
 
@@ -168,7 +171,8 @@ def test_io_binding_on_cpu_matches_run(parts, x) -> None:  # type: ignore[no-unt
 
 
 def test_cuda_graph_needs_cuda(parts) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(ValueError, match="cuda_graph_batch=8 needs the CUDA execution provider"):
+    with pytest.raises(InvalidParameterError,
+                       match="'cuda_graph_batch' parameter of Engine must be None unless"):
         _engine(parts, cuda_graph_batch=8)
 
 

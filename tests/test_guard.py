@@ -18,6 +18,7 @@ from oodguard import (
     Guard,
     GuardFailure,
     InvalidInputError,
+    InvalidParameterError,
     NonFiniteInputError,
     NotCalibratedError,
     OODInputError,
@@ -110,7 +111,9 @@ def test_non_finite_raise_policy(bundle, data) -> None:  # type: ignore[no-untyp
     x[2, 2] = -np.inf
     with pytest.raises(NonFiniteInputError, match=r"1 of 3 rows hold NaN or infinity \(rows 2\)"):
         g.check(x)
-    with pytest.raises(ValueError, match="nonfinite must be one of"):
+    with pytest.raises(InvalidParameterError,
+                       match=r"The 'nonfinite' parameter of Guard must be one of \('flag', "
+                             r"'raise'\)\. Got 'drop' instead\."):
         Guard.load(bundle, registry=None, nonfinite="drop")
 
 
@@ -125,7 +128,9 @@ def test_alpha_override(bundle, data) -> None:  # type: ignore[no-untyped-def]
     assert strict.threshold > loose.threshold
     x = data["test"]
     assert strict.check(x).n_ood <= loose.check(x).n_ood
-    with pytest.raises(ValueError, match=r"alpha must lie in \[1/\(n\+1\), 1\)"):
+    with pytest.raises(InvalidParameterError,
+                       match=r"The 'alpha' parameter of Guard must be None or a float in "
+                             r"\[1/\(n\+1\), 1\).*Got 1e-05 instead\. Calibrate on more"):
         Guard.load(bundle, registry=None, alpha=1e-5)
 
 
@@ -168,8 +173,27 @@ def test_wrap_fallback_reassembles_rows(guard, data) -> None:  # type: ignore[no
     assert ood[2]
     np.testing.assert_allclose(out.prediction[ood], -1.0)
     np.testing.assert_allclose(out.prediction[~ood], _predict(x[~ood]))
-    with pytest.raises(ValueError, match="fallback= exactly when"):
+    with pytest.raises(InvalidParameterError,
+                       match=r"The 'fallback' parameter of Guard.wrap must be a callable "
+                             r"exactly when on_ood='fallback'\. Got None instead\."):
         guard.wrap(_predict, on_ood="fallback")
+
+
+@pytest.mark.parametrize("on_ood", ["flag", "raise", "fallback"])
+def test_wrap_never_calls_the_model_with_an_empty_batch(guard, on_ood) -> None:  # type: ignore[no-untyped-def]
+    """Many models refuse zero rows (scikit-learn raises): the wrapped model answers an empty
+    batch itself, with an empty prediction and an empty result."""
+    calls: list[int] = []
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        calls.append(len(x))
+        if not len(x):
+            raise ValueError("Found array with 0 sample(s)")
+        return np.zeros((len(x), 1))
+
+    fallback = (lambda x: predict(x)) if on_ood == "fallback" else None
+    out = guard.wrap(predict, on_ood=on_ood, fallback=fallback)(np.zeros((0, 16), np.float32))
+    assert calls == [] and out.prediction.shape == (0,) and len(out.result) == 0
 
 
 def test_guard_failure_fail_open_and_closed(bundle, data, registry, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -496,7 +520,7 @@ def test_a_timed_check_gives_the_untimed_bits(bundle, data) -> None:  # type: ig
 
 @pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), True, "1"])
 def test_bad_timeouts_are_refused(bundle, guard, bad) -> None:  # type: ignore[no-untyped-def]
-    msg = r"timeout_s must be a positive number of seconds or None. Got "
+    msg = r"The 'timeout_s' parameter must be a positive number of seconds or None\. Got "
     with pytest.raises(ValueError, match=msg):
         Guard.load(bundle, registry=None, timeout_s=bad)
     with pytest.raises(ValueError, match=msg):
@@ -544,9 +568,10 @@ def test_fdr_controls_false_discoveries_on_generated_batches(guard, data) -> Non
 
 @pytest.mark.parametrize("bad", [0, 1, 1.5, -0.1, True, "0.1"])
 def test_bad_fdr_is_refused(guard, bad) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(ValueError, match=r"fdr must be a float in \(0, 1\) or None. Got "):
+    with pytest.raises(InvalidParameterError,
+                       match=r"The 'fdr' parameter must be a float in \(0, 1\) or None\. Got "):
         guard.check(np.zeros((1, 16), np.float32), fdr=bad)
-    with pytest.raises(ValueError, match=r"fdr must be a float in \(0, 1\) or None"):
+    with pytest.raises(ValueError, match=r"'fdr' parameter must be a float in \(0, 1\)"):
         guard.wrap(_predict, fdr=bad)
 
 

@@ -61,3 +61,58 @@ print(json.dumps({{"scores": r.score.tolist(), "file": oodguard.__file__,
     assert check.returncode == 0, check.stderr[-3000:]
     scores = [json.loads(line)["score"] for line in check.stdout.splitlines()]
     np.testing.assert_allclose(scores, expected, rtol=1e-6)
+    _reads_every_documented_input(env_dir, bundle, data, tmp_path, expected)
+
+
+def _run(cli: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(cli), "-q", *args], capture_output=True, text=True,
+                          timeout=120, cwd=cwd)
+
+
+def _reads_every_documented_input(env_dir: Path, bundle: Path, data: dict, tmp_path: Path,  # type: ignore[type-arg]
+                                  expected: object) -> None:
+    """With ``oodguard[cpu]`` alone: ``.npz`` for check and score; an image folder and a
+    parquet file get one line naming the extra (exit 2, no traceback); with Pillow added, the
+    image folder is read."""
+    import numpy as np
+    from PIL import Image
+
+    cli = env_dir / "bin" / "oodguard"
+    x = data["test"][:10]
+    np.savez(tmp_path / "x.npz", x=x)
+    check = _run(cli, "check", str(bundle), str(tmp_path / "x.npz"), cwd=tmp_path)
+    assert check.returncode == 0, check.stderr[-3000:]
+    scores = [json.loads(line)["score"] for line in check.stdout.splitlines()]
+    np.testing.assert_allclose(scores, expected, rtol=1e-6)
+    out = tmp_path / "out.jsonl"
+    score = _run(cli, "score", str(bundle), str(tmp_path / "x.npz"), "--output", str(out),
+                 cwd=tmp_path)
+    assert score.returncode == 0, score.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    np.testing.assert_allclose([r["score"] for r in rows], expected, rtol=1e-6)
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, img in enumerate(x.reshape(-1, 4, 4)):
+        Image.fromarray(np.round(img * 255).astype(np.uint8)).save(images / f"{i:02d}.png")
+    (tmp_path / "x.parquet").write_bytes(b"PAR1")  # never read: pyarrow is missing first
+    for args, extra in (((str(images), "--reshape"), "images"), ((str(tmp_path / "x.parquet"),
+                        "--output", str(tmp_path / "o.jsonl")), "parquet")):
+        cmd = ("check", str(bundle), *args) if extra == "images" else ("score", str(bundle),
+                                                                      *args)
+        r = _run(cli, *cmd, cwd=tmp_path)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1, r.stderr[-3000:]
+        assert f"needs the {extra} extra: pip install 'oodguard[{extra}]'" in lines[0]
+        assert "Traceback" not in r.stderr
+    pip = subprocess.run([str(env_dir / "bin" / "python"), "-m", "pip", "install", "--quiet",
+                          "pillow"], capture_output=True, text=True, timeout=600)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    check = _run(cli, "check", str(bundle), str(images), "--reshape", cwd=tmp_path)
+    assert check.returncode == 0, check.stderr[-3000:]
+    got = [json.loads(line)["score"] for line in check.stdout.splitlines()]
+    from oodguard import Guard
+
+    want = Guard.load(bundle, registry=None).check(
+        np.round(x * 255).astype(np.float32) / np.float32(255.0)).score
+    np.testing.assert_allclose(got, want, rtol=1e-6)

@@ -16,7 +16,7 @@ from typing import Any
 
 from oodguard._version import __version__
 from oodguard.cli import inspect_cmd, offline, runtime, score  # noqa: F401  (registers the commands)
-from oodguard.cli._base import COMMANDS, Command, HelpFormatter
+from oodguard.cli.base import COMMANDS, Command, HelpFormatter
 
 __all__ = ["build_parser", "main"]
 

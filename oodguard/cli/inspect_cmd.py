@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from oodguard.cli._base import command, optional
-from oodguard.cli._inputs import add_input_args, load_inputs
+from oodguard.cli.base import command, optional
+from oodguard.cli.inputs import add_input_args, load_inputs
 
 __all__: list[str] = []
 

@@ -9,8 +9,8 @@ import logging
 import sys
 from pathlib import Path
 
-from oodguard.cli._base import alpha_arg, command, optional
-from oodguard.cli._inputs import add_input_args, load_inputs
+from oodguard.cli.base import alpha_arg, command, optional
+from oodguard.cli.inputs import add_input_args, load_inputs
 from oodguard.cli.runtime import calibrated_bundle
 
 __all__: list[str] = []

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from oodguard.cli._base import alpha_arg, command, optional
-from oodguard.cli._inputs import Inputs, add_input_args, load_inputs
+from oodguard.cli.base import alpha_arg, command, optional
+from oodguard.cli.inputs import Inputs, add_input_args, load_inputs
 
 __all__ = ["calibrated_bundle", "result_rows"]
 

@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from oodguard.cli._base import alpha_arg, command, optional
-from oodguard.cli._chunks import Chunk, plan_chunks, read_chunk
-from oodguard.cli._inputs import add_input_args
-from oodguard.cli._sinks import Sink, output_format
+from oodguard.cli.base import alpha_arg, command, optional
+from oodguard.cli.chunks import Chunk, plan_chunks, read_chunk
+from oodguard.cli.inputs import add_input_args, check_scale
+from oodguard.cli.sinks import Sink, output_format
 
 __all__: list[str] = []
 
@@ -102,6 +102,7 @@ def _score(a: argparse.Namespace) -> int:
     from oodguard.progress import progress_bar
 
     fmt = output_format(a.output, overwrite=a.overwrite)
+    check_scale(a.input, a.scale)
     bundle = calibrated_bundle(a.bundle, "score")
     chunks = plan_chunks(a.input, rows=a.batch_size, key=a.key, column=a.column)
     total = sum(map(len, chunks))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from oodguard.errors import MissingDependencyError
+from oodguard.errors import MissingDependencyError, check_parameter, parameter_error
 
 __all__ = ["available_providers", "ort_module", "resolve_providers"]
 
@@ -53,13 +53,12 @@ def resolve_providers(providers: str | Sequence[str]) -> list[str]:
                 )
             wanted = ["CUDAExecutionProvider"]
         else:
-            raise ValueError(
-                f"providers must be 'auto', 'cpu', 'cuda' or a list of provider names. "
-                f"Got {providers!r}"
-            )
+            raise parameter_error("providers",
+                                  "'auto', 'cpu', 'cuda' or a list of provider names",
+                                  providers)
         return [*wanted, "CPUExecutionProvider"]
     chosen = list(providers)
     missing = [p for p in chosen if p not in avail]
-    if missing or not chosen:
-        raise ValueError(f"providers {missing or chosen} are not available; this build has {avail}")
+    check_parameter(bool(chosen) and not missing, "providers",
+                    f"a non-empty list of the providers this build has, {avail}", providers)
     return chosen

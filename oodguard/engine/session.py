@@ -44,7 +44,7 @@ import numpy as np
 from oodguard.bundle.manifest import Manifest
 from oodguard.engine.cuda_graph import CudaGraph
 from oodguard.engine.providers import available_providers, ort_module, resolve_providers
-from oodguard.errors import BundleError, GuardFailure
+from oodguard.errors import BundleError, GuardFailure, check_parameter
 
 __all__ = ["DENORMAL_AS_ZERO_KEY", "Engine", "available_providers", "check_features",
            "resolve_providers"]
@@ -163,9 +163,10 @@ class Engine:
                            ("inter_op_threads", inter_op_threads),
                            ("batch_threads", batch_threads),
                            ("max_batch", max_batch), ("cuda_graph_batch", cuda_graph_batch)):
-            if value is not None and (isinstance(value, bool)
-                                      or not isinstance(value, (int, np.integer)) or value < 1):
-                raise ValueError(f"{key} must be a positive int or None. Got {value!r}")
+            check_parameter(value is None or (not isinstance(value, bool)
+                                              and isinstance(value, (int, np.integer))
+                                              and value >= 1),
+                            key, "a positive int or None", value, owner="Engine")
         self.session_options = opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = int(intra_op_threads or 1)
@@ -219,15 +220,13 @@ class Engine:
         self._row_seconds = 0.0  # running estimate from single-threaded calls; 0 = unknown
         self._graph: CudaGraph | None = None
         if cuda_graph_batch is not None:
-            if not on_cuda:
-                raise ValueError(
-                    f"cuda_graph_batch={cuda_graph_batch} needs the CUDA execution provider; "
-                    f"this engine runs on {self.providers}"
-                )
-            if cuda_graph_batch > self.max_batch:
-                raise ValueError(
-                    f"cuda_graph_batch={cuda_graph_batch} exceeds max_batch={self.max_batch}"
-                )
+            check_parameter(on_cuda, "cuda_graph_batch",
+                            "None unless the engine runs on the CUDA execution provider",
+                            cuda_graph_batch, owner="Engine",
+                            fix=f"This engine runs on {self.providers}.")
+            check_parameter(cuda_graph_batch <= self.max_batch, "cuda_graph_batch",
+                            f"at most max_batch={self.max_batch}", cuda_graph_batch,
+                            owner="Engine")
             self._graph = CudaGraph(ort, self, model, chosen, int(cuda_graph_batch))
         _ENGINES.add(self)
         log.debug("engine ready: providers=%s max_batch=%d batch_threads=%d io_binding=%s",

@@ -1,4 +1,4 @@
-"""``oodguard score --ray``: the input's chunks (see :mod:`oodguard.cli._chunks`) read by Ray
+"""``oodguard score --ray``: the input's chunks (see :mod:`oodguard.cli.chunks`) read by Ray
 tasks, scored by :func:`~oodguard.integrations.ray.data.score_dataset`'s actors, and streamed
 back to the driver in order for the output file.
 
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from oodguard.bundle import Bundle
-from oodguard.cli._chunks import Chunk, read_chunk
+from oodguard.cli.chunks import Chunk, read_chunk
 from oodguard.integrations.ray.data import ordered, score_dataset
 
 __all__ = ["score_chunks"]

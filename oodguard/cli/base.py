@@ -4,18 +4,16 @@ argument types."""
 from __future__ import annotations
 
 import argparse
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+
+from oodguard.extras import INSTALL_HINT, optional
 
 __all__ = ["COMMANDS", "HelpFormatter", "Command", "alpha_arg", "command", "optional",
            "positive_arg", "INSTALL_HINT"]
 
 Handler = Callable[[argparse.Namespace], int]
 
-# oodguard is installed from its repository (it is not on a public package index).
-INSTALL_HINT = "from a checkout of the repository: pip install -e '.[{extra}]'"
 
 
 @dataclass(frozen=True)
@@ -58,21 +56,6 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
                 or (not action.option_strings and action.nargs not in ("?", "*"))):
             return text
         return f"{text} (default: %(default)s)"
-
-
-def optional(module: str, command: str, extra: str) -> Any:
-    """Import the module behind a command that needs a pip extra; without it, a
-    MissingDependencyError (exit 2) that names the extra and how to install it."""
-    from oodguard.errors import MissingDependencyError
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        first = extra.split(",")[0]
-        raise MissingDependencyError(
-            f"{command} needs the {first} extra: pip install 'oodguard[{extra}]' ("
-            + INSTALL_HINT.format(extra=extra) + f"); {err}"
-        ) from err
 
 
 def alpha_arg(value: str) -> float:

@@ -16,7 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from oodguard.cli._inputs import _check_magic as check_magic
+from oodguard.io import (
+    check_magic,
+    image_files,
+    load_images,
+    npz_key,
+    parquet_column,
+    read_row_group,
+)
 
 __all__ = ["Chunk", "plan_chunks", "read_chunk"]
 
@@ -55,26 +62,9 @@ def _ranges(kind: str, path: Path, n: int, rows: int, **kw: Any) -> list[Chunk]:
 
 
 def _npz_key(path: Path, key: str | None) -> tuple[str, int]:
-    from oodguard.calibration.data import npz_key
-
     with np.load(path, allow_pickle=False) as z:
         key = npz_key(path, list(z.keys()), key, how="--key")
         return key, len(z[key])
-
-
-def _parquet_column(path: Path, column: str | None) -> tuple[str, list[int]]:
-    import pyarrow.parquet as pq
-
-    pf = pq.ParquetFile(path)
-    meta = pf.metadata
-    names = list(pf.schema_arrow.names)
-    if column is None:
-        if len(names) != 1:
-            raise ValueError(f"{path} has columns {names}; pass --column to name the input")
-        column = names[0]
-    if column not in names:
-        raise ValueError(f"{path} has no column {column!r}; its columns are {names}")
-    return column, [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
 
 
 def plan_chunks(path: Path, *, rows: int, key: str | None = None, column: str | None = None
@@ -93,8 +83,6 @@ def plan_chunks(path: Path, *, rows: int, key: str | None = None, column: str | 
     check_magic(path)
     suffix = path.suffix.lower()
     if path.is_dir():
-        from oodguard.calibration.data import image_files
-
         files = [str(f) for f in image_files(path)]
         if not files:
             raise ValueError(f"{path} holds no images")
@@ -109,7 +97,7 @@ def plan_chunks(path: Path, *, rows: int, key: str | None = None, column: str | 
         # inflate all of it again; the chunk is scored in --batch-size slices all the same.
         return _ranges("npz", path, n, max(n, 1), key=key)
     if suffix in (".parquet", ".pq"):
-        column, sizes = _parquet_column(path, column)
+        column, sizes = parquet_column(path, column, how="--column")
         starts = np.cumsum([0, *sizes]).tolist()
         return [Chunk("parquet", str(path), starts[g], starts[g], starts[g + 1],
                       column=column, group=g) for g in range(len(sizes)) if sizes[g]]
@@ -131,13 +119,8 @@ def read_chunk(chunk: Chunk) -> tuple[Any, np.ndarray, list[str], np.ndarray]:
         with np.load(chunk.path, allow_pickle=False) as z:
             x = z[chunk.key][chunk.start:chunk.stop]
     elif chunk.kind == "parquet":
-        import pyarrow.parquet as pq
-
-        table = pq.ParquetFile(chunk.path).read_row_group(chunk.group, columns=[chunk.column])
-        x = table.column(0).to_numpy(zero_copy_only=False)
+        x = read_row_group(chunk.path, chunk.group, chunk.column)
     elif chunk.kind == "images":
-        from oodguard.calibration.data import load_images
-
         x = load_images([Path(f) for f in chunk.files], where=chunk.path)
         sources, rows = list(chunk.files), np.full(n, -1, dtype=np.int64)
     else:

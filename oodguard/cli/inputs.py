@@ -15,13 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from oodguard.cli._base import positive_arg
+from oodguard.cli.base import positive_arg
 from oodguard.errors import InvalidInputError
+from oodguard.io import image_files, load_array
 
-__all__ = ["Inputs", "add_input_args", "load_inputs"]
+__all__ = ["Inputs", "add_input_args", "check_scale", "load_inputs"]
 
-_MAGIC = {".npy": (b"\x93NUMPY", "numpy.save(path, x)"),
-          ".npz": (b"PK", "numpy.savez(path, x=x)")}
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,39 +41,26 @@ def add_input_args(p: argparse.ArgumentParser, *, positional: bool = True) -> No
     p.add_argument("--key", help="array name inside an .npz holding several arrays")
     p.add_argument("--scale", type=positive_arg, default=None,
                    help="divide the values by this, as in training (e.g. 255 for uint8 "
-                        "images); integer data is refused without it")
+                        "arrays); integer data is refused without it. Not for image folders: "
+                        "they are read in [0, 1] already")
     p.add_argument("--reshape", action="store_true",
                    help="reshape each sample row-major to the bundle's input shape when the "
                         "sizes agree (e.g. 8x8 images for a (64,) bundle); without it the "
                         "sample shape must match, as in Guard.check")
 
 
-def _check_magic(path: Path) -> None:
-    """A ``.npy``/``.npz`` that is something else (a text file, a CSV) gets a message saying
-    so, not numpy's advice about pickles."""
-    magic, how = _MAGIC.get(path.suffix.lower(), (b"", ""))
-    if not magic or path.is_dir():
-        return
-    with open(path, "rb") as fh:
-        head = fh.read(len(magic))
-    if head != magic:
+def check_scale(path: Path, scale: float | None) -> None:
+    """Refuse ``--scale`` on a folder of images (ValueError): the image loader already divides
+    by 255, and a second division made every image near black — a guard flags every one."""
+    if scale is not None and path.is_dir():
         raise ValueError(
-            f"{path} is not a {path.suffix} file: it starts with {head!r}, not {magic!r}. "
-            f"Write arrays with {how}; a text or CSV file needs numpy.loadtxt and numpy.save "
-            "first"
+            f"--scale does not apply to a folder of images: {path} is read as pixel/255 in "
+            f"[0, 1] already; drop --scale {scale:g}"
         )
 
 
 def _read(path: Path, key: str | None) -> tuple[Any, list[str], list[int | None]]:
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or folder")
-    _check_magic(path)
-    if path.suffix.lower() == ".npy":  # numpy only: `check` must not need scikit-learn
-        x = np.load(path, allow_pickle=False)
-        return x, [str(path)] * len(x), list(range(len(x)))
-    from oodguard.calibration.data import image_files, load_array
-
-    x = load_array(path, key=key)
+    x = load_array(path, key=key, how="--key")
     if path.is_dir():
         names = [str(f) for f in image_files(path)]
         return x, names, [None] * len(names)
@@ -85,6 +71,7 @@ def load_inputs(path: Path, a: argparse.Namespace, shape: tuple[int, ...]) -> In
     """Read ``path``; divide by ``--scale``; with ``--reshape``, reshape each sample to
     ``shape``. Integer data without ``--scale`` reaches the guard's dtype check, which refuses
     it on purpose: the autoencoder was trained on scaled floats."""
+    check_scale(path, a.scale)
     x, sources, rows = _read(path, getattr(a, "key", None))
     if x.ndim == 0:
         raise InvalidInputError(f"{path} holds a scalar, not a batch of samples of shape "

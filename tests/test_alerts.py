@@ -23,7 +23,7 @@ from _serving import serving, tool
 from prometheus_client.parser import text_string_to_metric_families
 
 from oodguard.metrics import DROP_REASONS, FAILURE_KINDS, HTTP_REFUSAL_REASONS, REFUSAL_REASONS
-from oodguard.server import ServeConfig
+from oodguard.serve import ServeConfig
 
 RULES = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "alerts.yml"
 MINUTES = 40  # samples at 0m, 1m, … 40m

@@ -16,7 +16,7 @@ from ray import serve
 
 from oodguard import Guard
 from oodguard.integrations.ray import guard_app
-from oodguard.server import ServeConfig
+from oodguard.serve import ServeConfig
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """The guard on Ray Serve: the service's own routes, with ``@serve.batch`` and autoscaling.
 
-Each replica builds the ASGI application of :func:`oodguard.server.create_app` — the same
+Each replica builds the ASGI application of :func:`oodguard.serve.create_app` — the same
 Open Inference Protocol v2 routes, request parsing, limits, refusals, token and ``/metrics``
 as ``oodguard serve`` (``docs/guarantees-http.md``) — around its own guard; only the batcher
 differs: concurrent requests are coalesced by Ray Serve's ``@serve.batch`` (by rows, at most
@@ -20,6 +20,7 @@ each (their series aggregate, being histograms and counters) or read Ray's own m
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -28,11 +29,10 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from oodguard.batching import slice_result
 from oodguard.bundle import Bundle
 from oodguard.guard import CheckResult, Guard
 from oodguard.integrations.ray.data import as_bundle
-from oodguard.server import ServeConfig, create_app
+from oodguard.serve import ServeConfig, create_app, slice_result
 
 __all__ = ["GuardReplica", "ServeBatcher", "guard_app"]
 
@@ -42,7 +42,7 @@ def _rows(items: list[np.ndarray]) -> int:
 
 
 class ServeBatcher:
-    """The service's batcher (see :class:`oodguard.batching.BatchRunner`) on ``@serve.batch``:
+    """The service's batcher (see :class:`oodguard.serve.BatchRunner`) on ``@serve.batch``:
     requests are coalesced into one guard call of at most ``max_batch`` rows, waiting at most
     ``max_wait_s`` for company; a request of ``max_batch`` rows or more runs alone. The guard
     runs in a worker thread, so the replica's event loop keeps taking requests meanwhile."""
@@ -61,13 +61,17 @@ class ServeBatcher:
     async def stop(self) -> None:
         self._pool.shutdown(wait=True)
 
-    async def _check(self, x: np.ndarray) -> CheckResult:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self.guard.check, x)
+    async def _check(self, x: np.ndarray, fdr: float | None = None) -> CheckResult:
+        check = functools.partial(self.guard.check, x, fdr=fdr)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, check)
 
-    async def submit(self, x: np.ndarray) -> CheckResult:
-        """Score ``x`` (already validated), possibly together with other requests' rows."""
-        if not 0 < len(x) < self.max_batch:  # alone (@serve.batch refuses larger items)
-            return await self._check(x)
+    async def submit(self, x: np.ndarray, *, fdr: float | None = None) -> CheckResult:
+        """Score ``x`` (already validated), possibly together with other requests' rows;
+        with ``fdr``, alone: its Benjamini–Hochberg verdicts are the guard's over these rows
+        (as :class:`oodguard.serve.Batcher` does)."""
+        if fdr is not None or not 0 < len(x) < self.max_batch:
+            # alone (@serve.batch refuses larger items)
+            return await self._check(x, fdr)
         result: CheckResult = await self._coalesced(x)
         return result
 
@@ -81,7 +85,7 @@ class ServeBatcher:
 
 class GuardReplica:
     """One Ray Serve replica: a guard (one ONNX Runtime session) with its own metrics
-    registry, behind :func:`oodguard.server.create_app`."""
+    registry, behind :func:`oodguard.serve.create_app`."""
 
     def __init__(self, bundle: Bundle, name: str, config: ServeConfig,
                  guard_options: Mapping[str, Any]) -> None:

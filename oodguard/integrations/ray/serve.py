@@ -2,9 +2,11 @@
 
 Each replica builds the ASGI application of :func:`oodguard.serve.create_app` — the same
 Open Inference Protocol v2 routes, request parsing, limits, refusals, token and ``/metrics``
-as ``oodguard serve`` (``docs/guarantees-http.md``) — around its own guard; only the batcher
+as ``oodguard serve`` (``docs/guarantees-http.md``) — around its own guard, so every request
+goes through the same :meth:`oodguard.serve.InferenceService.infer` call; only the batcher
 differs: concurrent requests are coalesced by Ray Serve's ``@serve.batch`` (by rows, at most
-``ServeConfig.max_batch``, waiting at most ``ServeConfig.max_wait_ms``). What the HTTP layer
+``ServeConfig.max_batch``, waiting at most ``ServeConfig.max_wait_ms``), and a request with
+``parameters.fdr`` is checked alone, as by :class:`oodguard.serve.Batcher`. What the HTTP layer
 of ``oodguard serve`` adds below the application (the header timeout against slow clients,
 draining on SIGTERM) is Ray Serve's proxy's business here.
 

@@ -5,8 +5,8 @@ becomes a promtool ``input_series`` holding its scraped value, and each case app
 it (one failure, refusals, a 503, slow calls…). A series the scrape lacks can only start at its
 first event (``_`` before), as it would in Prometheus, so if the exporter stopped starting a
 counter at 0 the "fires on the first event" cases below would fail. Each alert also has a quiet
-case, and one case sends a real hostile request (a claimed 10**9 rows of the wrong shape) to
-the server and replays the refusal count it really caused.
+case, and one case sends a real hostile request (a claimed 10**9 rows of the wrong shape,
+carrying 5 values) to the server and replays the refusal count it really caused.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from _serving import serving, tool
 from prometheus_client.parser import text_string_to_metric_families
 
 from oodguard.metrics import DROP_REASONS, FAILURE_KINDS, HTTP_REFUSAL_REASONS, REFUSAL_REASONS
-from oodguard.server import ServeConfig
+from oodguard.serve import ServeConfig
 
 RULES = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "alerts.yml"
 MINUTES = 40  # samples at 0m, 1m, … 40m
@@ -121,12 +121,13 @@ def test_a_fresh_process_exports_every_counter_a_rule_reads_at_zero(exposition) 
     assert {k: fresh.get(k) for k in want} == dict.fromkeys(want, 0.0)
 
 
-def test_one_hostile_request_counts_at_most_max_request_rows(exposition) -> None:
+def test_one_hostile_request_counts_the_rows_it_carried(exposition) -> None:
     refused = key("oodguard_inputs_refused_total", reason="shape")
     grew = {k: v - exposition["fresh"].get(k, 0.0)
             for k, v in exposition["after_hostile"].items()
             if k[0].startswith("oodguard_inputs") and v != exposition["fresh"].get(k, 0.0)}
-    assert grew == {refused: ServeConfig().max_request_rows}  # 4096 rows, not 10**9
+    # 5 values carried: at least one row counts; never the 10**9 claimed, nor a capped 4096
+    assert grew == {refused: 1}
 
 
 # -- each alert fires on the first event; a quiet case for each -------------------------------
@@ -186,19 +187,26 @@ def test_refusals_from_the_first_request_fire_after_ten_minutes(exposition, tmp_
 
 
 def test_one_hostile_request_cannot_fire_the_refusal_alert(exposition, tmp_path) -> None:
-    """The refusal count one hostile request really caused (capped at max_request_rows),
-    replayed at minute 10 on a guard scoring 100 inputs a minute: the ratio jumps above 5%
-    (the alert is pending, so the case is not vacuous) but only for the rule's 5-minute
-    window, shorter than its ``for: 10m``; the alert never fires."""
+    """The refusal count one hostile request really caused (the rows it carried), replayed
+    at minute 10 on a guard scoring 100 inputs a minute, and the most any one request can
+    cause (``max_request_rows``, a request that really carries that many rows): the first
+    leaves the ratio under 5% (the alert is not even pending); the second lifts it above 5%
+    (pending, so the case is not vacuous) but only for the rule's 5-minute window, shorter
+    than its ``for: 10m``; the alert never fires."""
     fresh, after = exposition["fresh"], exposition["after_hostile"]
     bumps = {k: {10: after[k] - fresh.get(k, 0.0)} for k in after
              if k[0] == "oodguard_inputs_refused_total" and after[k] != fresh.get(k, 0.0)}
     assert bumps
     events = {key("oodguard_inputs_total", verdict="in"): every(range(1, 41), 95.0),
               key("oodguard_inputs_total", verdict="ood"): every(range(1, 41), 5.0), **bumps}
+    quiet = [firing("OODGuardRefusals", t, 0, state) for t in range(0, 41)
+             for state in ("pending", "firing")]
+    largest = {**events, **{k: {10: float(ServeConfig().max_request_rows)} for k in bumps}}
     checks = [firing("OODGuardRefusals", 11, 1, "pending")]
     checks += [firing("OODGuardRefusals", t, 0) for t in range(0, 41)]
-    promtool_test(tmp_path, [case("one hostile request", fresh, events, checks)])
+    promtool_test(tmp_path, [case("one hostile request", fresh, events, quiet),
+                             case("one request of max_request_rows bad rows", fresh, largest,
+                                  checks)])
 
 
 def test_a_high_ood_fraction_fires_and_alpha_level_traffic_is_quiet(exposition,

@@ -82,7 +82,7 @@ def test_dashboard_promql_parses(tmp_path: Path) -> None:
 
 
 def test_manifests_probe_server_routes_and_images_serve_on_the_exposed_port() -> None:
-    from oodguard.server import ServeConfig, create_app
+    from oodguard.serve import ServeConfig, create_app
 
     class _Guard:  # create_app only reads these to build routes
         name = "default"

@@ -16,7 +16,7 @@ from ray import serve
 
 from oodguard import Guard
 from oodguard.integrations.ray import guard_app
-from oodguard.server import ServeConfig
+from oodguard.serve import ServeConfig
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +109,40 @@ def test_refusals_are_the_services(url) -> None:
     r = httpx.get(url + "/v2/models/other", timeout=10)
     assert r.status_code == 404 and r.json()["reason"] == "model"
     text = httpx.get(url + "/metrics", timeout=10).text
-    assert metric_value(text, "oodguard_inputs_refused_total", guard="g", reason="shape") == 2
+    # the rows carried (16 values: one sample of 16), not the 2 the shape claims
+    assert metric_value(text, "oodguard_inputs_refused_total", guard="g", reason="shape") == 1
     assert metric_value(text, "oodguard_inputs_refused_total", guard="g",
                         reason="batch_size") == 256
+
+
+def test_fdr_verdicts_are_the_ones_metrics_count(url, reference, data) -> None:
+    """A request with ``parameters.fdr`` beside one without, through ``@serve.batch``: each
+    client gets its verdicts (BH for the first), and ``/metrics`` counts exactly those."""
+    with_fdr = np.concatenate([data["test"][:100], data["noise"][:5]])
+    plain = data["test"][100:150]
+    q = 0.01
+    bh = reference.check(with_fdr, fdr=q).is_ood
+    assert bh.sum() != reference.check(with_fdr).is_ood.sum(), "pick rows where BH differs"
+
+    def body(x: np.ndarray, **params: float) -> dict:  # type: ignore[type-arg]
+        return {"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape),
+                            "data": x.ravel().tolist()}], "parameters": params}
+
+    def ood() -> float:
+        text = httpx.get(url + "/metrics", timeout=10).text
+        return metric_value(text, "oodguard_inputs_total", guard="g", verdict="ood")
+
+    before = ood()
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda b: httpx.post(url + "/v2/models/g/infer", json=b,
+                                                     timeout=30),
+                                [body(with_fdr, fdr=q), body(plain)]))
+    verdicts = []
+    for r in answers:
+        assert r.status_code == 200, r.text
+        verdicts.append(np.asarray(r.json()["outputs"][2]["data"], dtype=bool))
+    np.testing.assert_array_equal(verdicts[0], bh)
+    assert ood() - before == sum(int(v.sum()) for v in verdicts)
 
 
 def test_guard_options_may_not_take_the_replicas_registry(bundle) -> None:

@@ -102,19 +102,20 @@ BIN_HEAD = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2,
                                    "parameters": {"binary_data_size": 100}}]}).encode()
 GOOD = infer_body(np.full((2, 16), 0.5, np.float32))
 
-# (id, path, body, headers, status, reason, rows counted in the refusal metric)
+# (id, path, body, headers, status, reason, rows counted in the refusal metric): the whole
+# samples of the bundle's shape the request carried (at least 1), never the rows it claims
 BAD = [
     ("malformed-json", "/v2/models/g/infer", b"{not json", {}, 400, "json", 1),
     ("not-an-object", "/v2/models/g/infer", b"[1, 2]", {}, 400, "protocol", 1),
     ("no-inputs", "/v2/models/g/infer", b'{"outputs": []}', {}, 400, "protocol", 1),
     ("wrong-input-name", "/v2/models/g/infer", GOOD.replace(b'"x"', b'"y"'), {}, 400,
-     "protocol", 1),
-    ("wrong-datatype", "/v2/models/g/infer", GOOD.replace(b"FP32", b"INT32"), {}, 400, "dtype", 1),
+     "protocol", 2),
+    ("wrong-datatype", "/v2/models/g/infer", GOOD.replace(b"FP32", b"INT32"), {}, 400, "dtype", 2),
     ("wrong-shape", "/v2/models/g/infer", infer_body(np.zeros((2, 5), np.float32)), {}, 400,
-     "shape", 2),
+     "shape", 1),  # 10 values: no whole sample of 16
     ("wrong-rank", "/v2/models/g/infer", infer_body(np.zeros(16, np.float32)), {}, 400, "rank", 1),
     ("data-count", "/v2/models/g/infer", GOOD.replace(b'"shape": [2, 16]', b'"shape": [3, 16]'),
-     {}, 400, "shape", 3),
+     {}, 400, "shape", 2),  # claims 3, carries 2
     ("strings", "/v2/models/g/infer", json.dumps({"inputs": [{"name": "x", "datatype": "FP32",
      "shape": [1, 16], "data": ["a"] * 16}]}).encode(), {}, 400, "type", 1),
     ("unknown-output", "/v2/models/g/infer", infer_body(np.zeros((1, 16), np.float32),
@@ -122,7 +123,7 @@ BAD = [
     ("bad-header-length", "/v2/models/g/infer", GOOD, {"Inference-Header-Content-Length": "x"},
      400, "protocol", 1),
     ("binary-size", "/v2/models/g/infer", BIN_HEAD + b"\0" * 100,
-     {"Inference-Header-Content-Length": str(len(BIN_HEAD))}, 400, "shape", 2),
+     {"Inference-Header-Content-Length": str(len(BIN_HEAD))}, 400, "shape", 1),  # 25 values
     ("too-many-rows", "/v2/models/g/infer", infer_body(np.zeros((MAX_ROWS + 1, 16), np.float32)),
      {}, 413, "batch_size", MAX_ROWS),  # counted rows are capped at max_request_rows
     ("body-too-large", "/v2/models/g/infer", b" " * (MAX_BODY + 1), {}, 413, "body_size", 1),

@@ -11,11 +11,17 @@ import pytest
 from _serving import metric_value, strict_json
 
 from oodguard import Guard
-from oodguard.batching import Batcher
 from oodguard.bundle import InputSpec
-from oodguard.protocol import HEADER_LENGTH, ProtocolError, encode_response, parse_infer
 from oodguard.results import CheckResult
-from oodguard.server import ServeConfig, create_app
+from oodguard.serve import (
+    Batcher,
+    ProtocolError,
+    ServeConfig,
+    create_app,
+    encode_response,
+    parse_infer,
+)
+from oodguard.serve.protocol import HEADER_LENGTH
 
 with warnings.catch_warnings():  # starlette 1.x prefers httpx2; httpx is what we ship
     warnings.simplefilter("ignore")
@@ -255,7 +261,8 @@ def test_fdr_parameter_applies_benjamini_hochberg_to_each_requests_rows_only(
     a = np.concatenate([data["test"][:40], data["noise"][:10]])  # some OOD rows
     b = data["test"][40:80]  # in-distribution only
     q = 0.2
-    # 1 s for company: the two requests are scored in one coalesced guard call
+    # 1 s for company: requests without fdr would be coalesced; these two are not, since
+    # the BH verdicts of a row depend on every row it is tested with
     app = create_app(guard, ServeConfig(max_wait_ms=1000, max_batch=256), registry=registry)
     with TestClient(app) as client, ThreadPoolExecutor(2) as pool:
         before = client.get("/metrics").text
@@ -264,14 +271,14 @@ def test_fdr_parameter_applies_benjamini_hochberg_to_each_requests_rows_only(
         responses = [f.result() for f in futures]
         after = client.get("/metrics").text
     assert (metric_value(after, "oodguard_batch_size_count")
-            - metric_value(before, "oodguard_batch_size_count")) == 1  # coalesced
+            - metric_value(before, "oodguard_batch_size_count")) == 2  # one check each
     reference = Guard.load(guard.bundle.path, registry=None)
     for x, r in zip((a, b), responses, strict=True):
         assert r.status_code == 200, r.text
         out = {o["name"]: o["data"] for o in r.json()["outputs"]}
         p = np.asarray(out["p_value"])
         np.testing.assert_array_equal(p, reference.check(x).p_value)
-        # BH over this request's p-values alone, not over the coalesced batch's
+        # BH over this request's p-values alone, not over both requests' rows
         np.testing.assert_array_equal(out["is_ood"], benjamini_hochberg(p, q))
     both = benjamini_hochberg(reference.check(np.concatenate([a, b])).p_value, q)
     flagged_a = np.asarray(responses[0].json()["outputs"][2]["data"])
@@ -279,6 +286,87 @@ def test_fdr_parameter_applies_benjamini_hochberg_to_each_requests_rows_only(
     assert not np.array_equal(flagged_a, both[: len(a)]) or not np.array_equal(
         responses[1].json()["outputs"][2]["data"], both[len(a):]), (
         "this data does not tell per-request BH from batch-wide BH; pick other rows")
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_metrics_count_the_verdicts_clients_received_with_and_without_fdr(
+        guard, registry, data, batching) -> None:
+    """/metrics counts the verdicts each client received: the BH verdicts of a request with
+    ``fdr``, the per-row alpha verdicts of one without, even when both arrive together."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with_fdr = np.concatenate([data["test"][:100], data["noise"][:5]])
+    plain = data["test"][100:150]
+    q = 0.01
+    reference = Guard.load(guard.bundle.path, registry=None)
+    alpha_verdicts = reference.check(with_fdr).is_ood
+    bh_verdicts = reference.check(with_fdr, fdr=q).is_ood
+    assert alpha_verdicts.sum() != bh_verdicts.sum(), "pick rows where BH and alpha differ"
+    app = create_app(guard, ServeConfig(max_wait_ms=500, batching=batching),
+                     registry=registry)
+    requests = [body(with_fdr, parameters={"fdr": q}), body(plain), body(plain[:3])]
+    with TestClient(app) as client, ThreadPoolExecutor(3) as pool:
+        before = client.get("/metrics").text
+        futures = [pool.submit(client.post, "/v2/models/t/infer", content=c) for c in requests]
+        responses = [f.result() for f in futures]
+        after = client.get("/metrics").text
+    verdicts = []
+    for r in responses:
+        assert r.status_code == 200, r.text
+        verdicts.append(np.asarray(r.json()["outputs"][2]["data"], dtype=bool))
+    np.testing.assert_array_equal(verdicts[0], bh_verdicts)
+
+    def rise(verdict: str) -> float:
+        return (metric_value(after, "oodguard_inputs_total", guard="t", verdict=verdict)
+                - metric_value(before, "oodguard_inputs_total", guard="t", verdict=verdict))
+
+    received_ood = int(sum(v.sum() for v in verdicts))
+    received = sum(len(v) for v in verdicts)
+    assert rise("ood") == received_ood
+    assert rise("in") == received - received_ood
+
+
+def test_refusals_count_the_rows_a_request_carried_never_the_rows_it_claims(
+        guard, registry) -> None:
+    """Eight requests whose shape claims 10**15 to 10**400 rows, each body holding one value:
+    the refusal counter rises by 8 (one carried row each), not by the claims (which once added
+    4103) nor by max_request_rows per request."""
+    exponents = (15, 16, 20, 40, 63, 64, 300, 400)
+    bodies = [b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1' + b"0" * k + b',16],'
+              b'"data":[0.5]}]}' for k in exponents]
+    app = create_app(guard, ServeConfig(), registry=registry)  # max_request_rows=4096
+    with TestClient(app) as client:
+        before = client.get("/metrics").text
+        answers = [client.post("/v2/models/t/infer", content=c) for c in bodies]
+        after = client.get("/metrics").text
+    assert [(r.status_code, r.json()["reason"]) for r in answers] == [
+        (413, "batch_size")] * 5 + [(400, "json")] * 3
+    assert "a request may hold at most 4096 rows; got 1000000000000000" in answers[0].text
+    assert "longer than 64 characters" in answers[-1].text
+    rise = (metric_value(after, "oodguard_inputs_refused_total", guard="t")
+            - metric_value(before, "oodguard_inputs_refused_total", guard="t"))
+    assert rise == len(bodies)
+
+
+@pytest.mark.parametrize(
+    ("data", "binary", "claimed", "carried"),
+    [([0.5] * 16 * 3, 0, [10 ** 20, 16], 3),           # 3 rows of data
+     ([0.5] * 33, 0, [10 ** 20, 16], 2),               # whole rows only
+     ([[0.5] * 16] * 5, 0, [1, 16], 5),                # more rows than claimed
+     ([], 0, [10 ** 20, 16], 1),                       # at least one
+     (None, 64 * 7, [10 ** 20, 16], 7),                # binary: the bytes that came
+     ({"a": 1}, 0, [10 ** 20, 16], 1)],                # not even a list
+)
+def test_carried_rows_are_read_from_the_data_not_the_shape(data, binary, claimed,
+                                                           carried) -> None:
+    from oodguard.serve.protocol import carried_rows
+
+    inp: dict[str, object] = {"name": "x", "shape": claimed}
+    if binary:
+        inp["parameters"] = {"binary_data_size": 10 ** 20}
+    else:
+        inp["data"] = data
+    assert carried_rows(inp, b"\0" * binary, InputSpec(name="x", shape=(16,))) == carried
 
 
 def test_serve_config_validates_the_body_limits() -> None:
@@ -302,19 +390,18 @@ def _naive_scan(text: bytes) -> tuple[int, int]:
 
 
 def test_bounds_checks_match_a_naive_scan_across_chunk_boundaries() -> None:
-    import oodguard.protocol as protocol
+    from oodguard.serve import json_limits
 
     rng = np.random.default_rng(7)
     alphabet = np.frombuffer(b"[]{}0123456789.e, a", np.uint8)
     for size in (0, 1, 5, 1000, (1 << 20) + 3):  # the depth sum works in 1 MiB chunks
         text = rng.choice(alphabet, size).astype(np.uint8).tobytes()
         deepest, longest = _naive_scan(text)
-        brackets = text.translate(None, protocol._NOT_BRACKET)
-        assert protocol._depth(brackets) == deepest, size
-        assert protocol._too_long_number(text) == (longest > protocol.MAX_NUMBER_CHARS), size
+        assert json_limits.bracket_depth(json_limits.brackets(text)) == deepest, size
+        assert json_limits.has_long_number(text) == (longest > json_limits.MAX_NUMBER_CHARS), size
     # nesting that peaks after the first 1 MiB chunk is measured across the boundary
     text = b"[" * ((1 << 20) + 40) + b"]" * ((1 << 20) + 40)
-    assert protocol._depth(text) == (1 << 20) + 40
+    assert json_limits.bracket_depth(text) == (1 << 20) + 40
     for n in (64, 65):
         text = b" " * ((1 << 20) - 10) + b"9" * n + b" "
-        assert protocol._too_long_number(text) == (n > 64)
+        assert json_limits.has_long_number(text) == (n > 64)

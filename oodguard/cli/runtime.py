@@ -157,7 +157,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
 @command("serve", _serve_args)
 def _serve(a: argparse.Namespace) -> int:
     """Serve a bundle over HTTP (Open Inference Protocol v2, /metrics) until SIGTERM."""
-    server = optional("oodguard.server", "serve", "serve,cpu")
+    server = optional("oodguard.serve", "serve", "serve,cpu")
     ServeConfig, serve = server.ServeConfig, server.serve
     from oodguard.guard import Guard
     from oodguard.metrics import DEFAULT_REGISTRY, multiprocess_registry

@@ -130,7 +130,7 @@ HTTP_REFUSAL_REASONS = ("json", "protocol", "batch_size", "body_size", "encoding
 #: ``GuardFailure.reason`` and the guard's ``output_nonfinite``
 FAILURE_KINDS = ("engine_error", "output_shape", "output_dtype", "output_nonfinite", "timeout",
                  "internal")
-#: ``oodguard_http_requests_dropped_total`` reasons (``oodguard.http_body.Dropped``)
+#: ``oodguard_http_requests_dropped_total`` reasons (``oodguard.serve.refusals.Dropped``)
 DROP_REASONS = ("unauthorized", "body_timeout", "overloaded", "disconnect")
 
 

@@ -15,7 +15,6 @@ on the same rows bit for bit, whatever ``batch_size`` and ``concurrency``.
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -25,6 +24,7 @@ import numpy as np
 from oodguard.bundle import MODEL_FILE, Bundle, read_bundle
 from oodguard.engine import Engine
 from oodguard.guard import Guard
+from oodguard.integrations.ray.ray_adapter import with_own_context
 from oodguard.integrations.tensors import tensor_column
 from oodguard.validation import validate_batch
 
@@ -172,16 +172,13 @@ def _map(ds: Any, bundle: Bundle, *, column: str, mode: str, batch_size: int,
 
 def ordered(ds: Any) -> Any:
     """``ds`` executing in order: its rows come out in the order of its source
-    (``preserve_order``), whatever the actors' timing.
+    (``preserve_order``), whatever the actors' timing. The caller's other datasets keep
+    their context (see :mod:`.ray_adapter`)."""
 
-    A dataset runs under the ``DataContext`` captured when its source was made, shared along
-    the chain, so setting the current context later has no effect, and setting the shared one
-    would change the caller's datasets too: this one gets its own copy.
-    """
-    ctx = copy.deepcopy(ds.context)
-    ctx.execution_options.preserve_order = True
-    ds._context = ctx  # no public setter (Ray 2.60); read by the executor at run time
-    return ds
+    def preserve_order(ctx: Any) -> None:
+        ctx.execution_options.preserve_order = True
+
+    return with_own_context(ds, preserve_order)
 
 
 def feature_batches(ds: Any, bundle: Bundle, *, column: str, batch_size: int,

@@ -1,10 +1,12 @@
 """The guard on Ray Serve: the service's own routes, with ``@serve.batch`` and autoscaling.
 
-Each replica builds the ASGI application of :func:`oodguard.server.create_app` — the same
+Each replica builds the ASGI application of :func:`oodguard.serve.create_app` — the same
 Open Inference Protocol v2 routes, request parsing, limits, refusals, token and ``/metrics``
-as ``oodguard serve`` (``docs/guarantees-http.md``) — around its own guard; only the batcher
+as ``oodguard serve`` (``docs/guarantees-http.md``) — around its own guard, so every request
+goes through the same :meth:`oodguard.serve.InferenceService.infer` call; only the batcher
 differs: concurrent requests are coalesced by Ray Serve's ``@serve.batch`` (by rows, at most
-``ServeConfig.max_batch``, waiting at most ``ServeConfig.max_wait_ms``). What the HTTP layer
+``ServeConfig.max_batch``, waiting at most ``ServeConfig.max_wait_ms``), and a request with
+``parameters.fdr`` is checked alone, as by :class:`oodguard.serve.Batcher`. What the HTTP layer
 of ``oodguard serve`` adds below the application (the header timeout against slow clients,
 draining on SIGTERM) is Ray Serve's proxy's business here.
 
@@ -20,6 +22,7 @@ each (their series aggregate, being histograms and counters) or read Ray's own m
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -28,12 +31,11 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from oodguard.batching import slice_result
 from oodguard.bundle import Bundle
 from oodguard.guard import Guard
 from oodguard.integrations.ray.data import as_bundle
 from oodguard.results import CheckResult
-from oodguard.server import ServeConfig, create_app
+from oodguard.serve import ServeConfig, create_app, slice_result
 
 __all__ = ["GuardReplica", "ServeBatcher", "guard_app"]
 
@@ -43,7 +45,7 @@ def _rows(items: list[np.ndarray]) -> int:
 
 
 class ServeBatcher:
-    """The service's batcher (see :class:`oodguard.batching.BatchRunner`) on ``@serve.batch``:
+    """The service's batcher (see :class:`oodguard.serve.BatchRunner`) on ``@serve.batch``:
     requests are coalesced into one guard call of at most ``max_batch`` rows, waiting at most
     ``max_wait_s`` for company; a request of ``max_batch`` rows or more runs alone. The guard
     runs in a worker thread, so the replica's event loop keeps taking requests meanwhile."""
@@ -62,13 +64,17 @@ class ServeBatcher:
     async def stop(self) -> None:
         self._pool.shutdown(wait=True)
 
-    async def _check(self, x: np.ndarray) -> CheckResult:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self.guard.check, x)
+    async def _check(self, x: np.ndarray, fdr: float | None = None) -> CheckResult:
+        check = functools.partial(self.guard.check, x, fdr=fdr)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, check)
 
-    async def submit(self, x: np.ndarray) -> CheckResult:
-        """Score ``x`` (already validated), possibly together with other requests' rows."""
-        if not 0 < len(x) < self.max_batch:  # alone (@serve.batch refuses larger items)
-            return await self._check(x)
+    async def submit(self, x: np.ndarray, *, fdr: float | None = None) -> CheckResult:
+        """Score ``x`` (already validated), possibly together with other requests' rows;
+        with ``fdr``, alone: its Benjamini–Hochberg verdicts are the guard's over these rows
+        (as :class:`oodguard.serve.Batcher` does)."""
+        if fdr is not None or not 0 < len(x) < self.max_batch:
+            # alone (@serve.batch refuses larger items)
+            return await self._check(x, fdr)
         result: CheckResult = await self._coalesced(x)
         return result
 
@@ -82,7 +88,7 @@ class ServeBatcher:
 
 class GuardReplica:
     """One Ray Serve replica: a guard (one ONNX Runtime session) with its own metrics
-    registry, behind :func:`oodguard.server.create_app`."""
+    registry, behind :func:`oodguard.serve.create_app`."""
 
     def __init__(self, bundle: Bundle, name: str, config: ServeConfig,
                  guard_options: Mapping[str, Any]) -> None:

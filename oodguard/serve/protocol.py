@@ -6,12 +6,13 @@ raw little-endian bytes; ``Inference-Header-Content-Length`` gives the header's 
 response has the outputs ``score`` (FP64, higher = more OOD), ``p_value`` (FP64), ``is_ood``
 (BOOL) and, on request, ``features`` (FP32 ``[N, F]``), each as JSON or binary as asked.
 
-Every malformed request raises :class:`ProtocolError`, which carries the HTTP status and a
-fixed ``reason`` token for the refusal metric. Parsing is bounded before anything is built from
-the body: JSON nesting deeper than :data:`MAX_JSON_DEPTH` and number literals longer than
-:data:`MAX_NUMBER_CHARS` are refused before ``json.loads`` (whose recursion or 4300-digit int
-limit would otherwise fail with a server error), the shape is checked with Python ints before
-any product is taken, and the rows a refusal counts are capped by ``max_rows``.
+Every malformed request raises :class:`~oodguard.serve.refusals.ProtocolError`, which carries
+the HTTP status and a fixed ``reason`` token for the refusal metric. Parsing is bounded before
+anything is built from the body: :mod:`oodguard.serve.json_limits` refuses deep nesting and long
+numbers before ``json.loads``, and the shape is checked with Python ints before any product is
+taken. A refusal counts the rows the request *carried* (its ``data`` or binary bytes over one
+sample's size, at least 1, at most ``max_rows``), never the rows its ``shape`` claims: a client
+must not move the refusal counter, which alerts fire on, by writing a large number.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,18 +27,17 @@ from typing import Any
 import numpy as np
 
 from oodguard.bundle import InputSpec
-from oodguard.errors import InvalidInputError
 from oodguard.results import CheckResult
+from oodguard.serve.json_limits import MAX_JSON_DEPTH, check_json_bounds
+from oodguard.serve.refusals import ProtocolError
 from oodguard.validation import check_fdr
 
 __all__ = [
     "DEFAULT_OUTPUTS",
     "HEADER_LENGTH",
-    "MAX_JSON_DEPTH",
-    "MAX_NUMBER_CHARS",
     "OUTPUTS",
     "InferRequest",
-    "ProtocolError",
+    "carried_rows",
     "encode_response",
     "model_metadata",
     "parse_infer",
@@ -53,29 +52,6 @@ OUTPUTS: dict[str, tuple[str, str]] = {
     "features": ("FP32", "<f4"),
 }
 DEFAULT_OUTPUTS = ("score", "p_value", "is_ood")
-#: deepest JSON nesting accepted (a request needs 3 + the input's rank)
-MAX_JSON_DEPTH = 32
-#: longest JSON number literal accepted (a float64 needs at most 24 characters)
-MAX_NUMBER_CHARS = 64
-
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_BRACKET = np.zeros(256, np.int8)
-_BRACKET[list(b"[{")] = 1
-_BRACKET[list(b"]}")] = -1
-_NOT_BRACKET = bytes(c for c in range(256) if c not in b"[]{}")
-_NUMBER_MASK = bytes(ord("1") if c in b"-+0123456789.eE" else ord(" ") for c in range(256))
-_LONG_NUMBER = b"1" * (MAX_NUMBER_CHARS + 1)
-
-
-class ProtocolError(InvalidInputError):
-    """A request the server refuses: ``status`` is the HTTP status (4xx), ``reason`` the metric
-    label, ``rows`` how many inputs it held when that is known (else 1)."""
-
-    def __init__(self, message: str, *, status: int = 400, reason: str, rows: int = 1) -> None:
-        super().__init__(message, reason=reason)
-        self.status = status
-        self.rows = rows
-
 
 @dataclass(frozen=True, eq=False)
 class InferRequest:
@@ -125,45 +101,6 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return body[:n], body[n:]
 
 
-def _depth(brackets: bytes) -> int:
-    """The deepest nesting of a string of brackets, in 1 MiB chunks (bounded int32 sums)."""
-    deepest = level = 0
-    step = 1 << 20
-    for start in range(0, len(brackets), step):
-        chunk = np.frombuffer(brackets, np.uint8, min(step, len(brackets) - start), start)
-        run = np.cumsum(_BRACKET[chunk], dtype=np.int32) + level
-        deepest, level = max(deepest, int(run.max())), int(run[-1])
-    return deepest
-
-
-def _too_deep(text: bytes) -> bool:
-    brackets = text.translate(None, _NOT_BRACKET)  # C speed; a few bytes for most requests
-    return len(brackets) > MAX_JSON_DEPTH and _depth(brackets) > MAX_JSON_DEPTH
-
-
-def _too_long_number(text: bytes) -> bool:
-    return _LONG_NUMBER in text.translate(_NUMBER_MASK)
-
-
-def _check_bounds(head: bytes) -> None:
-    """Refuse nesting deeper than MAX_JSON_DEPTH and numbers longer than MAX_NUMBER_CHARS.
-
-    ``bytes.translate`` and a substring search (C speed, a few percent of ``json.loads``);
-    only when one trips are string literals (where brackets and digits are allowed) blanked
-    out and the check repeated exactly.
-    """
-    deep, long = _too_deep(head), _too_long_number(head)
-    if not (deep or long):
-        return
-    bare = _STRING.sub(b'""', head)
-    if deep and _too_deep(bare):
-        raise ProtocolError(f"the JSON nests deeper than {MAX_JSON_DEPTH} levels; an infer "
-                            "request needs 3 plus the input's rank", reason="json")
-    if long and _too_long_number(bare):
-        raise ProtocolError(f"a JSON number is longer than {MAX_NUMBER_CHARS} characters; send "
-                            "float32 values (9 significant digits suffice)", reason="json")
-
-
 def _shape(inp: Mapping[str, Any], spec: InputSpec, max_rows: int) -> tuple[int, ...]:
     shape = inp.get("shape")
     want = f"[N, {', '.join(map(str, spec.shape))}]"
@@ -173,9 +110,6 @@ def _shape(inp: Mapping[str, Any], spec: InputSpec, max_rows: int) -> tuple[int,
         shown = repr(shape) if len(repr(shape)) < 200 else repr(shape)[:200] + "…"
         raise ProtocolError(f"input 'shape' must be a list of non-negative integers like {want}; "
                             f"got {shown}", reason="shape")
-    # The refusal metric counts the rows a request claims, but never more than one request may
-    # hold: a claimed [10**300, 3] must not add 1e300 to a counter that alerts fire on.
-    rows = max(1, min(shape[0], max_rows)) if shape else 1
     shown = str(shape) if len(str(shape)) < 200 else str(shape)[:200] + "…"
     if len(shape) != len(spec.shape) + 1:
         raise ProtocolError(f"input shape must be {want} (rank {len(spec.shape) + 1}); got "
@@ -183,12 +117,11 @@ def _shape(inp: Mapping[str, Any], spec: InputSpec, max_rows: int) -> tuple[int,
                             reason="rank")
     if tuple(shape[1:]) != spec.shape:
         raise ProtocolError(f"input shape must be {want}; got {shown}. The bundle was exported "
-                            f"for samples of shape {list(spec.shape)}", reason="shape",
-                            rows=rows)
+                            f"for samples of shape {list(spec.shape)}", reason="shape")
     if shape[0] > max_rows:
         raise ProtocolError(f"a request may hold at most {max_rows} rows; got "
                             f"{shown.split(',')[0].lstrip('[')}. Split the batch", status=413,
-                            reason="batch_size", rows=rows)
+                            reason="batch_size")
     return tuple(shape)
 
 
@@ -205,7 +138,6 @@ def _tensor(inp: Mapping[str, Any], shape: tuple[int, ...], binary: bytes, *,
     """The input tensor and the number of binary bytes it used. ``maybe_bool``: the JSON holds
     ``true`` or ``false`` somewhere (else the leaves need no type check)."""
     n = math.prod(shape)  # bounded: shape[0] <= max_rows and shape[1:] is the bundle's
-    rows = max(1, shape[0])
     params = inp.get("parameters") or {}
     if not isinstance(params, dict):
         raise ProtocolError("input 'parameters' must be an object", reason="protocol")
@@ -213,11 +145,11 @@ def _tensor(inp: Mapping[str, Any], shape: tuple[int, ...], binary: bytes, *,
         size = params["binary_data_size"]
         if isinstance(size, bool) or not isinstance(size, int) or size != 4 * n:
             raise ProtocolError(f"binary_data_size must be 4 × {n} = {4 * n} bytes for FP32 shape "
-                                f"{list(shape)}; got {size!r:.40}", reason="shape", rows=rows)
+                                f"{list(shape)}; got {size!r:.40}", reason="shape")
         if len(binary) < size:
             raise ProtocolError(f"the body holds {len(binary)} binary bytes after the JSON header;"
                                 f" binary_data_size says {size}. The body is truncated or "
-                                f"{HEADER_LENGTH} is too large", reason="protocol", rows=rows)
+                                f"{HEADER_LENGTH} is too large", reason="protocol")
         return np.frombuffer(binary, dtype="<f4", count=n).astype(np.float32).reshape(shape), size
     if "data" not in inp:
         raise ProtocolError("input needs 'data' (JSON) or parameters.binary_data_size (binary "
@@ -225,21 +157,21 @@ def _tensor(inp: Mapping[str, Any], shape: tuple[int, ...], binary: bytes, *,
     data = inp["data"]
     if not isinstance(data, list):
         raise ProtocolError(f"input 'data' must be a JSON list of numbers; got a "
-                            f"{type(data).__name__}", reason="type", rows=rows)
+                            f"{type(data).__name__}", reason="type")
     try:
         raw = np.asarray(data)
     except ValueError as err:  # ragged nesting
         raise ProtocolError(f"input 'data' is not a rectangular list of numbers ({err})",
-                            reason="type", rows=rows) from err
+                            reason="type") from err
     if raw.size and (raw.dtype.kind not in "fiu" or (
             maybe_bool and not _leaf_types(data, raw.ndim) <= {int, float})):
         # numpy turns [true, 0.5] into floats (strings and nulls it turns into non-numbers);
         # JSON booleans are not numbers here.
         raise ProtocolError("input 'data' must hold only JSON numbers (no true/false, strings, "
-                            "null or objects)", reason="type", rows=rows)
+                            "null or objects)", reason="type")
     if raw.size != n:
         raise ProtocolError(f"input 'data' holds {raw.size} numbers; shape {list(shape)} needs "
-                            f"{n}", reason="shape", rows=rows)
+                            f"{n}", reason="shape")
     with np.errstate(over="ignore"):  # beyond float32 range ▶ inf ▶ a non-finite row
         return raw.astype(np.float32).reshape(shape), 0
 
@@ -292,16 +224,16 @@ def parse_infer(
     Raises
     ------
     ProtocolError
-        With a 400 (or 413 for too many rows) status and a reason token; ``rows`` is at most
-        ``max_rows``.
+        With a 400 (or 413 for too many rows) status and a reason token; ``rows`` is what
+        the request carried (see :func:`carried_rows`), at most ``max_rows``.
     """
     head, binary = _split(body, header_length)
-    _check_bounds(head)
+    check_json_bounds(head)
     try:
         doc = json.loads(head)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ProtocolError(f"the request body is not valid JSON: {err}", reason="json") from err
-    except (ValueError, RecursionError) as err:  # not reachable after _check_bounds; kept safe
+    except (ValueError, RecursionError) as err:  # not reachable after the bounds; kept safe
         raise ProtocolError(f"the request body is not acceptable JSON: {err}",
                             reason="json") from err
     if not isinstance(doc, dict):
@@ -311,6 +243,15 @@ def parse_infer(
         raise ProtocolError(f"'inputs' must be a list of exactly one tensor object (the model's "
                             f"input {spec.name!r})", reason="protocol")
     inp = inputs[0]
+    try:
+        return _request(doc, inp, head, binary, spec=spec, max_rows=max_rows)
+    except ProtocolError as err:
+        err.rows = min(carried_rows(inp, binary, spec), max_rows)
+        raise
+
+
+def _request(doc: Mapping[str, Any], inp: Mapping[str, Any], head: bytes, binary: bytes, *,
+             spec: InputSpec, max_rows: int) -> InferRequest:
     if inp.get("name") != spec.name:
         raise ProtocolError(f"the input must be named {spec.name!r}; got "
                             f"{inp.get('name')!r:.40}", reason="protocol")
@@ -321,7 +262,7 @@ def parse_infer(
     x, used = _tensor(inp, shape, binary, maybe_bool=b"true" in head or b"false" in head)
     if used != len(binary):
         raise ProtocolError(f"{len(binary) - used} binary bytes follow the JSON header that no "
-                            "input claims", reason="protocol", rows=max(1, len(x)))
+                            "input claims", reason="protocol")
     params = doc.get("parameters") or {}
     if not isinstance(params, dict):
         raise ProtocolError("request 'parameters' must be an object", reason="protocol")
@@ -331,6 +272,35 @@ def parse_infer(
                             reason="protocol")
     return InferRequest(x=x, outputs=_outputs(params, doc.get("outputs")), id=rid,
                         fdr=_fdr(params))
+
+
+def _count_values(data: Any) -> int:
+    """The leaves of a nested JSON list (0 for anything else), one level at a time: the
+    nesting is at most MAX_JSON_DEPTH deep by then, so at most that many C-speed passes."""
+    if not isinstance(data, list):
+        return 0
+    count, level = 0, data
+    while level:
+        lists = [v for v in level if isinstance(v, list)]
+        count += len(level) - len(lists)
+        level = list(itertools.chain.from_iterable(lists))
+    return count
+
+
+def carried_rows(inp: Mapping[str, Any], binary: bytes, spec: InputSpec) -> int:
+    """How many samples an input tensor object carries, whatever its ``shape`` claims.
+
+    The whole samples in its ``data`` (with the binary extension: in the bytes after the JSON
+    header, 4 per FP32 value), at least 1. A refusal counts this, never the claimed shape,
+    which costs a client nothing to inflate.
+    """
+    params = inp.get("parameters")
+    if isinstance(params, dict) and "binary_data_size" in params:
+        values = len(binary) // 4
+    else:
+        values = _count_values(inp.get("data"))
+    per_sample = max(1, math.prod(spec.shape))
+    return max(1, values // per_sample)
 
 
 def _column(result: CheckResult, name: str) -> np.ndarray:

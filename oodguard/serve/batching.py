@@ -4,13 +4,17 @@ Requests wait in an asyncio queue; one worker takes the first, keeps taking more
 holds ``max_batch`` rows or ``max_wait_s`` has passed since the first, runs the guard once in a
 worker thread (the event loop keeps accepting requests meanwhile, so the next batch fills while
 this one runs), and hands every request its own rows of the result. A request larger than
-``max_batch`` runs alone, never split. With ``enabled=False`` each request runs on its own,
-concurrently in a thread pool: the baseline the benchmark compares against.
+``max_batch`` runs alone, never split. A request with ``fdr`` runs alone too: its
+Benjamini–Hochberg verdicts depend on every row tested with it, so they are decided by the
+guard's own ``check(x, fdr=...)`` over the request's rows only — and recorded in the metrics as
+the client receives them. With ``enabled=False`` each request runs on its own, concurrently in
+a thread pool: the baseline the benchmark compares against.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -34,14 +38,15 @@ def slice_result(r: CheckResult, start: int, stop: int) -> CheckResult:
 
 
 class BatchRunner(Protocol):
-    """What the HTTP service needs of a batcher: ``start`` in the serving loop, ``submit`` per
-    validated request (its own rows of the result come back), ``stop`` at shutdown."""
+    """What the service needs of a batcher: ``start`` in the serving loop, ``submit`` per
+    validated request (its own rows of the result come back; with ``fdr``, the guard's
+    ``check(x, fdr=fdr)`` of those rows alone), ``stop`` at shutdown."""
 
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
 
-    async def submit(self, x: np.ndarray) -> CheckResult: ...
+    async def submit(self, x: np.ndarray, *, fdr: float | None = None) -> CheckResult: ...
 
 
 @dataclass(eq=False)
@@ -56,7 +61,8 @@ class Batcher:
 
     Parameters
     ----------
-    check : the guard's ``check``, called from a worker thread
+    check : the guard's ``check``, called from a worker thread as ``check(x)`` on coalesced
+        batches and ``check(x, fdr=fdr)`` on a request with ``fdr``
     max_batch : most rows per coalesced call (>= 1)
     max_wait_s : longest a first request waits for company (>= 0; 0 = take only what is queued)
     enabled : False runs each request on its own (no coalescing)
@@ -65,7 +71,7 @@ class Batcher:
 
     def __init__(
         self,
-        check: Callable[[np.ndarray], CheckResult],
+        check: Callable[..., CheckResult],
         *,
         max_batch: int,
         max_wait_s: float,
@@ -98,9 +104,13 @@ class Batcher:
             await self._task
         self._pool.shutdown(wait=True)
 
-    async def submit(self, x: np.ndarray) -> CheckResult:
-        """Score ``x`` (already validated), possibly together with other requests' rows."""
+    async def submit(self, x: np.ndarray, *, fdr: float | None = None) -> CheckResult:
+        """Score ``x`` (already validated), possibly together with other requests' rows;
+        with ``fdr``, alone (see the module's docstring)."""
         loop = asyncio.get_running_loop()
+        if fdr is not None:
+            return await loop.run_in_executor(self._pool, functools.partial(
+                self.check, x, fdr=fdr))
         if self._queue is None:
             return await loop.run_in_executor(self._pool, self.check, x)
         item = _Item(x, loop.create_future())

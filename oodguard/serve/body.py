@@ -3,9 +3,9 @@
 A body must arrive within ``timeout_s`` of its request's headers; it may hold at most
 ``max_bytes``; and all bodies being received, parsed or scored share ``budget_bytes`` (a
 declared ``Content-Length`` is reserved before any byte is read, a chunked body as it comes).
-A request ended here raises :class:`Dropped` (401/408/503, or the client left), which the
-service counts apart from input refusals; a bad header raises
-:class:`~oodguard.protocol.ProtocolError` (413/415) like any other bad input.
+A request ended here raises :class:`~oodguard.serve.refusals.Dropped` (408/503, or the client
+left), which the service counts apart from input refusals; a bad header raises
+:class:`~oodguard.serve.refusals.ProtocolError` (413/415) like any other bad input.
 """
 
 from __future__ import annotations
@@ -14,23 +14,13 @@ import asyncio
 
 from starlette.requests import ClientDisconnect, Request
 
-from oodguard.protocol import ProtocolError
+from oodguard.serve.refusals import Dropped, ProtocolError
 
-__all__ = ["CONTENT_TYPES", "BodyReader", "Dropped", "Hold"]
+__all__ = ["CONTENT_TYPES", "BodyReader", "Hold"]
 
 #: body media types accepted (besides none): JSON, the binary extension, and what curl -d sends
 CONTENT_TYPES = frozenset({"application/json", "application/octet-stream", "text/plain",
                            "application/x-www-form-urlencoded"})
-
-
-class Dropped(Exception):
-    """A request ended before its inputs were read: ``status``, a fixed ``reason`` token for
-    ``oodguard_http_requests_dropped_total`` and the response ``headers``."""
-
-    def __init__(self, status: int, message: str, reason: str,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.reason, self.headers = status, reason, headers
 
 
 class Hold:

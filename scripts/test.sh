@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The tests: set up .venv (and Debian's prometheus/promtool when missing), ruff, mypy, pytest.
+# The tests: set up everything they need (scripts/setup.sh test: .venv from requirements/ci.txt
+# and requirements/bench.txt, the deploy validators' .venv-deploy; Debian's prometheus/promtool
+# when missing), then ruff, mypy, pytest.
 # pytest's own exit status is kept: 5 (no test ran) fails this script like any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh test
 if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "==> installing prometheus and promtool (Debian package)"

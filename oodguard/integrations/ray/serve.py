@@ -92,9 +92,9 @@ class GuardReplica:
 
     def __init__(self, bundle: Bundle, name: str, config: ServeConfig,
                  guard_options: Mapping[str, Any]) -> None:
-        from prometheus_client import CollectorRegistry
+        from oodguard.metrics import new_registry
 
-        self.registry = CollectorRegistry()
+        self.registry = new_registry()
         self.guard = Guard(bundle, name=name, registry=self.registry, **dict(guard_options))
         self.config = config
 

@@ -22,16 +22,19 @@ from oodguard._version import __version__
 from oodguard.bundle import (
     CALIBRATION_FILE,
     MODEL_FILE,
+    REFERENCE_FILE,
     Bundle,
     InputSpec,
     Manifest,
     load_calibration,
     read_bundle,
 )
+from oodguard.bundle.reference import ParityReport, compare, parse_reference
 from oodguard.decisions import batch_decisions, score_threshold
 from oodguard.engine import Engine, check_features
 from oodguard.engine.timed import TimedRuns
 from oodguard.errors import (
+    BundleError,
     GuardFailure,
     InvalidInputError,
     check_parameter,
@@ -71,8 +74,11 @@ class Guard:
         max_batch: int | None = None,
         engine_options: Mapping[str, Any] | None = None,
         timeout_s: float | None = None,
+        strict: bool = True,
     ) -> None:
         self.timeout_s = check_timeout(timeout_s)
+        check_parameter(isinstance(strict, bool), "strict", "True or False", strict,
+                        owner="Guard")
         check_parameter(nonfinite in NONFINITE_POLICIES, "nonfinite",
                         f"one of {NONFINITE_POLICIES}", nonfinite, owner="Guard")
         # NotCalibratedError without calibration.json; parsed by read_bundle, within bounds;
@@ -102,6 +108,7 @@ class Guard:
         )
         self.metrics = self._make_metrics(registry)
         self._timed = TimedRuns(name)
+        self.parity = self._check_parity(strict)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], **kwargs: Any) -> Guard:
@@ -121,6 +128,11 @@ class Guard:
             ``io_binding``, ``cuda_graph_batch``)
         timeout_s : default bound, in seconds, on the engine's part of each check (``None``:
             wait as long as it takes); see :meth:`check`
+        strict : a bundle whose reference features (``reference.npz``, written by the
+            exporter) this engine does not reproduce within the export's tolerance is a
+            ``BundleError`` (True), or a logged warning (False); either way
+            ``oodguard_parity_ok`` says so in the metrics, and :attr:`parity` holds the report
+            (None for a bundle without reference features)
 
         Raises
         ------
@@ -272,6 +284,35 @@ class Guard:
             )
         return CheckResult(score, p, is_ood, features, self.feature_names, self.alpha,
                            self.threshold, rule, q)
+
+    def _check_parity(self, strict: bool) -> ParityReport | None:
+        """Run the bundle's reference inputs through this guard's own engine, on the provider
+        it actually uses, and compare with the exporter's features (see
+        :mod:`oodguard.bundle.reference`)."""
+        data = self.bundle.files.get(REFERENCE_FILE)
+        if data is None:
+            return None
+        ref = parse_reference(data, self.input_spec, len(self.feature_names))
+        try:
+            got = check_features(self.engine.run(ref.inputs), len(ref.inputs),
+                                 len(self.feature_names))
+        except Exception as err:
+            raise BundleError(f"bundle {self.bundle.path}: the engine failed on the bundle's "
+                              f"reference inputs on {self.providers[0]} "
+                              f"({type(err).__name__}: {err})") from err
+        report = compare(got, ref, self.feature_names)
+        if self.metrics is not None:
+            self.metrics.observe_parity(report.ok, report.max_ratio, self.providers[0])
+        if not report.ok:
+            msg = (f"bundle {self.bundle.path}: on {self.providers[0]} the guard's features "
+                   f"differ from those the exporter computed: {report.describe()}")
+            if strict:
+                raise BundleError(msg + "; scores here would not be the scores validated at "
+                                  "export. Re-export on this execution provider, or load with "
+                                  "strict=False to serve anyway (a warning, and "
+                                  "oodguard_parity_ok 0 in the metrics)")
+            log.warning("%s; serving anyway (strict=False)", msg)
+        return report
 
     def _features(self, x32: np.ndarray, timeout: float | None) -> np.ndarray:
         """The engine's features for finite rows, checked; any fault is a GuardFailure."""

@@ -40,7 +40,8 @@ def _imports(name: str, path: Path) -> Iterator[tuple[str, str, int]]:
             target = node.module or ""
             if node.level:
                 parts = base.split(".")
-                target = ".".join(parts[: len(parts) - node.level + 1] + ([target] if target else []))
+                keep = parts[: len(parts) - node.level + 1]
+                target = ".".join(keep + ([target] if target else []))
             for alias in node.names:
                 yield target, alias.name, node.lineno
         elif isinstance(node, ast.Import):

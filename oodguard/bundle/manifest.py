@@ -28,6 +28,7 @@ __all__ = [
     "MANIFEST_FILE",
     "MAX_BYTES",
     "MODEL_FILE",
+    "REFERENCE_FILE",
     "SCHEMA_VERSION",
     "InputSpec",
     "Manifest",
@@ -44,7 +45,10 @@ BUNDLE_FILES = frozenset({MODEL_FILE, CALIBRATION_FILE, MANIFEST_FILE})
 INSPECTION_MODEL_FILE = "inspection.onnx"
 INSPECTION_DATA_FILE = "inspection.npz"
 EXTRA_FILES = frozenset({INSPECTION_MODEL_FILE, INSPECTION_DATA_FILE})
-ALL_FILES = BUNDLE_FILES | EXTRA_FILES
+# Reference inputs and the features the exporter computed for them: read at load (when listed)
+# so the guard can check its own execution provider against them (oodguard.bundle.reference).
+REFERENCE_FILE = "reference.npz"
+ALL_FILES = BUNDLE_FILES | EXTRA_FILES | {REFERENCE_FILE}
 
 # Size caps, checked on the opened file before it is read: a corrupted or hostile bundle must
 # not make the loader allocate without bound (the safetensors lesson).
@@ -54,6 +58,7 @@ MAX_BYTES = {
     MODEL_FILE: 2 << 30,
     INSPECTION_MODEL_FILE: 2 << 30,
     INSPECTION_DATA_FILE: 2 << 30,
+    REFERENCE_FILE: 64 << 20,
 }
 _DTYPES = ("float32",)
 _MAX_RANK = 8

@@ -285,13 +285,13 @@ def write_bundle(
         bundle (a file, a link, a directory with other files) — refused even with
         ``overwrite=True``. Nothing is written or deleted.
     BundleError
-        ``files`` are not bundle files (:data:`BUNDLE_FILES`, :data:`EXTRA_FILES`), or the
+        ``files`` are not bundle files (:data:`ALL_FILES` but the manifest), or the
         manifest does not serialise to a valid one.
     """
     root = Path(path)
     if MODEL_FILE not in files:
         raise BundleError(f"a bundle needs {MODEL_FILE}; got files {sorted(files)}")
-    unknown = set(files) - {MODEL_FILE, CALIBRATION_FILE, *EXTRA_FILES}
+    unknown = set(files) - (ALL_FILES - {MANIFEST_FILE})
     if unknown:
         raise BundleError(f"unexpected bundle files {sorted(unknown)}")
     state = check_destination(root, overwrite=overwrite)

@@ -20,6 +20,11 @@ metric                                      type      labels
 ``oodguard_threshold_score``                gauge     guard
 ``oodguard_guard_failures_total``           counter   guard, kind
 ``oodguard_http_requests_dropped_total``    counter   guard, reason (server: unauthorized, …)
+``oodguard_parity_ok``                      gauge     guard, provider: 1 when the engine
+                                                      reproduced the bundle's reference
+                                                      features at load, else 0
+``oodguard_parity_error_ratio``             gauge     guard: largest difference over its
+                                                      allowed bound (≤ 1 is parity)
 =========================================== ========= =======================================
 
 Every labelled counter starts at 0 for its known label values (the tuples below; the server
@@ -266,6 +271,23 @@ class _Families:
             ["guard", "kind"],
             **kw,
         )
+        # Absent for bundles without reference features (nothing was checked).
+        self.parity_ok = Gauge(
+            "oodguard_parity_ok",
+            "1 when the guard's engine reproduced the bundle's reference features within the "
+            "export's tolerance at load, 0 when it did not.",
+            ["guard", "provider"],
+            multiprocess_mode="min",
+            **kw,
+        )
+        self.parity_ratio = Gauge(
+            "oodguard_parity_error_ratio",
+            "Largest difference between the guard's and the exporter's reference features, "
+            "over its allowed bound (at most 1 is parity).",
+            ["guard"],
+            multiprocess_mode="max",
+            **kw,
+        )
         self.dropped = Counter(
             "oodguard_http_requests_dropped",
             "Infer requests the HTTP service ended without reading their inputs, by reason.",
@@ -368,6 +390,7 @@ class GuardMetrics:
         self._refused = fam.refused
         self._failures = fam.failures
         self._dropped = fam.dropped
+        self._parity = (fam.parity_ok, fam.parity_ratio)
         self._guard = guard
         fam.info.labels(guard, *(str(info[k]) for k in INFO_KEYS)).set(1)
         fam.threshold.labels(guard).set(threshold)
@@ -424,6 +447,11 @@ class GuardMetrics:
         """Count one infer request the HTTP service ended before reading its inputs; ``reason``
         is a fixed token (``unauthorized``, ``body_timeout``, ``overloaded``, ``disconnect``)."""
         self._dropped.labels(self._guard, reason).inc()
+
+    def observe_parity(self, ok: bool, ratio: float, provider: str) -> None:
+        """Record the load-time parity check (:mod:`oodguard.bundle.reference`)."""
+        self._parity[0].labels(self._guard, provider).set(1.0 if ok else 0.0)
+        self._parity[1].labels(self._guard).set(ratio)
 
     def observe_failure(self, kind: str) -> None:
         self._failures.labels(self._guard, kind).inc()

@@ -1,15 +1,15 @@
 """oodguard.integrations.ray.ray_adapter: the one module that uses Ray's internals refuses a
 Ray outside the range it supports, the installed one is inside it, and a dataset's own context
-leaves the context of the dataset it was made from alone (no cluster needed: nothing runs)."""
+leaves the context of the dataset it was made from alone."""
 
 from __future__ import annotations
 
 import pytest
+import ray
+from _ray_cluster import local_cluster
 
-ray = pytest.importorskip("ray")
-
-from oodguard.errors import MissingDependencyError  # noqa: E402
-from oodguard.integrations.ray import ray_adapter  # noqa: E402
+from oodguard.errors import MissingDependencyError
+from oodguard.integrations.ray import ray_adapter
 
 
 def test_the_installed_ray_is_in_the_supported_range() -> None:
@@ -28,9 +28,16 @@ def test_a_ray_outside_the_range_is_refused_with_what_to_install(version: str) -
 
 
 def test_with_own_context_changes_one_dataset_only() -> None:
+    """Making a dataset starts Ray when none runs: the test's own cluster, shut down after,
+    so that the next module's ``ray.init`` finds none."""
     import ray.data
 
-    source = ray.data.range(4)
+    with local_cluster():
+        _one_dataset_only(ray.data)
+
+
+def _one_dataset_only(data) -> None:  # type: ignore[no-untyped-def]
+    source = data.range(4)
     derived = source.map_batches(lambda b: b)
     was = source.context.execution_options.preserve_order
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from oodguard._version import __version__
 from oodguard.bundle.safejson import get, int_in, str_map
-from oodguard.errors import BundleError
+from oodguard.errors import BundleError, check_parameter
 
 __all__ = [
     "ALL_FILES",
@@ -83,24 +83,19 @@ class InputSpec:
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"InputSpec.name must be a non-empty string. Got {self.name!r}")
-        if (
-            not isinstance(self.shape, tuple)
-            or not 1 <= len(self.shape) <= _MAX_RANK
-            or any(not _is_int(d) or d <= 0 for d in self.shape)
-        ):
-            raise ValueError(
-                f"InputSpec.shape must be a non-empty tuple of positive ints (at most "
-                f"{_MAX_RANK} axes). Got {self.shape!r}"
-            )
-        if math.prod(self.shape) > _MAX_SAMPLE_VALUES:
-            raise ValueError(
-                f"InputSpec.shape {self.shape} has {math.prod(self.shape)} values per sample, "
-                f"over the {_MAX_SAMPLE_VALUES} limit"
-            )
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"InputSpec.dtype must be one of {_DTYPES}. Got {self.dtype!r}")
+        check_parameter(isinstance(self.name, str) and bool(self.name), "name",
+                        "a non-empty string", self.name, owner="InputSpec")
+        check_parameter(
+            isinstance(self.shape, tuple) and 1 <= len(self.shape) <= _MAX_RANK
+            and all(_is_int(d) and d > 0 for d in self.shape), "shape",
+            f"a non-empty tuple of positive ints (at most {_MAX_RANK} axes)", self.shape,
+            owner="InputSpec")
+        check_parameter(math.prod(self.shape) <= _MAX_SAMPLE_VALUES, "shape",
+                        f"at most {_MAX_SAMPLE_VALUES} values per sample (not over the limit)",
+                        self.shape,
+                        owner="InputSpec")
+        check_parameter(self.dtype in _DTYPES, "dtype", f"one of {_DTYPES}", self.dtype,
+                        owner="InputSpec")
 
     @property
     def size(self) -> int:
@@ -132,24 +127,17 @@ class Manifest:
     created: str = ""
 
     def __post_init__(self) -> None:
-        if not _is_int(self.steps) or not 1 <= self.steps <= _MAX_STEPS:
-            raise ValueError(
-                f"Manifest.steps must be an int in [1, {_MAX_STEPS}]. Got {self.steps}"
-            )
-        if (
-            not self.feature_names
-            or len(self.feature_names) > _MAX_FEATURES
-            or any(not isinstance(n, str) or not n for n in self.feature_names)
-            or len(set(self.feature_names)) != len(self.feature_names)
-        ):
-            raise ValueError(
-                f"Manifest.feature_names must be unique non-empty strings (1 to {_MAX_FEATURES})."
-                f" Got {self.feature_names!r:.200}"
-            )
-        if not math.isfinite(self.convergence_tol) or self.convergence_tol < 0:
-            raise ValueError(
-                f"Manifest.convergence_tol must be finite and >= 0. Got {self.convergence_tol}"
-            )
+        check_parameter(_is_int(self.steps) and 1 <= self.steps <= _MAX_STEPS, "steps",
+                        f"an int in [1, {_MAX_STEPS}]", self.steps, owner="Manifest")
+        names = self.feature_names
+        check_parameter(
+            bool(names) and len(names) <= _MAX_FEATURES
+            and all(isinstance(n, str) and n for n in names) and len(set(names)) == len(names),
+            "feature_names", f"unique non-empty strings (1 to {_MAX_FEATURES})", names,
+            owner="Manifest")
+        check_parameter(math.isfinite(self.convergence_tol) and self.convergence_tol >= 0,
+                        "convergence_tol", "finite and >= 0", self.convergence_tol,
+                        owner="Manifest")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -430,3 +430,23 @@ def test_guard_metrics_plain_and_client_paths_agree(monkeypatch) -> None:
     assert not isinstance(metrics._families[regs[True]].inputs, metrics.PlainFamily)
     assert without_created(generate_latest(regs[False])) == without_created(
         generate_latest(regs[True]))
+
+
+def test_the_installed_prometheus_client_is_in_the_adapters_range() -> None:
+    """oodguard.metrics.prometheus_adapter reads prometheus_client's private attributes for
+    the versions it names; the installed one is among them, others are refused by name."""
+    from importlib.metadata import version
+
+    from oodguard.errors import MissingDependencyError
+    from oodguard.metrics import prometheus_adapter
+
+    assert prometheus_adapter.check_version() == version("prometheus_client")
+    with pytest.raises(MissingDependencyError,
+                       match=r"supports prometheus_client >=0\.17,<0\.27 .*prometheus_client "
+                             r"0\.27\.0 is installed"):
+        prometheus_adapter.check_version("0.27.0")
+    # the internals it reads are there in the installed version
+    from prometheus_client import CollectorRegistry, Histogram
+
+    child = Histogram("h", "h", buckets=(1.0,), registry=CollectorRegistry())
+    assert prometheus_adapter.histogram_internals(child) is not None

@@ -18,12 +18,14 @@ import prometheus_client
 import prometheus_client.metrics
 from prometheus_client import values
 
+from oodguard.extras import require_version
+
 __all__ = [
     "SUPPORTED",
     "HistogramInternals",
+    "check_version",
     "created_series_enabled",
     "histogram_internals",
-    "installed_version",
     "multiprocess_mode",
 ]
 
@@ -40,15 +42,16 @@ class HistogramInternals(NamedTuple):
     total: Any
 
 
-def installed_version() -> tuple[int, ...]:
-    """The installed prometheus_client version as a tuple of ints (``(0, 26, 0)``)."""
-    from importlib.metadata import version
+def check_version(version: str | None = None) -> str:
+    """The installed prometheus_client's version (or ``version``), if :data:`SUPPORTED`;
+    else a MissingDependencyError naming the range (see the module docstring)."""
+    if version is None:
+        from importlib.metadata import version as installed
 
-    parts = []
-    for p in version("prometheus_client").split(".")[:3]:
-        digits = "".join(ch for ch in p if ch.isdigit())
-        parts.append(int(digits or 0))
-    return tuple(parts)
+        version = installed("prometheus_client")
+    return require_version("prometheus_client", version, SUPPORTED, user="oodguard's metrics",
+                           why="they read prometheus_client's private attributes",
+                           extra="cpu")
 
 
 def histogram_internals(child: Any) -> HistogramInternals | None:

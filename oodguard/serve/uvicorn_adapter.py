@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import signal
 import socket
 import threading
@@ -38,6 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 from oodguard.errors import MissingDependencyError
+from oodguard.extras import require_version
 
 __all__ = ["DRAIN_QUIET_S", "SUPPORTED", "check_version", "header_timeout_protocol", "run"]
 
@@ -49,11 +49,6 @@ SUPPORTED = ((0, 30), (0, 55))
 #: before idle ones are closed (see :func:`run`)
 DRAIN_QUIET_S = 0.5
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-def _release(version: str) -> tuple[int, int]:
-    parts = [int(p) for p in re.findall(r"\d+", version)[:2]]
-    return (parts + [0, 0])[0], (parts + [0, 0])[1]
 
 
 def check_version(version: str | None = None) -> str:
@@ -72,13 +67,9 @@ def check_version(version: str | None = None) -> str:
                 f"oodguard serve needs uvicorn ({err}); install it with: "
                 "pip install 'oodguard[serve]'") from err
         version = uvicorn.__version__
-    low, high = SUPPORTED
-    if not low <= _release(version) < high:
-        raise MissingDependencyError(
-            f"oodguard serve supports uvicorn >={low[0]}.{low[1]},<{high[0]}.{high[1]} (it extends "
-            f"uvicorn's H11Protocol and Server, which are not public API); uvicorn {version} is "
-            "installed. Install a supported one: pip install 'oodguard[serve]'")
-    return version
+    return require_version("uvicorn", version, SUPPORTED, user="oodguard serve",
+                           why="it extends uvicorn's H11Protocol and Server, which are not "
+                               "public API", extra="serve")
 
 
 def header_timeout_protocol(timeout_s: float) -> type[Any]:

@@ -14,21 +14,15 @@ installed Ray is inside it.
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Callable
 from typing import Any
 
-from oodguard.errors import MissingDependencyError
+from oodguard.extras import require_version
 
 __all__ = ["SUPPORTED", "check_version", "with_own_context"]
 
 #: the Ray releases this module supports: (lowest, first unsupported), as (major, minor)
 SUPPORTED = ((2, 40), (2, 61))
-
-
-def _release(version: str) -> tuple[int, int]:
-    parts = [int(p) for p in re.findall(r"\d+", version)[:2]] + [0, 0]
-    return parts[0], parts[1]
 
 
 def check_version(version: str | None = None) -> str:
@@ -43,13 +37,9 @@ def check_version(version: str | None = None) -> str:
         import ray
 
         version = ray.__version__
-    low, high = SUPPORTED
-    if not low <= _release(version) < high:
-        raise MissingDependencyError(
-            f"oodguard.integrations.ray supports Ray >={low[0]}.{low[1]},<{high[0]}.{high[1]} "
-            f"(it sets a dataset's own DataContext through Ray Data internals); Ray {version} is "
-            "installed. Install a supported one: pip install 'oodguard[ray]'")
-    return version
+    return require_version("Ray", version, SUPPORTED, user="oodguard.integrations.ray",
+                           why="it sets a dataset's own DataContext through Ray Data internals",
+                           extra="ray")
 
 
 def with_own_context(ds: Any, change: Callable[[Any], None]) -> Any:

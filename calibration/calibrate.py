@@ -32,13 +32,13 @@ from oodguard.bundle import (
     write_bundle,
 )
 from oodguard.calibration.checks import sanity_check, unstable_features
-from oodguard.calibration.scorer import FittedTransform, fit_transform
 from oodguard.calibration.selection import (
     BASELINE_FEATURES,
     DEFAULT_PROXY_KINDS,
     make_proxies,
     select_features,
 )
+from oodguard.calibration.transform import FittedTransform, fit_transform
 from oodguard.engine import Engine
 from oodguard.errors import CalibrationError
 from oodguard.scoring import Scorer, score_threshold
@@ -46,6 +46,8 @@ from oodguard.validation import validate_batch
 
 __all__ = [
     "CalibrationReport",
+    "build_scorer",
+    "bundle_target",
     "calibrate",
     "check_sizes",
     "fit_scorer",
@@ -223,7 +225,7 @@ def fit_scorer(
     if reference_features is not None:
         ref = np.asarray(reference_features, dtype=np.float64)
         ok = np.asarray(np.isfinite(ref).all(axis=1), dtype=bool)
-        probe = _scorer(fitted, keep, direction, names, "max", alpha)
+        probe = build_scorer(fitted, keep, direction, names, "max", alpha)
         used_names = [names[j] for j in fitted.used]
         groups = _regroup(reference_groups, ok)
         z_fit, z_ref = probe.standardize(fit), probe.standardize(ref[ok])
@@ -261,7 +263,7 @@ def fit_scorer(
         keep = np.arange(len(keep))
     lower_weight = np.where(direction == 0, np.where(upper_major, minor_tail, 1.0 - minor_tail),
                             0.5)
-    scorer = _scorer(fitted, keep, direction, names, combine, alpha, lower_weight)
+    scorer = build_scorer(fitted, keep, direction, names, combine, alpha, lower_weight)
     cal_scores = np.sort(scorer.score(cal))
     if not np.isfinite(cal_scores).all():
         raise CalibrationError("calibration scores are not finite; the fit is degenerate")
@@ -316,7 +318,7 @@ def _regroup(groups: Sequence[np.ndarray] | None, ok: np.ndarray) -> list[np.nda
     return [g for g in out if len(g)]
 
 
-def _scorer(
+def build_scorer(
     fitted: FittedTransform,
     keep: np.ndarray,
     direction: np.ndarray,
@@ -411,7 +413,7 @@ def calibrate(
     """
     if select not in ("auto", "all"):
         raise ValueError(f"select must be 'auto' or 'all'. Got {select!r}")
-    source, target, in_place = _target(bundle, out, overwrite)
+    source, target, in_place = bundle_target(bundle, out, overwrite)
     x32, _ = validate_batch(x_val, source.manifest.input, nonfinite="raise")
     use, few = check_validation_size(len(x32), source.manifest.feature_names, use, alpha,
                                      fit_fraction)
@@ -427,7 +429,7 @@ def calibrate(
         use=use, minor_tail=minor_tail, seed=seed, overwrite=overwrite)
 
 
-def _target(bundle: str | os.PathLike[str], out: str | os.PathLike[str] | None,
+def bundle_target(bundle: str | os.PathLike[str], out: str | os.PathLike[str] | None,
             overwrite: bool) -> tuple[Bundle, Path, bool]:
     """The source bundle, where the calibrated bundle goes, and whether that is in place;
     refuses (``BundleExistsError``) before any work what ``write_bundle`` would refuse."""
@@ -439,6 +441,11 @@ def _target(bundle: str | os.PathLike[str], out: str | os.PathLike[str] | None,
     if not in_place:
         check_destination(target, overwrite=overwrite)
     return source, target, in_place
+
+
+# The Ray integration (oodguard/integrations/ray/calibrate.py) still imports the old name;
+# remove this alias once that import reads bundle_target.
+_target = bundle_target
 
 
 def check_validation_size(

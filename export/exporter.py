@@ -27,13 +27,6 @@ from oodguard.export.baselines import (
     LatentBaselines,
     fit_latent_baselines,
 )
-from oodguard.export.dynamics import (
-    STABILITY_QUANTILE,
-    STABILITY_THRESHOLD,
-    contraction_of,
-    flush_denormal,
-    measure_stability,
-)
 from oodguard.export.graphs import INPUT_NAME, OUTPUT_NAME, compose_trajectory, features_only
 from oodguard.export.model_errors import UnsupportedDtypeError
 from oodguard.export.parity import (
@@ -47,10 +40,18 @@ from oodguard.export.parity import (
 from oodguard.export.probe import prepare_autoencoder, to_model_space
 from oodguard.export.rewrite import elu_is_batch_invariant, rewrite_elu_nodes
 from oodguard.export.source import source_parity
+from oodguard.export.stability import (
+    STABILITY_QUANTILE,
+    STABILITY_THRESHOLD,
+    contraction_of,
+    flush_denormal,
+    measure_stability,
+)
 from oodguard.export.trajectory import TrajectoryFeatures
 from oodguard.inspect.bundle_files import inspection_files
 
-__all__ = ["ExportReport", "export_bundle", "export_graphs", "export_onnx", "rewrite_elu_nodes"]
+__all__ = ["ExportReport", "check_outputs", "export_bundle", "export_graphs", "export_onnx",
+           "rewrite_elu_nodes"]
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def export_onnx(
 
 def _session(data: bytes) -> Any:
     """An ONNX Runtime CPU session that treats denormals as zero (as the runtime engine does;
-    see :mod:`oodguard.export.dynamics`)."""
+    see :mod:`oodguard.export.stability`)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -121,7 +122,7 @@ def _session(data: bytes) -> Any:
     return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
 
-def _check_outputs(model: onnx.ModelProto, x: np.ndarray) -> tuple[np.ndarray, ...]:
+def check_outputs(model: onnx.ModelProto, x: np.ndarray) -> tuple[np.ndarray, ...]:
     """ONNX Runtime's ``(features, trajectory [T+1, N, d], x̂)`` from a check model."""
     sess = _session(model.SerializeToString())
     return tuple(sess.run(None, {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)}))
@@ -195,7 +196,7 @@ def export_bundle(
         Parity tolerance (see :mod:`oodguard.export.parity`). The bundle is not written when
         the one-step map or the features of one and the same trajectory differ beyond it;
         whole trajectories are compared too and recorded per feature in
-        ``manifest.dynamics["stability"]`` (see :mod:`oodguard.export.dynamics`).
+        ``manifest.dynamics["stability"]`` (see :mod:`oodguard.export.stability`).
         Default ``DEFAULT_RTOL``/``DEFAULT_ATOL``, or ``FP16_RTOL``/``FP16_ATOL`` with
         ``precision="float16"``.
     precision : "float32" or "float16"
@@ -355,7 +356,7 @@ def _verify(module: TrajectoryFeatures, check: onnx.ModelProto, x: np.ndarray,
     """The deterministic parity check on the check model; raises when any input fails.
     ``x`` goes to the graph, ``x_model`` (``x`` after the preprocessing) to torch. Returns the
     report and ONNX Runtime's features and ``x̂`` of ``x``."""
-    outputs = _check_outputs(check, x)
+    outputs = check_outputs(check, x)
     parity = check_same_trajectory(module, x_model, *outputs, rtol=rtol, atol=atol)
     if not parity.ok:
         bad = parity.feature_failed.any(axis=1) | parity.step_failed

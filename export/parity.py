@@ -3,7 +3,7 @@
 What the exporter requires is :func:`check_same_trajectory`: the one-step map and the features
 of one and the same trajectory, which are deterministic up to float32 round-off whatever the
 map's dynamics. Whole trajectories (:func:`check_parity`) are compared too, but only recorded
-(:mod:`oodguard.export.dynamics`): a map that is not contractive everywhere amplifies round-off
+(:mod:`oodguard.export.stability`): a map that is not contractive everywhere amplifies round-off
 along the trajectory, and refusing such a model only forced users to loosen the tolerance.
 """
 

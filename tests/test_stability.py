@@ -12,13 +12,13 @@ from torch import nn
 from oodguard.bundle import read_bundle
 from oodguard.errors import ExportError
 from oodguard.export import discover_attractors, export_bundle
-from oodguard.export.dynamics import (
+from oodguard.export.exporter import check_outputs, export_graphs
+from oodguard.export.stability import (
     flush_denormal,
     flush_denormal_enabled,
     measure_contraction,
     measure_stability,
 )
-from oodguard.export.exporter import _check_outputs, export_graphs
 from oodguard.export.trajectory import TrajectoryFeatures
 from oodguard.features import FEATURE_NAMES
 
@@ -201,7 +201,7 @@ def test_parity_sessions_treat_denormals_as_zero() -> None:
     x = np.array([[1e-30, 0.75e-30]], np.float32)
     _, check = export_graphs(module, torch.from_numpy(x), rewrite_elu=False)
     with flush_denormal() as supported:
-        _, traj, _ = _check_outputs(check, x)
+        _, traj, _ = check_outputs(check, x)
     if not supported:
         pytest.skip("this CPU has no flush-to-zero mode (torch.set_flush_denormal)")
     assert 1.2e-38 < traj[20, 0, 0] < 1e-36  # still normal

@@ -8,7 +8,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnx
@@ -27,7 +27,15 @@ from oodguard.export.baselines import (
     LatentBaselines,
     fit_latent_baselines,
 )
-from oodguard.export.graphs import INPUT_NAME, OUTPUT_NAME, compose_trajectory, features_only
+from oodguard.export.graphs import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    features_only,
+    inspection_model,
+    trace_parts,
+    trajectory_model,
+)
+from oodguard.export.inspection_files import inspection_files
 from oodguard.export.model_errors import UnsupportedDtypeError
 from oodguard.export.parity import (
     DEFAULT_ATOL,
@@ -48,10 +56,9 @@ from oodguard.export.stability import (
     measure_stability,
 )
 from oodguard.export.trajectory import TrajectoryFeatures
-from oodguard.inspect.bundle_files import inspection_files
 
-__all__ = ["ExportReport", "check_outputs", "export_bundle", "export_graphs", "export_onnx",
-           "rewrite_elu_nodes"]
+__all__ = ["ExportReport", "ExportedGraphs", "check_outputs", "export_bundle", "export_graphs",
+           "export_onnx", "rewrite_elu_nodes"]
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +76,25 @@ class ExportReport:
 
 
 
+class ExportedGraphs(NamedTuple):
+    """What :func:`export_graphs` makes from one tracing of each part."""
+
+    model: bytes  # the bundle's model.onnx
+    check: onnx.ModelProto  # the same graph with the trajectory and x̂ as extra outputs
+    inspection: bytes  # inspection.onnx: (x, z) ▶ (E(x), D(z), E(D(z)))
+
+
 def export_graphs(
     module: TrajectoryFeatures, example: torch.Tensor, *, rewrite_elu: bool | None = None,
     preprocess: nn.Module | None = None,
-) -> tuple[bytes, onnx.ModelProto]:
-    """``(bundle model bytes, check model)``.
+) -> ExportedGraphs:
+    """``(bundle model bytes, check model, inspection graph bytes)``.
 
     The check model computes the trajectory and ``x̂`` as extra outputs (see
-    :func:`oodguard.export.graphs.compose_trajectory`: the encoder, decoder and feature head
+    :func:`oodguard.export.graphs.trajectory_model`: the encoder, decoder and feature head
     traced once each); the bundle graph is the same graph with only the ``features`` output —
-    so the parity check sees exactly the nodes the bundle runs.
+    so the parity check sees exactly the nodes the bundle runs. The inspection graph calls the
+    same traced encoder and decoder (:func:`oodguard.export.graphs.inspection_model`).
 
     ``rewrite_elu`` replaces every ``Elu`` node by an equal expression, faster at large batches
     and slower at small ones; ``None`` does so only where the plain ``Elu`` would not be batch
@@ -86,7 +102,8 @@ def export_graphs(
     :mod:`oodguard.export.rewrite`). ``preprocess`` (raw ``x`` ▶ model space) becomes the
     graph's first nodes; ``example`` is then a raw input.
     """
-    check = compose_trajectory(module, example, preprocess)
+    traced = trace_parts(module, example, preprocess)
+    check = trajectory_model(traced, module.steps, len(module.feature_names))
     if rewrite_elu is None:
         rewrite_elu = not elu_is_batch_invariant(check)
     elif not rewrite_elu and not elu_is_batch_invariant(check):
@@ -95,11 +112,13 @@ def export_graphs(
     if rewrite_elu and not check.functions:
         rewrite_elu_nodes(check)
     model = features_only(check)
+    inspection = inspection_model(traced)
     try:
         onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(inspection, full_check=True)
     except onnx.checker.ValidationError as err:
         raise ExportError(f"onnx.checker rejected the exported graph: {err}") from err
-    return model.SerializeToString(), check
+    return ExportedGraphs(model.SerializeToString(), check, inspection.SerializeToString())
 
 
 def export_onnx(
@@ -109,7 +128,7 @@ def export_onnx(
     checked by ``onnx.checker`` (full check, with shape inference). See :func:`export_graphs`
     for ``rewrite_elu``.
     """
-    return export_graphs(module, example, rewrite_elu=rewrite_elu)[0]
+    return export_graphs(module, example, rewrite_elu=rewrite_elu).model
 
 
 def _session(data: bytes) -> Any:
@@ -282,8 +301,9 @@ def export_bundle(
     log.info("exporting the trajectory graph (T=%d, K=%d)", steps, len(report.attractors))
     with flush_denormal():
         stage("torch.onnx.export")
-        data, check = export_graphs(module, torch.from_numpy(x_check[: min(len(x_check), 4)]),
-                                    rewrite_elu=rewrite_elu, preprocess=ae.preprocess)
+        graphs = export_graphs(module, torch.from_numpy(x_check[: min(len(x_check), 4)]),
+                               rewrite_elu=rewrite_elu, preprocess=ae.preprocess)
+        data, check = graphs.model, graphs.check
         # The check model is the bundle graph plus two outputs: its features are the bundle's.
         stage("parity check")
         parity, onnx_features, onnx_x_hat = _verify(module, check, x_check, x_check_model,
@@ -322,7 +342,9 @@ def export_bundle(
                   "model": ae.record()},
     )
     stage("write")
-    files = {MODEL_FILE: data, **inspection_files(enc, dec, x_train, steps=steps, seed=seed)}
+    files = {MODEL_FILE: data,
+             **inspection_files(enc, dec, x_train, x_raw, report, graphs.inspection, steps=steps,
+                                seed=seed)}
     out = write_bundle(path, manifest, files, overwrite=overwrite)
     stage(None)
     return ExportReport(out, report, parity, baselines, dict(manifest.dynamics), len(data),

@@ -39,14 +39,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
 
-from oodguard.export.baselines import iterate_steps
 from oodguard.export.parity import compare_values
+from oodguard.inspect.iteration import iterate
+from oodguard.inspect.latent_map import TorchMap
 
 __all__ = [
     "STABILITY_QUANTILE",
@@ -84,14 +85,13 @@ def flush_denormal() -> Iterator[bool]:
         torch.set_flush_denormal(before)
 
 
-@torch.inference_mode()
 def measure_contraction(encoder: nn.Module, decoder: nn.Module, codes: np.ndarray, *,
                         steps: int, tol: float) -> dict[str, Any]:
     """Contraction of ``f = E∘D`` at ``codes [M, d]`` over ``steps`` steps (see the module)."""
-    with torch.inference_mode():
-        _, step = iterate_steps(encoder, decoder,
-                                torch.as_tensor(np.asarray(codes), dtype=torch.float32), steps)
-    return contraction_of(step, steps=steps, tol=tol)
+    z = np.asarray(codes, dtype=np.float32)
+    latent = TorchMap(encoder, decoder, input_shape=(), latent_dim=z.shape[1], max_batch=None)
+    run = iterate(latent.step, z, max_steps=steps, until_converged=False, record_norms=True)
+    return contraction_of(cast(np.ndarray, run.step_norms), steps=steps, tol=tol)
 
 
 def contraction_of(step: np.ndarray, *, steps: int, tol: float) -> dict[str, Any]:

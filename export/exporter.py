@@ -6,8 +6,6 @@ import copy
 import logging
 import os
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -19,12 +17,11 @@ from oodguard._progress import progress_bar
 from oodguard.bundle import MODEL_FILE, InputSpec, Manifest, write_bundle
 from oodguard.engine import DENORMAL_AS_ZERO_KEY
 from oodguard.errors import ExportError
-from oodguard.export.attractors import AttractorReport, discover_attractors
+from oodguard.export.attractors import discover_attractors
 from oodguard.export.autoencoder import Latent
 from oodguard.export.baselines import (
     DEFAULT_KNN_K,
     DEFAULT_MAX_BANK,
-    LatentBaselines,
     fit_latent_baselines,
 )
 from oodguard.export.graphs import (
@@ -46,12 +43,14 @@ from oodguard.export.parity import (
     check_same_trajectory,
 )
 from oodguard.export.probe import prepare_autoencoder, to_model_space
+from oodguard.export.report import ExportReport
 from oodguard.export.rewrite import elu_is_batch_invariant, rewrite_elu_nodes
 from oodguard.export.source import source_parity
 from oodguard.export.stability import (
     STABILITY_QUANTILE,
     STABILITY_THRESHOLD,
     contraction_of,
+    convergence_warning,
     flush_denormal,
     measure_stability,
 )
@@ -61,18 +60,6 @@ __all__ = ["ExportReport", "ExportedGraphs", "check_outputs", "export_bundle", "
            "export_onnx", "rewrite_elu_nodes"]
 
 log = logging.getLogger(__name__)
-
-
-
-@dataclass(frozen=True, eq=False)
-class ExportReport:
-    path: Path
-    attractors: AttractorReport
-    parity: ParityReport
-    baselines: LatentBaselines
-    dynamics: dict[str, Any]
-    onnx_bytes: int
-    export_seconds: float
 
 
 
@@ -315,10 +302,16 @@ def export_bundle(
                                       atol=parity_atol)
         stage("contraction")
         contraction = contraction_of(baselines.bank_steps, steps=steps, tol=report.tol)
+    warnings: list[str] = []
     unstable = [k for k, v in stability.items() if not v["stable"]]
     if unstable:
-        log.warning("features unstable under float32 round-off (whole trajectories, ONNX "
-                    "Runtime vs torch): %s; calibration leaves them out", unstable)
+        warnings.append(f"features unstable under float32 round-off (whole trajectories, ONNX "
+                        f"Runtime vs torch): {unstable}; calibration leaves them out")
+    transient = convergence_warning(contraction)
+    if transient:
+        warnings.append(transient)
+    for w in warnings:
+        log.warning("%s", w)
     parity_doc = _parity_doc(parity, module32 if half else None, onnx_features, x_check_model)
     if ae.source is not None:
         parity_doc["source"] = source_parity(ae, x_check_model, onnx_x_hat)
@@ -348,7 +341,7 @@ def export_bundle(
     out = write_bundle(path, manifest, files, overwrite=overwrite)
     stage(None)
     return ExportReport(out, report, parity, baselines, dict(manifest.dynamics), len(data),
-                        time.perf_counter() - t0)
+                        time.perf_counter() - t0, tuple(warnings))
 
 
 _STAGES = ("latent baselines", "torch.onnx.export", "parity check", "stability", "contraction",

@@ -206,3 +206,38 @@ def test_parity_sessions_treat_denormals_as_zero() -> None:
         pytest.skip("this CPU has no flush-to-zero mode (torch.set_flush_denormal)")
     assert 1.2e-38 < traj[20, 0, 0] < 1e-36  # still normal
     assert (traj[30:] == 0).all()  # 1e-30·2^-30 ≈ 9e-40 would be subnormal: flushed
+
+
+def test_export_warns_when_most_codes_do_not_converge_within_t(contractive_bundle) -> None:  # type: ignore[no-untyped-def]
+    """The map contracts by 0.9 a step: discovery's 500-step search converges, but within
+    T = 16 no training code does, so the trajectory features measure transients."""
+    r = contractive_bundle
+    assert r.attractors.n_data_converged == r.attractors.n_data  # the old warning's silence
+    assert r.dynamics["contraction"]["converged_fraction"] == 0.0
+    (warning,) = [w for w in r.warnings if "converge within" in w]
+    assert warning.startswith("only 0% of 150 training codes converge within T=16 steps")
+    assert "transients, not the distance to attractors" in warning
+    assert "steps_to_converge" in warning and "attractor_distance" in warning
+    assert f"warning: {warning}" in str(r)
+
+
+def test_no_convergence_warning_when_t_is_long_enough(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    with caplog.at_level(logging.WARNING):
+        r = export_bundle(tmp_path / "b", encoder=Contract().eval(),
+                          decoder=Rotate(False).eval(), x_train=_inputs(150), steps=64,
+                          n_noise=16)
+    assert r.dynamics["contraction"]["converged_fraction"] == 1.0
+    assert not [w for w in r.warnings if "converge within" in w]
+    assert "converge within" not in caplog.text
+
+
+def test_export_report_prints_a_short_summary(contractive_bundle) -> None:  # type: ignore[no-untyped-def]
+    text = str(contractive_bundle)
+    lines = text.splitlines()
+    assert 8 <= len(lines) <= 14, text
+    assert lines[0].startswith(f"bundle {contractive_bundle.path} (model.onnx ")
+    assert "T = 16 steps, latent size 8, 13 features" in text
+    assert "attractors: " in text and "from 150 training codes" in text
+    assert "parity vs torch: ok on " in text
+    assert lines[-1] == "details: .attractors, .parity, .baselines, .dynamics, .warnings"
+    assert "\n" not in repr(contractive_bundle) and len(repr(contractive_bundle)) < 200

@@ -71,9 +71,12 @@ def required_samples(alpha: float, n_features: int, fit_fraction: float) -> int:
     return max(math.ceil(n_fit / fit_fraction), math.ceil(n_cal / (1.0 - fit_fraction)))
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class CalibrationReport:
-    """What calibration produced. ``scorer`` is the runtime scorer (rebuilt from the JSON);
+    """What calibration produced. ``print(report)`` gives a short summary (:meth:`summary`);
+    the details are the attributes. ``scorer`` is the runtime scorer (rebuilt from the JSON;
+    its ``calibration_scores`` are every calibration score); ``details`` is the
+    ``calibration.json`` ``info`` (sizes, selection and its reference AUROCs, sanity check);
     ``dropped`` maps left-out features to the reason; ``warnings`` are the calibration's
     warnings (also logged and in ``calibration.json`` ``info``): a selection without
     ``recon_error`` or with an inverted baseline, trivially far inputs not flagged (details in
@@ -90,6 +93,56 @@ class CalibrationReport:
     @property
     def threshold(self) -> float:
         return self.scorer.threshold
+
+    @property
+    def details(self) -> Mapping[str, Any]:
+        """The calibration's record (``calibration.json`` ``info``)."""
+        return self.scorer.info
+
+    def summary(self) -> str:
+        """About a dozen lines: what was chosen, the sizes, alpha, the threshold, warnings."""
+        sc = self.scorer
+        sign = {1.0: "+", -1.0: "-", 0.0: "two-sided"}
+        used = ", ".join(f"{sc.feature_names[i]} ({sign.get(float(d), f'{d:g}')})"
+                         for i, d in zip(sc.used, sc.direction, strict=True))
+        sel = self.details.get("selection")
+        lines = [
+            f"calibrated bundle {self.path}",
+            f"alpha {sc.alpha:g}: flag when p <= {sc.alpha:g}; threshold {sc.threshold:.4g} "
+            f"(score above it is OOD)",
+            f"validation rows: {self.n_fit} fit the scorer, {self.n_cal} calibrate the "
+            f"p-values (smallest p = {1 / (self.n_cal + 1):.3g})",
+            f"score: {sc.combine} over {len(sc.used)} of {len(sc.feature_names)} features",
+            f"  {used}",
+        ]
+        if sel:
+            ref = sel.get("reference")
+            where = ("OOD validation inputs" if ref == "x_ood" else
+                     f"synthetic outliers ({', '.join(ref)})" if isinstance(ref, list) else
+                     "reference inputs")
+            lines.append(f"selected on {where}: combined reference AUROC "
+                         f"{sel.get('combined_reference_auroc', float('nan')):.3f}")
+        if self.dropped:
+            lines.append("left out: " + "; ".join(f"{k} ({v})" for k, v in
+                                                   list(self.dropped.items())[:4])
+                         + (f"; and {len(self.dropped) - 4} more" if len(self.dropped) > 4
+                            else ""))
+        if self.sanity:
+            lines.append("far inputs flagged: " + ", ".join(
+                f"{k} {v.get('flagged', '?')}/{v.get('n', '?')}" for k, v in self.sanity.items()
+                if isinstance(v, Mapping)))
+        lines += [f"warning: {w}" for w in self.warnings]
+        lines.append("details: .scorer (every calibration score), .details, .dropped, "
+                     ".sanity, .warnings")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def __repr__(self) -> str:
+        return (f"CalibrationReport(path={str(self.path)!r}, alpha={self.scorer.alpha:g}, "
+                f"threshold={self.threshold:.4g}, n_fit={self.n_fit}, n_cal={self.n_cal}, "
+                f"features={len(self.scorer.used)}, warnings={len(self.warnings)})")
 
 
 def split_indices(n: int, fit_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

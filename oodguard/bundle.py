@@ -57,6 +57,7 @@ __all__ = [
     "EXTRA_FILES",
     "INSPECTION_DATA_FILE",
     "INSPECTION_MODEL_FILE",
+    "REFERENCE_FILE",
     "MANIFEST_FILE",
     "MODEL_FILE",
     "READ_ATTEMPTS",
@@ -83,7 +84,8 @@ BUNDLE_FILES = frozenset({MODEL_FILE, CALIBRATION_FILE, MANIFEST_FILE})
 # format version lives inside them (the inspection arrays carry ``format_version``).
 INSPECTION_MODEL_FILE = "inspection.onnx"
 INSPECTION_DATA_FILE = "inspection.npz"
-EXTRA_FILES = frozenset({INSPECTION_MODEL_FILE, INSPECTION_DATA_FILE})
+REFERENCE_FILE = "reference.npz"  # the export's reference inputs and features (parity at load)
+EXTRA_FILES = frozenset({INSPECTION_MODEL_FILE, INSPECTION_DATA_FILE, REFERENCE_FILE})
 _ALL_FILES = BUNDLE_FILES | EXTRA_FILES
 READ_ATTEMPTS = 3
 
@@ -95,6 +97,7 @@ _MAX_BYTES = {
     MODEL_FILE: 2 << 30,
     INSPECTION_MODEL_FILE: 2 << 30,
     INSPECTION_DATA_FILE: 2 << 30,
+    REFERENCE_FILE: 1 << 30,
 }
 _DTYPES = ("float32",)
 _MAX_RANK = 8

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from oodguard._progress import progress_bar
-from oodguard.bundle import MODEL_FILE, InputSpec, Manifest, write_bundle
+from oodguard.bundle import MODEL_FILE, REFERENCE_FILE, InputSpec, Manifest, write_bundle
 from oodguard.engine import DENORMAL_AS_ZERO_KEY
 from oodguard.errors import ExportError
 from oodguard.export.attractors import discover_attractors
@@ -43,6 +43,7 @@ from oodguard.export.parity import (
     check_same_trajectory,
 )
 from oodguard.export.probe import prepare_autoencoder, to_model_space
+from oodguard.export.reference import DEFAULT_REFERENCE_ROWS, reference_file, reference_rows
 from oodguard.export.report import ExportReport
 from oodguard.export.rewrite import elu_is_batch_invariant, rewrite_elu_nodes
 from oodguard.export.source import source_parity
@@ -161,6 +162,7 @@ def export_bundle(
     preprocess: Any = None,
     max_steps: int = 500,
     max_codes: int | None = None,
+    n_reference: int = DEFAULT_REFERENCE_ROWS,
 ) -> ExportReport:
     """Export a trained autoencoder to an (uncalibrated) bundle directory.
 
@@ -223,6 +225,10 @@ def export_bundle(
     progress : bool or None
         Progress bars for attractor discovery and the export's stages (the ONNX export alone
         takes seconds); default when stderr is a terminal and INFO is logged.
+    n_reference : int
+        Reference inputs stored in ``reference.npz`` with ONNX Runtime's features of them, so
+        that the runtime can check at load that its execution provider reproduces them (see
+        :mod:`oodguard.export.reference`); taken from the parity check's inputs.
 
     Raises
     ------
@@ -233,6 +239,8 @@ def export_bundle(
         without ``latent=``, a model that is not deterministic, an unsupported dtype).
     """
     t0 = time.perf_counter()
+    if not (isinstance(n_reference, int) and n_reference >= 1):
+        raise ValueError(f"n_reference must be an int >= 1. Got {n_reference!r}")
     x_raw = np.asarray(x_train)
     if not (np.issubdtype(x_raw.dtype, np.floating) or np.issubdtype(x_raw.dtype, np.integer)):
         raise UnsupportedDtypeError(
@@ -302,6 +310,18 @@ def export_bundle(
                                       atol=parity_atol)
         stage("contraction")
         contraction = contraction_of(baselines.bank_steps, steps=steps, tol=report.tol)
+        stable = np.array([stability[n]["stable"] for n in module.feature_names])
+        rows = reference_rows(ref, onnx_features, train_rows, stable, rtol=parity_rtol,
+                              atol=parity_atol, n=n_reference)
+        session = _session(data)
+        reference = reference_file(
+            x_check[rows], lambda xs: session.run(None, {INPUT_NAME: xs})[0],
+            module.feature_names, stability, rtol=parity_rtol, atol=parity_atol)
+    if len(rows) < n_reference:
+        log.warning("only %d of the %d check inputs qualify as reference inputs (finite, and "
+                    "stable features that agree between torch and ONNX Runtime): %s holds %d "
+                    "rows instead of %d", len(rows), len(x_check), REFERENCE_FILE, len(rows),
+                    n_reference)
     warnings: list[str] = []
     unstable = [k for k, v in stability.items() if not v["stable"]]
     if unstable:
@@ -335,7 +355,7 @@ def export_bundle(
                   "model": ae.record()},
     )
     stage("write")
-    files = {MODEL_FILE: data,
+    files = {MODEL_FILE: data, REFERENCE_FILE: reference,
              **inspection_files(enc, dec, x_train, x_raw, report, graphs.inspection, steps=steps,
                                 seed=seed)}
     out = write_bundle(path, manifest, files, overwrite=overwrite)

@@ -39,7 +39,7 @@ import numpy as np
 from oodguard.bundle import MODEL_FILE, read_bundle
 from oodguard.calibration.calibrate import fit_scorer, split_indices
 from oodguard.calibration.checks import unstable_features
-from oodguard.calibration.evaluation import auroc
+from oodguard.calibration.detection_metrics import auroc
 from oodguard.calibration.selection import PROXY_KINDS, make_proxies
 from oodguard.engine import Engine
 from oodguard.scoring import conformal_p_values

@@ -24,7 +24,7 @@ Denormals: converging trajectories produce subnormal step differences, and torch
 the reference ~50× slower until ``torch.set_flush_denormal(True)``; the benchmark sets it for
 the whole run (recorded as ``machine.torch_flush_denormal``) so that the torch rows are not
 handicapped, and ONNX Runtime sessions set ``session.set_denormal_as_zero`` (see
-:mod:`oodguard.export.dynamics`).
+:mod:`oodguard.export.stability`).
 
     python benchmarks/engine.py --quick --out results/engine.json
     python benchmarks/engine.py --providers cuda --compare results/engine.json   # on a GPU

@@ -40,10 +40,10 @@ from typing import Any
 import numpy as np
 
 from oodguard.bundle import MODEL_FILE, read_bundle
-from oodguard.calibration.calibrate import _scorer, split_indices
-from oodguard.calibration.evaluation import auroc
-from oodguard.calibration.scorer import fit_transform
+from oodguard.calibration.calibrate import build_scorer, split_indices
+from oodguard.calibration.detection_metrics import auroc
 from oodguard.calibration.selection import PROXY_KINDS, make_proxies
+from oodguard.calibration.transform import fit_transform
 from oodguard.engine import Engine
 from oodguard.scoring import gaussian_log_sf
 
@@ -108,7 +108,7 @@ def model_bounds(art: Path, seed: int = 0) -> dict[str, Any]:
     fit_idx, _ = split_indices(len(data["x_val"]), 0.4, seed)
     x_fit = data["x_val"][fit_idx]
     ft = fit_transform(engine.run(np.ascontiguousarray(x_fit)), names, use=list(BASELINES))
-    sc = _scorer(ft, np.arange(len(ft.used)), np.ones(len(ft.used)), names, "max", 0.05)
+    sc = build_scorer(ft, np.arange(len(ft.used)), np.ones(len(ft.used)), names, "max", 0.05)
     order = [[names[i] for i in ft.used].index(n) for n in BASELINES]
 
     def z_of(x: np.ndarray) -> np.ndarray:

@@ -11,9 +11,9 @@ from oodguard.calibration.calibrate import (
     fit_scorer,
     required_samples,
 )
+from oodguard.calibration.detection_metrics import aupr, auroc, fpr_at_tpr, roc_curve
 from oodguard.calibration.evaluate import EvaluationReport, OODSetEvaluation, evaluate
-from oodguard.calibration.evaluation import aupr, auroc, fpr_at_tpr, roc_curve
-from oodguard.calibration.scorer import fit_transform
+from oodguard.calibration.transform import fit_transform
 
 __all__ = [
     "CalibrationReport",

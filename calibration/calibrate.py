@@ -31,13 +31,13 @@ from oodguard.bundle import (
     write_bundle,
 )
 from oodguard.calibration.checks import sanity_check, unstable_features
-from oodguard.calibration.scorer import FittedTransform, fit_transform
 from oodguard.calibration.selection import (
     BASELINE_FEATURES,
     DEFAULT_PROXY_KINDS,
     make_proxies,
     select_features,
 )
+from oodguard.calibration.transform import FittedTransform, fit_transform
 from oodguard.engine import Engine
 from oodguard.errors import CalibrationError
 from oodguard.progress import progress_bar
@@ -46,6 +46,8 @@ from oodguard.validation import validate_batch
 
 __all__ = [
     "CalibrationReport",
+    "build_scorer",
+    "bundle_target",
     "calibrate",
     "check_sizes",
     "fit_scorer",
@@ -69,9 +71,12 @@ def required_samples(alpha: float, n_features: int, fit_fraction: float) -> int:
     return max(math.ceil(n_fit / fit_fraction), math.ceil(n_cal / (1.0 - fit_fraction)))
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class CalibrationReport:
-    """What calibration produced. ``scorer`` is the runtime scorer (rebuilt from the JSON);
+    """What calibration produced. ``print(report)`` gives a short summary (:meth:`summary`);
+    the details are the attributes. ``scorer`` is the runtime scorer (rebuilt from the JSON;
+    its ``calibration_scores`` are every calibration score); ``details`` is the
+    ``calibration.json`` ``info`` (sizes, selection and its reference AUROCs, sanity check);
     ``dropped`` maps left-out features to the reason; ``warnings`` are the calibration's
     warnings (also logged and in ``calibration.json`` ``info``): a selection without
     ``recon_error`` or with an inverted baseline, trivially far inputs not flagged (details in
@@ -88,6 +93,56 @@ class CalibrationReport:
     @property
     def threshold(self) -> float:
         return self.scorer.threshold
+
+    @property
+    def details(self) -> Mapping[str, Any]:
+        """The calibration's record (``calibration.json`` ``info``)."""
+        return self.scorer.info
+
+    def summary(self) -> str:
+        """About a dozen lines: what was chosen, the sizes, alpha, the threshold, warnings."""
+        sc = self.scorer
+        sign = {1.0: "+", -1.0: "-", 0.0: "two-sided"}
+        used = ", ".join(f"{sc.feature_names[i]} ({sign.get(float(d), f'{d:g}')})"
+                         for i, d in zip(sc.used, sc.direction, strict=True))
+        sel = self.details.get("selection")
+        lines = [
+            f"calibrated bundle {self.path}",
+            f"alpha {sc.alpha:g}: flag when p <= {sc.alpha:g}; threshold {sc.threshold:.4g} "
+            f"(score above it is OOD)",
+            f"validation rows: {self.n_fit} fit the scorer, {self.n_cal} calibrate the "
+            f"p-values (smallest p = {1 / (self.n_cal + 1):.3g})",
+            f"score: {sc.combine} over {len(sc.used)} of {len(sc.feature_names)} features",
+            f"  {used}",
+        ]
+        if sel:
+            ref = sel.get("reference")
+            where = ("OOD validation inputs" if ref == "x_ood" else
+                     f"synthetic outliers ({', '.join(ref)})" if isinstance(ref, list) else
+                     "reference inputs")
+            lines.append(f"selected on {where}: combined reference AUROC "
+                         f"{sel.get('combined_reference_auroc', float('nan')):.3f}")
+        if self.dropped:
+            lines.append("left out: " + "; ".join(f"{k} ({v})" for k, v in
+                                                   list(self.dropped.items())[:4])
+                         + (f"; and {len(self.dropped) - 4} more" if len(self.dropped) > 4
+                            else ""))
+        if self.sanity:
+            lines.append("far inputs flagged: " + ", ".join(
+                f"{k} {v.get('flagged', '?')}/{v.get('n', '?')}" for k, v in self.sanity.items()
+                if isinstance(v, Mapping)))
+        lines += [f"warning: {w}" for w in self.warnings]
+        lines.append("details: .scorer (every calibration score), .details, .dropped, "
+                     ".sanity, .warnings")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def __repr__(self) -> str:
+        return (f"CalibrationReport(path={str(self.path)!r}, alpha={self.scorer.alpha:g}, "
+                f"threshold={self.threshold:.4g}, n_fit={self.n_fit}, n_cal={self.n_cal}, "
+                f"features={len(self.scorer.used)}, warnings={len(self.warnings)})")
 
 
 def split_indices(n: int, fit_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -223,7 +278,7 @@ def fit_scorer(
     if reference_features is not None:
         ref = np.asarray(reference_features, dtype=np.float64)
         ok = np.asarray(np.isfinite(ref).all(axis=1), dtype=bool)
-        probe = _scorer(fitted, keep, direction, names, "max", alpha)
+        probe = build_scorer(fitted, keep, direction, names, "max", alpha)
         used_names = [names[j] for j in fitted.used]
         groups = _regroup(reference_groups, ok)
         z_fit, z_ref = probe.standardize(fit), probe.standardize(ref[ok])
@@ -261,7 +316,7 @@ def fit_scorer(
         keep = np.arange(len(keep))
     lower_weight = np.where(direction == 0, np.where(upper_major, minor_tail, 1.0 - minor_tail),
                             0.5)
-    scorer = _scorer(fitted, keep, direction, names, combine, alpha, lower_weight)
+    scorer = build_scorer(fitted, keep, direction, names, combine, alpha, lower_weight)
     cal_scores = np.sort(scorer.score(cal))
     if not np.isfinite(cal_scores).all():
         raise CalibrationError("calibration scores are not finite; the fit is degenerate")
@@ -316,7 +371,7 @@ def _regroup(groups: Sequence[np.ndarray] | None, ok: np.ndarray) -> list[np.nda
     return [g for g in out if len(g)]
 
 
-def _scorer(
+def build_scorer(
     fitted: FittedTransform,
     keep: np.ndarray,
     direction: np.ndarray,
@@ -411,7 +466,7 @@ def calibrate(
     """
     if select not in ("auto", "all"):
         raise ValueError(f"select must be 'auto' or 'all'. Got {select!r}")
-    source, target, in_place = _target(bundle, out, overwrite)
+    source, target, in_place = bundle_target(bundle, out, overwrite)
     x32, _ = validate_batch(x_val, source.manifest.input, nonfinite="raise")
     use, few = check_validation_size(len(x32), source.manifest.feature_names, use, alpha,
                                      fit_fraction)
@@ -427,7 +482,7 @@ def calibrate(
         use=use, minor_tail=minor_tail, seed=seed, overwrite=overwrite)
 
 
-def _target(bundle: str | os.PathLike[str], out: str | os.PathLike[str] | None,
+def bundle_target(bundle: str | os.PathLike[str], out: str | os.PathLike[str] | None,
             overwrite: bool) -> tuple[Bundle, Path, bool]:
     """The source bundle, where the calibrated bundle goes, and whether that is in place;
     refuses (``BundleExistsError``) before any work what ``write_bundle`` would refuse."""
@@ -439,6 +494,7 @@ def _target(bundle: str | os.PathLike[str], out: str | os.PathLike[str] | None,
     if not in_place:
         check_destination(target, overwrite=overwrite)
     return source, target, in_place
+
 
 
 def check_validation_size(
@@ -505,7 +561,7 @@ def fit_and_write(
     bar.update()
     bar.set_description_str("calibration: write")
     files = {
-        MODEL_FILE: source.files[MODEL_FILE],
+        **source.files,  # model.onnx, and reference.npz where the export wrote one
         CALIBRATION_FILE: (json.dumps(scorer.to_dict()) + "\n").encode(),
         **read_extras(source),  # the optional inspection files travel with the bundle
     }

@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from oodguard._version import __version__
-from oodguard.calibration.evaluation import aupr, auroc, fpr_at_tpr
+from oodguard import __version__
+from oodguard.calibration.detection_metrics import aupr, auroc, fpr_at_tpr
 from oodguard.errors import CalibrationError, InvalidInputError, NonFiniteInputError
 from oodguard.guard import Guard
 from oodguard.scoring import score_threshold
 
-__all__ = ["EvaluationReport", "OODSetEvaluation", "evaluate"]
+__all__ = ["EvaluationReport", "OODSetEvaluation", "evaluate", "ks_tests"]
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class OODSetEvaluation:
     n : int
         Rows in the set.
     auroc, aupr_in, aupr_out, fpr95 : float
-        Threshold-free metrics (see :mod:`oodguard.calibration.evaluation`).
+        Threshold-free metrics (see :mod:`oodguard.calibration.detection_metrics`).
     tpr_at_threshold : float
         Fraction of this set the guard flags (``p ≤ alpha``).
     scores : ndarray of float64, shape (n,)
@@ -191,7 +191,7 @@ def _score(guard: Guard, x: Any, label: str, chunk: int) -> tuple[np.ndarray, np
     return np.concatenate(scores), np.concatenate(p)
 
 
-def _ks_tests(
+def ks_tests(
     p_in: np.ndarray, scores_in: np.ndarray, calibration_scores: np.ndarray
 ) -> tuple[float, float, float, float]:
     """``(D, p)`` of the one-sample KS test of the p-values against uniform, then ``(D, p)`` of
@@ -279,7 +279,7 @@ def evaluate(
 
     s_in, p_in = _score(guard, x_in, "in-distribution inputs", chunk)
     fpr = float(np.mean(p_in <= a))
-    ks, ks_p, ks2, ks2_p = _ks_tests(p_in, s_in, cal)
+    ks, ks_p, ks2, ks2_p = ks_tests(p_in, s_in, cal)
     sets = []
     for name, x in ood.items():
         s_out, p_out = _score(guard, x, f"OOD set {name!r}", chunk)

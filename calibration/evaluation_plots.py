@@ -8,35 +8,20 @@ from typing import Any
 
 import numpy as np
 
+from oodguard.calibration.detection_metrics import roc_curve
 from oodguard.calibration.evaluate import EvaluationReport
-from oodguard.calibration.evaluation import roc_curve
+from oodguard.calibration.plotting import pyplot, save_figure
 
 __all__ = ["PLOT_FILES", "plot_evaluation"]
 
 PLOT_FILES = ("roc.png", "scores.png", "p_values.png")
 
 
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(plt: Any, fig: Any, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def plot_evaluation(report: EvaluationReport, out: str | Path) -> list[Path]:
     """Write ``roc.png``, ``scores.png`` and ``p_values.png`` into the existing folder ``out``
     (replacing files of those names); returns their paths."""
     out = Path(out)
-    plt = _plt()
+    plt = pyplot()
     return [_roc(plt, report, out), _scores(plt, report, out), _p_values(plt, report, out)]
 
 
@@ -58,7 +43,7 @@ def _roc(plt: Any, r: EvaluationReport, out: Path) -> Path:
     ax.set_ylabel("true-positive rate (OOD flagged)")
     ax.set_title(f"ROC: {r.n_in} in-distribution inputs vs each OOD set")
     ax.legend(fontsize=8, loc="lower right")
-    return _save(plt, fig, out / "roc.png")
+    return save_figure(plt, fig, out / "roc.png")
 
 
 def _scores(plt: Any, r: EvaluationReport, out: Path) -> Path:
@@ -83,7 +68,7 @@ def _scores(plt: Any, r: EvaluationReport, out: Path) -> Path:
         ax.legend(fontsize=7)
     for ax in axes.flat[len(sets):]:
         ax.axis("off")
-    return _save(plt, fig, out / "scores.png")
+    return save_figure(plt, fig, out / "scores.png")
 
 
 def _p_values(plt: Any, r: EvaluationReport, out: Path) -> Path:
@@ -101,4 +86,4 @@ def _p_values(plt: Any, r: EvaluationReport, out: Path) -> Path:
                  f"KS D={r.ks_calibration_statistic:.3f}, p={r.ks_calibration_pvalue:.3g})",
                  fontsize=9.5)
     ax.legend(fontsize=8, loc="upper right")
-    return _save(plt, fig, out / "p_values.png")
+    return save_figure(plt, fig, out / "p_values.png")

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from oodguard.calibration.evaluation import auroc
+from oodguard.calibration.detection_metrics import auroc
 
 __all__ = [
     "BASELINE_FEATURES",

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from oodguard.calibration.evaluation import roc_curve
-from oodguard.calibration.evaluation_plots import _plt, _save  # one matplotlib set-up
+from oodguard.calibration.detection_metrics import roc_curve
+from oodguard.calibration.plotting import pyplot, save_figure
 
 __all__ = ["plot_all"]
 
@@ -27,7 +27,7 @@ def plot_all(
     ``scores_in[score]`` are in-distribution test scores; ``scores_out[set][score]`` OOD ones;
     ``aurocs[set][score]``; ``decoded_attractors [K, 8, 8]``.
     """
-    plt = _plt()
+    plt = pyplot()
     paths = []
     sets = list(scores_out)
     ncol = 2
@@ -47,7 +47,7 @@ def plot_all(
         ax.legend(fontsize=6.5, loc="lower right")
     for ax in axes.flat[len(sets):]:
         ax.axis("off")
-    paths.append(_save(plt, fig, out / "roc.png"))
+    paths.append(save_figure(plt, fig, out / "roc.png"))
 
     fig, axes = plt.subplots(nrow, ncol, figsize=(10, 3.6 * nrow), squeeze=False)
     inside = scores_in["combined"]
@@ -64,7 +64,7 @@ def plot_all(
         ax.legend(fontsize=7)
     for ax in axes.flat[len(sets):]:
         ax.axis("off")
-    paths.append(_save(plt, fig, out / "histograms.png"))
+    paths.append(save_figure(plt, fig, out / "histograms.png"))
 
     scores = list(scores_in)
     fig, ax = plt.subplots(figsize=(11, 4))
@@ -79,7 +79,7 @@ def plot_all(
     ax.set_ylim(0, 1.02)
     ax.set_title("What each score separates")
     ax.legend(fontsize=7, ncol=len(sets))
-    paths.append(_save(plt, fig, out / "feature_auroc.png"))
+    paths.append(save_figure(plt, fig, out / "feature_auroc.png"))
 
     k = len(decoded_attractors)
     cols = min(k, 10)
@@ -90,5 +90,5 @@ def plot_all(
     for ax, img in zip(axes.flat, decoded_attractors, strict=False):
         ax.imshow(img, cmap="gray_r", vmin=0, vmax=1)
     fig.suptitle(f"{k} attractors, decoded", fontsize=10)
-    paths.append(_save(plt, fig, out / "attractors.png"))
+    paths.append(save_figure(plt, fig, out / "attractors.png"))
     return paths

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from oodguard._version import __version__
+from oodguard import __version__
 from oodguard.calibration import auroc, calibrate, fit_scorer, fpr_at_tpr
 from oodguard.calibration.calibrate import split_indices
 from oodguard.calibration.data import load_digits_data

@@ -1,5 +1,9 @@
-"""Attractor discovery: iterate codes under ``f(z) = E(D(z))`` until they stop moving, then
-merge terminal points that lie within a radius of each other."""
+"""Attractor discovery for the bundle: training codes and Gaussian codes fitted to them, iterated
+under ``f(z) = E(D(z))`` until they stop moving, terminal points merged within a radius.
+
+The iteration and the merge are :func:`oodguard.inspect.discover` (the one implementation, also
+behind the inspection report); this module encodes the training data, draws the noise codes,
+sets the tolerances from the training codes and says what went wrong."""
 
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ import torch
 from torch import nn
 
 from oodguard.errors import ExportError
+from oodguard.inspect.iteration import Discovery, discover, merge_points
+from oodguard.inspect.latent_map import TorchMap
 from oodguard.progress import progress_bar
 
 __all__ = ["AttractorReport", "discover_attractors", "merge_points"]
@@ -38,6 +44,9 @@ class AttractorReport:
     n_train : int
         Training codes available; ``n_data`` of them were iterated (a seeded subsample when
         ``max_codes`` was smaller).
+    discovery : Discovery, optional
+        The run itself (per code: start, terminal point, convergence, steps), sources
+        ``"train"`` and ``"noise"``: the bundle's inspection report is made from it.
     """
 
     attractors: np.ndarray
@@ -54,6 +63,7 @@ class AttractorReport:
     seconds: float
     n_nonfinite: int = 0
     n_train: int = 0
+    discovery: Discovery | None = None
 
     def record(self) -> dict[str, float | int]:
         """The manifest's record of discovery (``dynamics["discovery"]``)."""
@@ -70,49 +80,6 @@ class AttractorReport:
             f"dropped) in {self.seconds:.2f}s; "
             f"tol={self.tol:.3g}, merge radius={self.merge_radius:.3g}"
         )
-
-
-def _iterate(
-    encoder: nn.Module, decoder: nn.Module, z: torch.Tensor, tol: float, max_steps: int,
-    progress: bool | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Iterate each code until its step is ≤ tol or the budget ends; (terminal, converged).
-    The bar counts converged codes."""
-    z = z.clone()
-    converged = torch.zeros(len(z), dtype=torch.bool)
-    active = torch.arange(len(z))
-    with progress_bar(len(z), "attractors", log, progress=progress, unit="code") as bar:
-        for step in range(max_steps):
-            if len(active) == 0:
-                break
-            cur = z[active]
-            nxt = encoder(decoder(cur))
-            done = torch.linalg.vector_norm(nxt - cur, dim=1) <= tol
-            z[active] = nxt
-            converged[active[done]] = True
-            active = active[~done]
-            bar.update(int(done.sum()))
-            bar.set_postfix_str(f"step {step + 1}/{max_steps}")
-    return z, converged
-
-
-def merge_points(points: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy leader clustering: a point joins the first center within ``radius``, else it
-    becomes a center. Returns ``(centers [K, d], members [K])``."""
-    centers: list[np.ndarray] = []
-    members: list[int] = []
-    bank = np.empty((0, points.shape[1]), dtype=np.float64)
-    for p in points.astype(np.float64):
-        if len(bank):
-            d = np.linalg.norm(bank - p, axis=1)
-            j = int(np.argmin(d))
-            if d[j] <= radius:
-                members[j] += 1
-                continue
-        centers.append(p)
-        members.append(1)
-        bank = np.vstack([bank, p[None]])
-    return np.asarray(centers, dtype=np.float32), np.asarray(members)
 
 
 @torch.inference_mode()
@@ -178,15 +145,23 @@ def discover_attractors(
     noise = codes.mean(0) + codes.std(0) * torch.randn(
         n_noise, codes.shape[1], generator=gen
     )
-    terminal, converged = _iterate(encoder, decoder, torch.cat([codes, noise]), tol, max_steps,
-                                   progress)
+    latent = TorchMap(encoder, decoder, input_shape=tuple(x.shape[1:]),
+                      latent_dim=int(codes.shape[1]), max_batch=None)
+    total = len(codes) + n_noise
+    with progress_bar(total, "attractors", log, progress=progress, unit="code") as bar:
+        def on_step(t: int, newly: int) -> None:
+            bar.update(newly)
+            bar.set_postfix_str(f"step {t + 1}/{max_steps}")
+
+        found = discover(latent.step, {"train": codes.numpy(), "noise": noise.numpy()},
+                         tol=tol, radius=radius, max_steps=max_steps,
+                         max_attractors=max_attractors, on_step=on_step)
+    train, gauss = found.runs["train"], found.runs["noise"]
     n = len(codes)
-    points = terminal.numpy()
-    finite = np.isfinite(points).all(axis=1)
-    n_nonfinite = int((~finite).sum())
-    if n_nonfinite == len(points):
+    n_nonfinite = int((~train.finite).sum() + (~gauss.finite).sum())
+    if n_nonfinite == total:
         raise ExportError(
-            f"the latent map z ▶ E(D(z)) diverges: all {len(points)} codes (training and "
+            f"the latent map z ▶ E(D(z)) diverges: all {total} codes (training and "
             f"Gaussian) reached NaN or infinity within {max_steps} steps, so there is no "
             "attractor to measure distances to. Check the model (a decoder without a bounded "
             "output activation, exploding weights); training with weight decay or denoising "
@@ -195,11 +170,10 @@ def discover_attractors(
     if n_nonfinite:
         log.warning(
             "%d of %d codes diverged to NaN/infinity under z ▶ E(D(z)) within %d steps; their "
-            "terminal points are dropped from the attractor bank", n_nonfinite, len(points),
+            "terminal points are dropped from the attractor bank", n_nonfinite, total,
             max_steps,
         )
-    ok = converged.numpy() & finite
-    if not ok.any():
+    if not found.merged_converged:
         log.warning(
             "none of %d codes converged within %d steps (tol %.3g): the latent map "
             "z ▶ E(D(z)) does not contract here, so the exported 'attractors' are merely where "
@@ -207,23 +181,16 @@ def discover_attractors(
             "attractor distances measure distance to arbitrary points; the step-norm, rate and "
             "latent kNN/Mahalanobis features still hold. Training with weight decay or "
             "denoising makes the map contractive; max_steps= bounds this search",
-            len(points), max_steps, tol,
+            total, max_steps, tol,
         )
-        ok = finite
-    centers, members = merge_points(points[ok], radius)
-    dropped = 0
-    if len(centers) > max_attractors:
-        keep = np.argsort(-members, kind="stable")[:max_attractors]
-        dropped = len(centers) - max_attractors
-        centers, members = centers[keep], members[keep]
     report = AttractorReport(
-        attractors=centers,
-        members=members,
+        attractors=found.attractors,
+        members=found.members,
         n_data=n,
-        n_data_converged=int(converged[:n].sum()),
+        n_data_converged=int(train.converged.sum()),
         n_noise=n_noise,
-        n_noise_converged=int(converged[n:].sum()),
-        n_dropped=dropped,
+        n_noise_converged=int(gauss.converged.sum()),
+        n_dropped=found.n_dropped,
         max_steps=max_steps,
         scale=scale,
         tol=tol,
@@ -231,6 +198,7 @@ def discover_attractors(
         seconds=time.perf_counter() - t0,
         n_nonfinite=n_nonfinite,
         n_train=n_train,
+        discovery=found,
     )
     log.info("attractor discovery: %s", report.summary())
     return report

@@ -40,6 +40,7 @@ from oodguard.export.model_errors import (
 
 __all__ = [
     "Autoencoder",
+    "BoundMethod",
     "EncoderDecoder",
     "Latent",
     "as_encoder_decoder",
@@ -169,7 +170,7 @@ def select_reconstruction(out: Any) -> torch.Tensor:
     return x_hat
 
 
-class _Method(nn.Module):
+class BoundMethod(nn.Module):
     """Exposes ``model.<method>`` as a module's ``forward`` (for models with encode/decode)."""
 
     def __init__(self, model: nn.Module, method: str) -> None:
@@ -229,8 +230,8 @@ def resolve_modules(
         enc, dec = _split_sequential(model, split)
         return _as_given(enc, model), _as_given(dec, model), None
     if callable(getattr(model, "encode", None)) and callable(getattr(model, "decode", None)):
-        return (_as_given(_Method(model, "encode"), model),
-                _as_given(_Method(model, "decode"), model), None)
+        return (_as_given(BoundMethod(model, "encode"), model),
+                _as_given(BoundMethod(model, "decode"), model), None)
     enc_m, dec_m = getattr(model, "encoder", None), getattr(model, "decoder", None)
     if isinstance(enc_m, nn.Module) and isinstance(dec_m, nn.Module):
         pre = getattr(model, "preprocess", None)
@@ -294,7 +295,7 @@ def warn_training_mode(*modules: nn.Module) -> list[str]:
             if id(m) in seen:
                 continue
             seen.add(id(m))
-            if m.training and not isinstance(m, _Method):
+            if m.training and not isinstance(m, BoundMethod):
                 any_training = True
                 if isinstance(m, _MODE_DEPENDENT):
                     found.append(f"{('encoder', 'decoder')[k % 2]}.{name} ({type(m).__name__})")
@@ -364,8 +365,8 @@ def as_encoder_decoder(
     reads multi-output encoders.
     """
     enc, dec, _ = resolve_modules(model=model, encoder=encoder, decoder=decoder)
-    if isinstance(enc, _Method) and isinstance(dec, _Method):
+    if isinstance(enc, BoundMethod) and isinstance(dec, BoundMethod):
         shared = frozen_copy(enc.model, torch.float32)
-        return _Method(shared, "encode"), _Method(shared, "decode")
+        return BoundMethod(shared, "encode"), BoundMethod(shared, "decode")
     return frozen_copy(enc, torch.float32), frozen_copy(dec, torch.float32)
 

@@ -32,12 +32,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
 from torch import nn
 
 from oodguard.errors import ExportError
+from oodguard.inspect.iteration import iterate
+from oodguard.inspect.latent_map import TorchMap
 
 __all__ = [
     "DEFAULT_KNN_K",
@@ -125,18 +128,6 @@ class LatentBaselines:
                 "terminal": self.terminal.to_dict()}
 
 
-def iterate_steps(encoder: nn.Module, decoder: nn.Module, z: torch.Tensor,
-                  steps: int) -> tuple[torch.Tensor, np.ndarray]:
-    """``(z_T, step [M, T])``: ``steps`` iterations of ``f = E∘D`` from ``z [M, d]`` and the
-    norm of every step (float64), in one pass."""
-    norms = []
-    for _ in range(steps):
-        nxt = encoder(decoder(z))
-        norms.append(torch.linalg.vector_norm(nxt - z, dim=1))
-        z = nxt
-    return z, torch.stack(norms, dim=1).double().numpy()
-
-
 def fit_reference(
     codes: np.ndarray,
     *,
@@ -205,8 +196,11 @@ def fit_latent_baselines(
     codes = torch.cat([encoder(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
     initial = fit_reference(codes.numpy(), k=k, max_bank=max_bank, seed=seed,
                             resolution=resolution)
-    z, bank_steps = iterate_steps(encoder, decoder, torch.from_numpy(initial.bank.copy()), steps)
-    term = z.numpy()
+    latent = TorchMap(encoder, decoder, input_shape=tuple(x.shape[1:]),
+                      latent_dim=int(codes.shape[1]), max_batch=None)
+    run = iterate(latent.step, initial.bank, max_steps=steps, until_converged=False,
+                  record_norms=True)
+    term, bank_steps = run.terminal, cast(np.ndarray, run.step_norms)
     finite = np.isfinite(term).all(axis=1)
     if not finite.all():
         log.warning("%d of %d bank codes reach NaN/infinity within T=%d steps; the terminal "

@@ -6,34 +6,32 @@ import copy
 import logging
 import os
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnx
 import torch
 from torch import nn
 
-from oodguard.bundle import MODEL_FILE, InputSpec, Manifest, write_bundle
+from oodguard.bundle import MODEL_FILE, REFERENCE_FILE, InputSpec, Manifest, write_bundle
 from oodguard.engine import DENORMAL_AS_ZERO_KEY
 from oodguard.errors import ExportError
-from oodguard.export.attractors import AttractorReport, discover_attractors
+from oodguard.export.attractors import discover_attractors
 from oodguard.export.autoencoder import Latent
 from oodguard.export.baselines import (
     DEFAULT_KNN_K,
     DEFAULT_MAX_BANK,
-    LatentBaselines,
     fit_latent_baselines,
 )
-from oodguard.export.dynamics import (
-    STABILITY_QUANTILE,
-    STABILITY_THRESHOLD,
-    contraction_of,
-    flush_denormal,
-    measure_stability,
+from oodguard.export.graphs import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    features_only,
+    inspection_model,
+    trace_parts,
+    trajectory_model,
 )
-from oodguard.export.graphs import INPUT_NAME, OUTPUT_NAME, compose_trajectory, features_only
+from oodguard.export.inspection_files import inspection_files
 from oodguard.export.model_errors import UnsupportedDtypeError
 from oodguard.export.parity import (
     DEFAULT_ATOL,
@@ -44,40 +42,47 @@ from oodguard.export.parity import (
     check_same_trajectory,
 )
 from oodguard.export.probe import prepare_autoencoder, to_model_space
+from oodguard.export.reference import DEFAULT_REFERENCE_ROWS, reference_file, reference_rows
+from oodguard.export.report import ExportReport
 from oodguard.export.rewrite import elu_is_batch_invariant, rewrite_elu_nodes
 from oodguard.export.source import source_parity
+from oodguard.export.stability import (
+    STABILITY_QUANTILE,
+    STABILITY_THRESHOLD,
+    contraction_of,
+    convergence_warning,
+    flush_denormal,
+    measure_stability,
+)
 from oodguard.export.trajectory import TrajectoryFeatures
-from oodguard.inspect.bundle_files import inspection_files
 from oodguard.progress import progress_bar
 
-__all__ = ["ExportReport", "export_bundle", "export_graphs", "export_onnx", "rewrite_elu_nodes"]
+__all__ = ["ExportReport", "ExportedGraphs", "check_outputs", "export_bundle", "export_graphs",
+           "export_onnx", "rewrite_elu_nodes"]
 
 log = logging.getLogger(__name__)
 
 
 
-@dataclass(frozen=True, eq=False)
-class ExportReport:
-    path: Path
-    attractors: AttractorReport
-    parity: ParityReport
-    baselines: LatentBaselines
-    dynamics: dict[str, Any]
-    onnx_bytes: int
-    export_seconds: float
+class ExportedGraphs(NamedTuple):
+    """What :func:`export_graphs` makes from one tracing of each part."""
 
+    model: bytes  # the bundle's model.onnx
+    check: onnx.ModelProto  # the same graph with the trajectory and x̂ as extra outputs
+    inspection: bytes  # inspection.onnx: (x, z) ▶ (E(x), D(z), E(D(z)))
 
 
 def export_graphs(
     module: TrajectoryFeatures, example: torch.Tensor, *, rewrite_elu: bool | None = None,
     preprocess: nn.Module | None = None,
-) -> tuple[bytes, onnx.ModelProto]:
-    """``(bundle model bytes, check model)``.
+) -> ExportedGraphs:
+    """``(bundle model bytes, check model, inspection graph bytes)``.
 
     The check model computes the trajectory and ``x̂`` as extra outputs (see
-    :func:`oodguard.export.graphs.compose_trajectory`: the encoder, decoder and feature head
+    :func:`oodguard.export.graphs.trajectory_model`: the encoder, decoder and feature head
     traced once each); the bundle graph is the same graph with only the ``features`` output —
-    so the parity check sees exactly the nodes the bundle runs.
+    so the parity check sees exactly the nodes the bundle runs. The inspection graph calls the
+    same traced encoder and decoder (:func:`oodguard.export.graphs.inspection_model`).
 
     ``rewrite_elu`` replaces every ``Elu`` node by an equal expression, faster at large batches
     and slower at small ones; ``None`` does so only where the plain ``Elu`` would not be batch
@@ -85,7 +90,8 @@ def export_graphs(
     :mod:`oodguard.export.rewrite`). ``preprocess`` (raw ``x`` ▶ model space) becomes the
     graph's first nodes; ``example`` is then a raw input.
     """
-    check = compose_trajectory(module, example, preprocess)
+    traced = trace_parts(module, example, preprocess)
+    check = trajectory_model(traced, module.steps, len(module.feature_names))
     if rewrite_elu is None:
         rewrite_elu = not elu_is_batch_invariant(check)
     elif not rewrite_elu and not elu_is_batch_invariant(check):
@@ -94,11 +100,13 @@ def export_graphs(
     if rewrite_elu and not check.functions:
         rewrite_elu_nodes(check)
     model = features_only(check)
+    inspection = inspection_model(traced)
     try:
         onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(inspection, full_check=True)
     except onnx.checker.ValidationError as err:
         raise ExportError(f"onnx.checker rejected the exported graph: {err}") from err
-    return model.SerializeToString(), check
+    return ExportedGraphs(model.SerializeToString(), check, inspection.SerializeToString())
 
 
 def export_onnx(
@@ -108,12 +116,12 @@ def export_onnx(
     checked by ``onnx.checker`` (full check, with shape inference). See :func:`export_graphs`
     for ``rewrite_elu``.
     """
-    return export_graphs(module, example, rewrite_elu=rewrite_elu)[0]
+    return export_graphs(module, example, rewrite_elu=rewrite_elu).model
 
 
 def _session(data: bytes) -> Any:
     """An ONNX Runtime CPU session that treats denormals as zero (as the runtime engine does;
-    see :mod:`oodguard.export.dynamics`)."""
+    see :mod:`oodguard.export.stability`)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -121,7 +129,7 @@ def _session(data: bytes) -> Any:
     return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
 
-def _check_outputs(model: onnx.ModelProto, x: np.ndarray) -> tuple[np.ndarray, ...]:
+def check_outputs(model: onnx.ModelProto, x: np.ndarray) -> tuple[np.ndarray, ...]:
     """ONNX Runtime's ``(features, trajectory [T+1, N, d], x̂)`` from a check model."""
     sess = _session(model.SerializeToString())
     return tuple(sess.run(None, {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)}))
@@ -154,6 +162,7 @@ def export_bundle(
     preprocess: Any = None,
     max_steps: int = 500,
     max_codes: int | None = None,
+    n_reference: int = DEFAULT_REFERENCE_ROWS,
 ) -> ExportReport:
     """Export a trained autoencoder to an (uncalibrated) bundle directory.
 
@@ -195,7 +204,7 @@ def export_bundle(
         Parity tolerance (see :mod:`oodguard.export.parity`). The bundle is not written when
         the one-step map or the features of one and the same trajectory differ beyond it;
         whole trajectories are compared too and recorded per feature in
-        ``manifest.dynamics["stability"]`` (see :mod:`oodguard.export.dynamics`).
+        ``manifest.dynamics["stability"]`` (see :mod:`oodguard.export.stability`).
         Default ``DEFAULT_RTOL``/``DEFAULT_ATOL``, or ``FP16_RTOL``/``FP16_ATOL`` with
         ``precision="float16"``.
     precision : "float32" or "float16"
@@ -216,6 +225,10 @@ def export_bundle(
     progress : bool or None
         Progress bars for attractor discovery and the export's stages (the ONNX export alone
         takes seconds); default when stderr is a terminal and INFO is logged.
+    n_reference : int
+        Reference inputs stored in ``reference.npz`` with ONNX Runtime's features of them, so
+        that the runtime can check at load that its execution provider reproduces them (see
+        :mod:`oodguard.export.reference`); taken from the parity check's inputs.
 
     Raises
     ------
@@ -226,6 +239,8 @@ def export_bundle(
         without ``latent=``, a model that is not deterministic, an unsupported dtype).
     """
     t0 = time.perf_counter()
+    if not (isinstance(n_reference, int) and n_reference >= 1):
+        raise ValueError(f"n_reference must be an int >= 1. Got {n_reference!r}")
     x_raw = np.asarray(x_train)
     if not (np.issubdtype(x_raw.dtype, np.floating) or np.issubdtype(x_raw.dtype, np.integer)):
         raise UnsupportedDtypeError(
@@ -281,8 +296,9 @@ def export_bundle(
     log.info("exporting the trajectory graph (T=%d, K=%d)", steps, len(report.attractors))
     with flush_denormal():
         stage("torch.onnx.export")
-        data, check = export_graphs(module, torch.from_numpy(x_check[: min(len(x_check), 4)]),
-                                    rewrite_elu=rewrite_elu, preprocess=ae.preprocess)
+        graphs = export_graphs(module, torch.from_numpy(x_check[: min(len(x_check), 4)]),
+                               rewrite_elu=rewrite_elu, preprocess=ae.preprocess)
+        data, check = graphs.model, graphs.check
         # The check model is the bundle graph plus two outputs: its features are the bundle's.
         stage("parity check")
         parity, onnx_features, onnx_x_hat = _verify(module, check, x_check, x_check_model,
@@ -294,10 +310,28 @@ def export_bundle(
                                       atol=parity_atol)
         stage("contraction")
         contraction = contraction_of(baselines.bank_steps, steps=steps, tol=report.tol)
+        stable = np.array([stability[n]["stable"] for n in module.feature_names])
+        rows = reference_rows(ref, onnx_features, train_rows, stable, rtol=parity_rtol,
+                              atol=parity_atol, n=n_reference)
+        session = _session(data)
+        reference = reference_file(
+            x_check[rows], lambda xs: session.run(None, {INPUT_NAME: xs})[0],
+            module.feature_names, stability, rtol=parity_rtol, atol=parity_atol)
+    if len(rows) < n_reference:
+        log.warning("only %d of the %d check inputs qualify as reference inputs (finite, and "
+                    "stable features that agree between torch and ONNX Runtime): %s holds %d "
+                    "rows instead of %d", len(rows), len(x_check), REFERENCE_FILE, len(rows),
+                    n_reference)
+    warnings: list[str] = []
     unstable = [k for k, v in stability.items() if not v["stable"]]
     if unstable:
-        log.warning("features unstable under float32 round-off (whole trajectories, ONNX "
-                    "Runtime vs torch): %s; calibration leaves them out", unstable)
+        warnings.append(f"features unstable under float32 round-off (whole trajectories, ONNX "
+                        f"Runtime vs torch): {unstable}; calibration leaves them out")
+    transient = convergence_warning(contraction)
+    if transient:
+        warnings.append(transient)
+    for w in warnings:
+        log.warning("%s", w)
     parity_doc = _parity_doc(parity, module32 if half else None, onnx_features, x_check_model)
     if ae.source is not None:
         parity_doc["source"] = source_parity(ae, x_check_model, onnx_x_hat)
@@ -321,11 +355,13 @@ def export_bundle(
                   "model": ae.record()},
     )
     stage("write")
-    files = {MODEL_FILE: data, **inspection_files(enc, dec, x_train, steps=steps, seed=seed)}
+    files = {MODEL_FILE: data, REFERENCE_FILE: reference,
+             **inspection_files(enc, dec, x_train, x_raw, report, graphs.inspection, steps=steps,
+                                seed=seed)}
     out = write_bundle(path, manifest, files, overwrite=overwrite)
     stage(None)
     return ExportReport(out, report, parity, baselines, dict(manifest.dynamics), len(data),
-                        time.perf_counter() - t0)
+                        time.perf_counter() - t0, tuple(warnings))
 
 
 _STAGES = ("latent baselines", "torch.onnx.export", "parity check", "stability", "contraction",
@@ -355,7 +391,7 @@ def _verify(module: TrajectoryFeatures, check: onnx.ModelProto, x: np.ndarray,
     """The deterministic parity check on the check model; raises when any input fails.
     ``x`` goes to the graph, ``x_model`` (``x`` after the preprocessing) to torch. Returns the
     report and ONNX Runtime's features and ``x̂`` of ``x``."""
-    outputs = _check_outputs(check, x)
+    outputs = check_outputs(check, x)
     parity = check_same_trajectory(module, x_model, *outputs, rtol=rtol, atol=atol)
     if not parity.ok:
         bad = parity.feature_failed.any(axis=1) | parity.step_failed

@@ -33,9 +33,11 @@ from torch import nn
 from oodguard.bundle import MODEL_FILE
 from oodguard.errors import ExportError
 from oodguard.export.trajectory import TrajectoryFeatures
+from oodguard.inspect.latent_map import INSPECTION_INPUTS, INSPECTION_OUTPUTS
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAME", "CHECK_OUTPUTS", "compose_trajectory", "features_only",
-           "torch_export"]
+__all__ = ["INPUT_NAME", "OUTPUT_NAME", "CHECK_OUTPUTS", "TracedParts", "compose_trajectory",
+           "features_only", "inspection_model", "torch_export", "trace_parts",
+           "trajectory_model"]
 
 INPUT_NAME = "x"
 OUTPUT_NAME = "features"
@@ -161,12 +163,76 @@ def _as_function(model: onnx.ModelProto, name: str) -> tuple[onnx.FunctionProto,
     return fn, renamed
 
 
-def compose_trajectory(module: TrajectoryFeatures, example: torch.Tensor,
-                       preprocess: nn.Module | None = None) -> onnx.ModelProto:
-    """The check model: raw ``x`` ▶ ``(features, trajectory [T+1, N, d], x̂)``.
+class TracedParts:
+    """The encoder, the decoder, the optional preprocessing and the feature head, each exported
+    once (:func:`trace_parts`) and held as ONNX functions whose weights are shared inputs; the
+    bundle graph and the inspection graph are both laid out from these calls."""
 
-    ``example`` is a raw input batch (N ≥ 2); ``preprocess`` (raw ▶ model space) runs first.
-    """
+    def __init__(self, parts: dict[str, onnx.ModelProto], latent_dim: int,
+                 model_shape: Sequence[int]) -> None:
+        self.parts = parts
+        self.latent_dim = latent_dim
+        self.model_shape = tuple(model_shape)  # one sample after the preprocessing
+        self.opsets: dict[str, int] = {}
+        self.functions: list[onnx.FunctionProto] = []
+        self.weights: list[Any] = []
+        for name, part in parts.items():
+            for op in part.opset_import:
+                if self.opsets.setdefault(op.domain, op.version) != op.version:
+                    raise ExportError(f"the {name} graph uses opset {op.domain or 'ai.onnx'} "
+                                      f"{op.version}, another part {self.opsets[op.domain]}")
+            fn, weights = _as_function(part, name)
+            self.functions.append(fn)
+            self.weights.extend(weights)
+
+    @property
+    def preprocessed(self) -> bool:
+        return "P" in self.parts
+
+    def call(self, name: str, args: list[str], out: str) -> onnx.NodeProto:
+        """A node calling part ``name`` (``"E"``, ``"D"``, ``"P"`` or ``"F"``) on ``args``."""
+        weights = [f"{name}.{i.name}" for i in self.parts[name].graph.initializer]
+        return helper.make_node(name, args + weights, [out], domain=_DOMAIN)
+
+    def encode(self, x: str, out: str) -> list[onnx.NodeProto]:
+        """Nodes for ``out = E(P(x))`` (``P`` where there is a preprocessing)."""
+        if not self.preprocessed:
+            return [self.call("E", [x], out)]
+        return [self.call("P", [x], f"{out}__model_x"), self.call("E", [f"{out}__model_x"], out)]
+
+    def input_info(self, name: str) -> onnx.ValueInfoProto:
+        """The raw input's type and shape (batch axis symbolic), renamed ``name``."""
+        first = self.parts["P" if self.preprocessed else "E"].graph.input[0]
+        info = onnx.ValueInfoProto()
+        info.CopyFrom(first)
+        info.name = name
+        return info
+
+    def model(self, nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto],
+              outputs: list[onnx.ValueInfoProto], constants: Sequence[Any] = (),
+              name: str = "oodguard_trajectory") -> onnx.ModelProto:
+        """One flat model from ``nodes`` (the calls inlined), holding the weights of the parts
+        it calls only."""
+        called = {n.op_type for n in nodes if n.domain == _DOMAIN}
+        weights = [w for w in self.weights if w.name.split(".", 1)[0] in called]
+        graph = helper.make_graph(nodes, name, inputs, outputs, [*weights, *constants])
+        opset_import = [helper.make_opsetid(k, v) for k, v in self.opsets.items()]
+        opset_import.append(helper.make_opsetid(_DOMAIN, 1))
+        functions = [f for f in self.functions if f.name in called]
+        model = helper.make_model(graph, opset_imports=opset_import, functions=functions,
+                                  producer_name="oodguard")
+        model.ir_version = max(p.ir_version for p in self.parts.values())
+        flat = onnx.inliner.inline_local_functions(model)
+        keep = [o for o in flat.opset_import if o.domain != _DOMAIN]
+        del flat.opset_import[:]
+        flat.opset_import.extend(keep)
+        return flat
+
+
+def trace_parts(module: TrajectoryFeatures, example: torch.Tensor,
+                preprocess: nn.Module | None = None) -> TracedParts:
+    """Export the parts of ``module`` once each. ``example`` is a raw input batch (N ≥ 2);
+    ``preprocess`` (raw ▶ model space) runs first."""
     with torch.inference_mode():
         xm = preprocess(example) if preprocess is not None else example
         z = module.encoder(xm)
@@ -181,59 +247,64 @@ def compose_trajectory(module: TrajectoryFeatures, example: torch.Tensor,
                               opset if _has_rnn(module.encoder) else None)
     parts["D"] = torch_export(module.decoder, [z], ["z"], ["x_hat"], [0], "decoder",
                               opset if _has_rnn(module.decoder) else None)
-    opsets: dict[str, int] = {}
-    functions, inits = [], []
-    for name, part in parts.items():
-        for op in part.opset_import:
-            if opsets.setdefault(op.domain, op.version) != op.version:
-                raise ExportError(f"the {name} graph uses opset {op.domain or 'ai.onnx'} "
-                                  f"{op.version}, another part {opsets[op.domain]}")
-        fn, weights = _as_function(part, name)
-        functions.append(fn)
-        inits.extend(weights)
+    return TracedParts(parts, int(z.shape[1]), tuple(xm.shape[1:]))
 
-    def call(name: str, args: list[str], out: str) -> onnx.NodeProto:
-        weights = [f"{name}.{i.name}" for i in parts[name].graph.initializer]
-        return helper.make_node(name, args + weights, [out], domain=_DOMAIN)
 
-    d = int(z.shape[1])
-    steps = module.steps
+def trajectory_model(traced: TracedParts, steps: int, n_features: int) -> onnx.ModelProto:
+    """The check model: raw ``x`` ▶ ``(features, trajectory [T+1, N, d], x̂)``."""
+    d = traced.latent_dim
     nodes = []
     x_in = INPUT_NAME
-    if preprocess is not None:
-        nodes.append(call("P", [INPUT_NAME], "x_model"))
+    if traced.preprocessed:
+        nodes.append(traced.call("P", [INPUT_NAME], "x_model"))
         x_in = "x_model"
-    nodes.append(call("E", [x_in], "z_0"))
-    nodes.append(call("D", ["z_0"], CHECK_OUTPUTS[1]))
-    nodes.append(call("E", [CHECK_OUTPUTS[1]], "z_1"))
+    nodes.append(traced.call("E", [x_in], "z_0"))
+    nodes.append(traced.call("D", ["z_0"], CHECK_OUTPUTS[1]))
+    nodes.append(traced.call("E", [CHECK_OUTPUTS[1]], "z_1"))
     for t in range(1, steps):
-        nodes.append(call("D", [f"z_{t}"], f"x_hat_{t}"))
-        nodes.append(call("E", [f"x_hat_{t}"], f"z_{t + 1}"))
+        nodes.append(traced.call("D", [f"z_{t}"], f"x_hat_{t}"))
+        nodes.append(traced.call("E", [f"x_hat_{t}"], f"z_{t + 1}"))
     # cat, then reshape: as TrajectoryFeatures.time_major builds it
     nodes.append(helper.make_node("Concat", [f"z_{t}" for t in range(steps + 1)], ["z_all"],
                                   axis=0))
-    inits.append(helper.make_tensor("traj_shape", onnx.TensorProto.INT64, [3],
-                                    [steps + 1, -1, d]))
+    shape = helper.make_tensor("traj_shape", onnx.TensorProto.INT64, [3], [steps + 1, -1, d])
     nodes.append(helper.make_node("Reshape", ["z_all", "traj_shape"], [CHECK_OUTPUTS[0]]))
-    nodes.append(call("F", [x_in, CHECK_OUTPUTS[1], CHECK_OUTPUTS[0]], OUTPUT_NAME))
-    first = parts["P" if preprocess is not None else "E"].graph.input[0]
-    x_info = onnx.ValueInfoProto()
-    x_info.CopyFrom(first)
-    x_info.name = INPUT_NAME
+    nodes.append(traced.call("F", [x_in, CHECK_OUTPUTS[1], CHECK_OUTPUTS[0]], OUTPUT_NAME))
     f32 = onnx.TensorProto.FLOAT
     outs = [
-        helper.make_tensor_value_info(OUTPUT_NAME, f32, ["batch", len(module.feature_names)]),
+        helper.make_tensor_value_info(OUTPUT_NAME, f32, ["batch", n_features]),
         helper.make_tensor_value_info(CHECK_OUTPUTS[0], f32, [steps + 1, "batch", d]),
-        helper.make_tensor_value_info(CHECK_OUTPUTS[1], f32, ["batch", *xm.shape[1:]]),
+        helper.make_tensor_value_info(CHECK_OUTPUTS[1], f32, ["batch", *traced.model_shape]),
     ]
-    graph = helper.make_graph(nodes, "oodguard_trajectory", [x_info], outs, inits)
-    opset_import = [helper.make_opsetid(k, v) for k, v in opsets.items()]
-    opset_import.append(helper.make_opsetid(_DOMAIN, 1))
-    model = helper.make_model(graph, opset_imports=opset_import, functions=functions,
-                              producer_name="oodguard")
-    model.ir_version = max(p.ir_version for p in parts.values())
-    flat = onnx.inliner.inline_local_functions(model)
-    keep = [o for o in flat.opset_import if o.domain != _DOMAIN]
-    del flat.opset_import[:]
-    flat.opset_import.extend(keep)
-    return flat
+    return traced.model(nodes, [traced.input_info(INPUT_NAME)], outs, [shape])
+
+
+def inspection_model(traced: TracedParts) -> onnx.ModelProto:
+    """The inspection graph ``(x [n, ...], z [m, d]) ▶ (E(x), D(z), E(D(z)))``: the same
+    encoder and decoder calls as the bundle graph, so it runs at any batch size wherever
+    ``model.onnx`` does (``x`` is a raw input; ``D(z)`` is in model space)."""
+    x, z = INSPECTION_INPUTS
+    codes, decoded, stepped = INSPECTION_OUTPUTS
+    nodes = [*traced.encode(x, codes), traced.call("D", [z], decoded),
+             traced.call("E", [decoded], stepped)]
+    x_info = traced.input_info(x)
+    x_info.type.tensor_type.shape.dim[0].dim_param = "n"
+    f32 = onnx.TensorProto.FLOAT
+    d = traced.latent_dim
+    z_info = helper.make_tensor_value_info(z, f32, ["m", d])
+    outs = [
+        helper.make_tensor_value_info(codes, f32, ["n", d]),
+        helper.make_tensor_value_info(decoded, f32, ["m", *traced.model_shape]),
+        helper.make_tensor_value_info(stepped, f32, ["m", d]),
+    ]
+    return traced.model(nodes, [x_info, z_info], outs, name="oodguard_inspection")
+
+
+def compose_trajectory(module: TrajectoryFeatures, example: torch.Tensor,
+                       preprocess: nn.Module | None = None) -> onnx.ModelProto:
+    """The check model: raw ``x`` ▶ ``(features, trajectory [T+1, N, d], x̂)``.
+
+    ``example`` is a raw input batch (N ≥ 2); ``preprocess`` (raw ▶ model space) runs first.
+    """
+    return trajectory_model(trace_parts(module, example, preprocess), module.steps,
+                            len(module.feature_names))

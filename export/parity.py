@@ -3,7 +3,7 @@
 What the exporter requires is :func:`check_same_trajectory`: the one-step map and the features
 of one and the same trajectory, which are deterministic up to float32 round-off whatever the
 map's dynamics. Whole trajectories (:func:`check_parity`) are compared too, but only recorded
-(:mod:`oodguard.export.dynamics`): a map that is not contractive everywhere amplifies round-off
+(:mod:`oodguard.export.stability`): a map that is not contractive everywhere amplifies round-off
 along the trajectory, and refusing such a model only forced users to loosen the tolerance.
 """
 
@@ -14,12 +14,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from oodguard.bundle.reference import compare_values
 from oodguard.export.trajectory import TrajectoryFeatures
 
 __all__ = [
     "DEFAULT_ATOL", "DEFAULT_RTOL", "FP16_ATOL", "FP16_RTOL", "ParityReport", "check_parity",
     "check_same_trajectory", "compare_values",
 ]
+# compare_values is the runtime's (oodguard.bundle.reference): the export's parity check and the
+# guard's load-time check use one rule.
 
 # Stated tolerance: |onnx − torch| ≤ atol·(1 + median|torch feature|) + rtol·|torch| per value.
 # float32 kernels reorder sums differently; one step of the map and the feature formulas on a
@@ -94,27 +97,6 @@ class ParityReport:
             "excused_steps_to_converge": self.excused_steps,
             "one_step_max_abs_diff": self.one_step_max_abs_diff,
         }
-
-
-def compare_values(ref: np.ndarray, got: np.ndarray, rtol: float,
-                   atol: float) -> tuple[np.ndarray, np.ndarray]:
-    """``(|got − ref|, out-of-tolerance mask)`` elementwise for one column of values.
-
-    The bound is ``atol·(1 + median|ref|) + rtol·|ref|``. NaN on both sides (or the same
-    infinity) counts as equal with difference 0; NaN or infinity on one side only is a failure
-    with difference ``inf``, so the reported maximum cannot read 0 for a failing column.
-    """
-    ref = np.asarray(ref, dtype=np.float64)
-    got = np.asarray(got, dtype=np.float64)
-    same = (np.isnan(ref) & np.isnan(got)) | (np.isinf(ref) & (ref == got))
-    with np.errstate(invalid="ignore"):
-        diff = np.abs(got - ref)
-    diff[same] = 0.0
-    diff[~same & ~np.isfinite(diff)] = np.inf
-    finite = np.abs(ref[np.isfinite(ref)])
-    scale = float(np.median(finite)) if len(finite) else 0.0
-    bound = atol * (1.0 + scale) + rtol * np.where(np.isfinite(ref), np.abs(ref), 0.0)
-    return diff, ~same & ~(diff <= bound)
 
 
 def _excuse_steps(module: TrajectoryFeatures, traj: torch.Tensor, bad: np.ndarray,

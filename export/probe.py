@@ -18,8 +18,8 @@ from torch import nn
 
 from oodguard.export.autoencoder import (
     Autoencoder,
+    BoundMethod,
     Latent,
-    _Method,
     describe_output,
     frozen_copy,
     resolve_modules,
@@ -76,9 +76,9 @@ class _ShapedDecoder(nn.Module):
 
 def _copies(enc: nn.Module, dec: nn.Module, dtype: torch.dtype) -> tuple[nn.Module, nn.Module]:
     """Frozen copies; a model's ``encode``/``decode`` keep sharing one copy of the model."""
-    if isinstance(enc, _Method) and isinstance(dec, _Method) and enc.model is dec.model:
+    if isinstance(enc, BoundMethod) and isinstance(dec, BoundMethod) and enc.model is dec.model:
         shared = frozen_copy(enc.model, dtype)
-        return _Method(shared, enc.method), _Method(shared, dec.method)
+        return BoundMethod(shared, enc.method), BoundMethod(shared, dec.method)
     both = frozen_copy(nn.ModuleList([enc, dec]), dtype)  # one copy keeps shared weights shared
     return both[0], both[1]
 

@@ -8,14 +8,17 @@ about a model.
 - :func:`compare_dictionaries`: attractors from Gaussian codes as a data-free dictionary,
   against a random orthogonal basis and PCA, with orthogonal matching pursuit;
 - :class:`AttractorMonitor`: the same statistics from the user's training loop, over epochs;
-- :func:`load_inspection`: a bundle's inspection files (``oodguard inspect BUNDLE``).
+- :func:`load_inspection`: a bundle's inspection files (``oodguard inspect BUNDLE``);
+- :func:`iterate` and :func:`discover` (:mod:`oodguard.inspect.iteration`): the one iteration
+  of the latent map and the one attractor discovery, shared with the exporter (which imports
+  this package; this package never imports the exporter, and needs no torch to read a bundle).
 
 >>> from oodguard.inspect import TorchMap, inspect_map                 # doctest: +SKIP
 >>> report = inspect_map(TorchMap.from_model(model, x_train), x_train=x_train)
 >>> print(report.summary())
 """
 
-from oodguard.inspect.bundle_files import inspection_files, load_inspection
+from oodguard.inspect.bundle_files import MAX_STORED_CODES, load_inspection
 from oodguard.inspect.dictionary import (
     DictionaryComparison,
     attractor_dictionary,
@@ -24,27 +27,31 @@ from oodguard.inspect.dictionary import (
     pca_basis,
     random_orthogonal_basis,
 )
-from oodguard.inspect.dynamics import (
+from oodguard.inspect.iteration import (
     Basins,
+    Discovery,
     Iteration,
-    Memorization,
-    contraction_ratios,
+    discover,
     find_basins,
     iterate,
-    memorization_coefficient,
+    merge_points,
     trajectory,
 )
 from oodguard.inspect.latent_map import LatentMap, OnnxMap, TorchMap
+from oodguard.inspect.measures import Memorization, contraction_ratios, memorization_coefficient
 from oodguard.inspect.monitor import AttractorMonitor, MonitorRecord
-from oodguard.inspect.report import InspectionReport, inspect_map
+from oodguard.inspect.output import write_all_or_nothing
+from oodguard.inspect.report import InspectionReport, inspect_map, report_from_discovery
 
 __all__ = [
     "AttractorMonitor",
     "Basins",
     "DictionaryComparison",
+    "Discovery",
     "InspectionReport",
     "Iteration",
     "LatentMap",
+    "MAX_STORED_CODES",
     "Memorization",
     "MonitorRecord",
     "OnnxMap",
@@ -54,12 +61,15 @@ __all__ = [
     "contraction_ratios",
     "find_basins",
     "inspect_map",
-    "inspection_files",
+    "discover",
     "iterate",
     "load_inspection",
     "memorization_coefficient",
+    "merge_points",
     "omp_mse",
     "pca_basis",
     "random_orthogonal_basis",
+    "report_from_discovery",
     "trajectory",
+    "write_all_or_nothing",
 ]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from oodguard.inspect.dynamics import find_basins, iterate
+from oodguard.inspect.iteration import find_basins, iterate
 from oodguard.inspect.latent_map import LatentMap
 
 __all__ = ["DictionaryComparison", "attractor_dictionary", "compare_dictionaries", "omp_mse",

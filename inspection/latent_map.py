@@ -40,12 +40,12 @@ class LatentMap(Protocol):
         ...
 
 
-def _batched(fn: Any, a: np.ndarray) -> np.ndarray:
+def _batched(fn: Any, a: np.ndarray, size: int | None = _BATCH) -> np.ndarray:
     a = np.ascontiguousarray(a, dtype=np.float32)
-    if len(a) <= _BATCH:
+    if size is None or len(a) <= size:
         return np.asarray(fn(a), dtype=np.float32)
-    return np.concatenate([np.asarray(fn(a[i:i + _BATCH]), dtype=np.float32)
-                           for i in range(0, len(a), _BATCH)])
+    return np.concatenate([np.asarray(fn(a[i:i + size]), dtype=np.float32)
+                           for i in range(0, len(a), size)])
 
 
 class TorchMap:
@@ -59,14 +59,18 @@ class TorchMap:
     input_shape : tuple of int
         One sample's shape (no batch axis).
     latent_dim : int
+    max_batch : int or None
+        Rows per call of the modules (default 4096); ``None``: every call takes the whole
+        array, so a step's numbers are those of one batch (the exporter's discovery).
     """
 
     def __init__(self, encoder: Any, decoder: Any, *, input_shape: tuple[int, ...],
-                 latent_dim: int) -> None:
+                 latent_dim: int, max_batch: int | None = _BATCH) -> None:
         self.encoder = encoder
         self.decoder = decoder
         self.input_shape = tuple(input_shape)
         self.latent_dim = int(latent_dim)
+        self.max_batch = max_batch
 
     @classmethod
     def from_model(cls, model: Any, x_example: np.ndarray) -> TorchMap:
@@ -94,7 +98,7 @@ class TorchMap:
         import torch
 
         with torch.no_grad():
-            return _batched(lambda b: fn(torch.from_numpy(b)).numpy(), a)
+            return _batched(lambda b: fn(torch.from_numpy(b)).numpy(), a, self.max_batch)
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         return self._run(self.encoder, x)

@@ -82,7 +82,7 @@ class AttractorMonitor:
         finally:
             for m, mode in zip(modules, modes, strict=True):
                 m.train(mode)
-        from oodguard.inspect.dynamics import memorization_coefficient
+        from oodguard.inspect.measures import memorization_coefficient
 
         train = r.train_attractors
         mem = (memorization_coefficient(r.decoded[train], self.x_reference).mean

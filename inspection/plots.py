@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from oodguard.calibration.evaluation_plots import _plt, _save  # one matplotlib set-up
+from oodguard.calibration.plotting import pyplot, save_figure
 from oodguard.inspect.report import InspectionReport
 
 __all__ = ["plot_inspection", "plot_monitor"]
@@ -52,7 +52,7 @@ def _attractors(plt: Any, r: InspectionReport, out: Path) -> Path:
         ax.set_title(f"{r.basin_train[i]}+{r.basin_noise[i]}{mem_s}", fontsize=7)
     fig.suptitle(f"{r.attractor_count} attractors, decoded (largest {k}); title: basin size "
                  "from training + Gaussian codes", fontsize=8)
-    return _save(plt, fig, out / "attractors.png")
+    return save_figure(plt, fig, out / "attractors.png")
 
 
 def _trajectories(plt: Any, r: InspectionReport, paths: np.ndarray, out: Path) -> Path:
@@ -77,7 +77,7 @@ def _trajectories(plt: Any, r: InspectionReport, paths: np.ndarray, out: Path) -
     ax.set_title(f"{paths.shape[1]} trajectories over {paths.shape[0] - 1} steps (PCA of the "
                  "latent space); dots: z0", fontsize=8)
     ax.legend(fontsize=7)
-    return _save(plt, fig, out / "trajectories.png")
+    return save_figure(plt, fig, out / "trajectories.png")
 
 
 def _contraction(plt: Any, r: InspectionReport, out: Path) -> Path:
@@ -92,7 +92,7 @@ def _contraction(plt: Any, r: InspectionReport, out: Path) -> Path:
         ax.set_ylabel("training codes", fontsize=8)
         ax.legend(fontsize=7)
     fig.suptitle("contraction of f = E∘D at training codes (< 1: contracting)", fontsize=9)
-    return _save(plt, fig, out / "contraction.png")
+    return save_figure(plt, fig, out / "contraction.png")
 
 
 def plot_inspection(report: InspectionReport, paths: np.ndarray,
@@ -100,14 +100,14 @@ def plot_inspection(report: InspectionReport, paths: np.ndarray,
     """Write ``attractors.png``, ``trajectories.png`` and ``contraction.png`` into the
     existing folder ``out``; ``paths [T + 1, n, d]`` are the trajectories to draw."""
     out = Path(out)
-    plt = _plt()
+    plt = pyplot()
     return [_attractors(plt, report, out), _trajectories(plt, report, paths, out),
             _contraction(plt, report, out)]
 
 
 def plot_monitor(history: Mapping[str, list[Any]], path: str | os.PathLike[str]) -> str:
     """Attractor counts, memorization coefficient and Lipschitz median over epochs."""
-    plt = _plt()
+    plt = pyplot()
     epochs = history["epoch"]
 
     def col(name: str) -> list[float]:
@@ -125,5 +125,5 @@ def plot_monitor(history: Mapping[str, list[Any]], path: str | os.PathLike[str])
     axes[2].set_ylabel("median local Lipschitz")
     for ax in axes:
         ax.set_xlabel("epoch")
-    _save(plt, fig, Path(path))
+    save_figure(plt, fig, Path(path))
     return str(path)

@@ -16,17 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from oodguard.inspect.dynamics import (
-    Basins,
-    Iteration,
-    contraction_ratios,
-    find_basins,
-    iterate,
-    memorization_coefficient,
-)
+from oodguard.inspect.iteration import Discovery, basins_of, discover
 from oodguard.inspect.latent_map import LatentMap
+from oodguard.inspect.measures import contraction_ratios, memorization_coefficient
 
-__all__ = ["FORMAT_VERSION", "InspectionReport", "inspect_map"]
+__all__ = ["FORMAT_VERSION", "InspectionReport", "inspect_map", "report_from_discovery"]
+
+STANDARD_NOISE = "Gaussian N(0, I)"
 
 FORMAT_VERSION = 1
 _ARRAYS = ("attractors", "decoded", "basin_train", "basin_noise", "memorization",
@@ -55,7 +51,8 @@ class InspectionReport:
     decoded : ndarray of float32, shape (K, *input_shape)
         ``D(z*)`` of each attractor.
     basin_train, basin_noise : ndarray of int, shape (K,)
-        Converged training codes / Gaussian ``N(0, I)`` codes that ended in each basin.
+        Converged training codes / Gaussian codes that ended in each basin (``N(0, I)``, or at
+        export the exporter's Gaussian fitted to the training codes: ``scalars["noise_codes"]``).
     memorization : ndarray of float64, shape (K,)
         ``max_x cos(D(z*), x)`` over the training samples (NaN where no training samples were
         given); summarised over the attractors reached from training codes, as in the paper.
@@ -70,7 +67,8 @@ class InspectionReport:
     scalars : dict
         ``latent_dim``, ``scale`` (median training-code norm), ``tol``, ``merge_radius``,
         ``max_steps``, ``horizon`` (the bundle's T, or None), counts of codes and of converged
-        codes, ``memorization_source``.
+        codes (``n_train`` counts every training code iterated; ``codes`` may hold fewer),
+        ``noise_codes``, ``memorization_source``.
     """
 
     attractors: np.ndarray
@@ -152,7 +150,8 @@ class InspectionReport:
         lines = [
             f"latent size {s['latent_dim']}; {self.attractor_count} attractors "
             f"({d['attractors_from_train']} reached from {s['n_train']} training codes, "
-            f"{d['attractors_from_noise']} from {s['n_noise']} Gaussian N(0, I) codes)",
+            f"{d['attractors_from_noise']} from {s['n_noise']} "
+            f"{s.get('noise_codes', STANDARD_NOISE)} codes)",
             "largest basins (train/noise codes): " + ", ".join(
                 f"{b['train']}/{b['noise']}" for b in d["basins"][:8]),
         ]
@@ -266,6 +265,9 @@ def inspect_map(
         convention, so counts agree with the bundle's).
     horizon : int, optional
         The bundle's ``T``: the report says which fraction converged within it.
+
+    The training and noise codes are iterated together by :func:`~oodguard.inspect.discover`,
+    the same discovery the exporter runs.
     """
     rng = np.random.default_rng(seed)
     if x_train is not None:
@@ -280,13 +282,36 @@ def inspect_map(
     scale = float(np.median(np.linalg.norm(codes, axis=1)))
     if not np.isfinite(scale) or scale <= 0:
         raise ValueError(f"training codes have median norm {scale}; the encoder looks broken")
-    tol, radius = rel_tol * scale, rel_merge_radius * scale
     noise = rng.standard_normal((n_noise, codes.shape[1])).astype(np.float32)
-    runs: dict[str, Iteration] = {
-        "train": iterate(latent.step, codes, tol=tol, max_steps=max_steps),
-        "noise": iterate(latent.step, noise, tol=tol, max_steps=max_steps),
-    }
-    basins: Basins = find_basins(runs, radius)
+    found = discover(latent.step, {"train": codes, "noise": noise}, tol=rel_tol * scale,
+                     radius=rel_merge_radius * scale, max_steps=max_steps)
+    return report_from_discovery(latent, found, x_train=x_train, scale=scale, rel_eps=rel_eps,
+                                 horizon=horizon, seed=seed, noise=STANDARD_NOISE)
+
+
+def report_from_discovery(
+    latent: LatentMap,
+    found: Discovery,
+    *,
+    x_train: np.ndarray | None,
+    scale: float,
+    rel_eps: float = 1e-2,
+    horizon: int | None = None,
+    seed: int = 0,
+    noise: str = STANDARD_NOISE,
+    max_stored_codes: int | None = None,
+) -> InspectionReport:
+    """The report of a discovery already run (sources ``"train"`` and ``"noise"``): its
+    attractors, decoded, their basins, convergence, contraction at the training codes and the
+    memorization coefficient against ``x_train`` (NaN without it).
+
+    ``noise`` names where the noise codes came from. The report keeps at most
+    ``max_stored_codes`` training codes (a seeded subsample; default all) and the contraction
+    is measured at those; convergence counts cover every code iterated.
+    """
+    train, noise_run = found.runs["train"], found.runs["noise"]
+    codes = found.sources["train"]
+    basins = basins_of(found)
     decoded = (latent.decode(basins.attractors) if basins.count
                else np.empty((0, *latent.input_shape), np.float32))
     if x_train is not None and basins.count:
@@ -295,18 +320,23 @@ def inspect_map(
     else:
         memorization = np.full(basins.count, np.nan)
         nearest = np.full(basins.count, -1, dtype=np.int64)
-    lip, ratio = contraction_ratios(latent.step, codes, eps=rel_eps * scale, seed=seed)
+    stored = codes
+    if max_stored_codes is not None and len(codes) > max_stored_codes:
+        rng = np.random.default_rng(seed)
+        stored = codes[np.sort(rng.choice(len(codes), max_stored_codes, replace=False))]
+    lip, ratio = contraction_ratios(latent.step, stored, eps=rel_eps * scale, seed=seed)
     scalars = {
-        "latent_dim": int(codes.shape[1]), "scale": scale, "tol": tol, "merge_radius": radius,
-        "max_steps": int(max_steps), "horizon": horizon, "n_train": len(codes),
-        "n_noise": int(n_noise), "converged_train": int(runs["train"].converged.sum()),
-        "converged_noise": int(runs["noise"].converged.sum()),
-        "diverged": int((~runs["train"].finite).sum() + (~runs["noise"].finite).sum()),
+        "latent_dim": int(codes.shape[1]), "scale": scale, "tol": found.tol,
+        "merge_radius": found.radius, "max_steps": found.max_steps, "horizon": horizon,
+        "n_train": len(codes), "n_noise": len(noise_run.steps), "noise_codes": noise,
+        "converged_train": int(train.converged.sum()),
+        "converged_noise": int(noise_run.converged.sum()),
+        "diverged": int((~train.finite).sum() + (~noise_run.finite).sum()),
         "memorization_source": "training samples" if x_train is not None else "not measured",
         "seed": int(seed),
     }
     return InspectionReport(
         attractors=basins.attractors, decoded=decoded, basin_train=basins.sizes["train"],
         basin_noise=basins.sizes["noise"], memorization=memorization, nearest_train=nearest,
-        lipschitz=lip, step_ratio=ratio, steps_train=runs["train"].steps,
-        steps_noise=runs["noise"].steps, codes=codes, scalars=scalars)
+        lipschitz=lip, step_ratio=ratio, steps_train=train.steps,
+        steps_noise=noise_run.steps, codes=stored, scalars=scalars)

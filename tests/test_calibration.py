@@ -234,3 +234,20 @@ def test_default_calibration_fpr_whatever_the_batch(bundle, data) -> None:  # ty
                                rtol=1e-4)
     assert 0.005 <= float(whole.is_ood.mean()) <= 0.095
     assert guard.alpha == 0.05
+
+
+def test_calibration_report_prints_a_short_summary(raw_bundle, data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    r = calibrate(raw_bundle, data["val"], alpha=0.1, out=tmp_path / "s", seed=3)
+    text = str(r)
+    lines = text.splitlines()
+    assert len(r.scorer.calibration_scores) == r.n_cal == 360  # the details: every score
+    assert 6 <= len(lines) <= 14 + len(r.warnings), text
+    assert lines[0] == f"calibrated bundle {tmp_path / 's'}"
+    assert f"alpha 0.1: flag when p <= 0.1; threshold {r.threshold:.4g}" in text
+    assert "validation rows: 240 fit the scorer, 360 calibrate the p-values" in text
+    assert f"score: {r.scorer.combine} over {len(r.scorer.used)} of 13 features" in text
+    assert "recon_error (" in text and "selected on synthetic outliers (" in text
+    assert "far inputs flagged: " in text
+    assert lines[-1].startswith("details: .scorer")
+    assert r.details["n_cal"] == 360 and "selection" in r.details
+    assert "\n" not in repr(r) and "calibration_scores" not in repr(r)

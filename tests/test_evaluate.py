@@ -9,7 +9,7 @@ from conftest import make_data
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from oodguard.calibration import EvaluationReport, evaluate
-from oodguard.calibration.evaluate import _ks_tests
+from oodguard.calibration.evaluate import ks_tests
 from oodguard.errors import CalibrationError, InvalidInputError, NotCalibratedError
 from oodguard.guard import Guard
 from oodguard.scoring import conformal_p_values, score_threshold
@@ -109,14 +109,14 @@ def test_ks_error_rates_on_generated_data() -> None:
     for _ in range(reps):
         cal = np.sort(rng.normal(size=100))
         s = rng.normal(size=3000)
-        _, p1, _, p2 = _ks_tests(conformal_p_values(cal, s), s, cal)
+        _, p1, _, p2 = ks_tests(conformal_p_values(cal, s), s, cal)
         rej_one += p1 <= 0.05
         rej_two += p2 <= 0.05
     assert rej_two / reps <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / reps)
     assert rej_one / reps > 0.5
     cal = np.sort(rng.normal(size=200))
     s = rng.normal(1.0, 1.0, size=400)
-    _, p1, _, p2 = _ks_tests(conformal_p_values(cal, s), s, cal)
+    _, p1, _, p2 = ks_tests(conformal_p_values(cal, s), s, cal)
     assert p1 < 1e-6 and p2 < 1e-6
 
 

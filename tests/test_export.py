@@ -120,13 +120,13 @@ def test_exporter_refuses_a_bundle_that_disagrees(monkeypatch, autoencoder, data
     many features and branches fail."""
     import oodguard.export.exporter as exporter
 
-    real = exporter._check_outputs
+    real = exporter.check_outputs
 
     def wrong(model, x):  # type: ignore[no-untyped-def]
         f, traj, x_hat = real(model, x)
         return f * 1.01, traj, x_hat
 
-    monkeypatch.setattr(exporter, "_check_outputs", wrong)
+    monkeypatch.setattr(exporter, "check_outputs", wrong)
     n = 256 + 64  # the default check set: up to 256 training rows and 64 noise inputs
     with pytest.raises(ExportError, match=rf"same trajectory .*: {n} of {n} inputs out of "
                                           r"tolerance .* not written") as err:
@@ -142,7 +142,7 @@ def test_exporter_refuses_a_wrong_one_step_map(monkeypatch, autoencoder, data, t
     """A one-step map that differs (z_{t+1} shifted for 5 inputs): refused, 5 inputs named."""
     import oodguard.export.exporter as exporter
 
-    real = exporter._check_outputs
+    real = exporter.check_outputs
 
     def wrong(model, x):  # type: ignore[no-untyped-def]
         f, traj, x_hat = real(model, x)
@@ -150,7 +150,7 @@ def test_exporter_refuses_a_wrong_one_step_map(monkeypatch, autoencoder, data, t
         traj[2:, :5] += 0.1
         return f, traj, x_hat
 
-    monkeypatch.setattr(exporter, "_check_outputs", wrong)
+    monkeypatch.setattr(exporter, "check_outputs", wrong)
     with pytest.raises(ExportError, match=r"one-step map failures 5; .* one-step map 0.1"):
         export_bundle(tmp_path / "b", model=autoencoder, x_train=data["train"][:300], steps=4)
 

@@ -210,3 +210,20 @@ def test_sweep_benchmark_quick_mode_writes_its_json(tmp_path) -> None:  # type: 
     assert run["over_training"]["epoch"] == [0, 5, 10]
     assert set(run["dictionary"]["mse"]) == {"attractors", "random_orthogonal", "pca"}
     assert 0.0 < run["memorization_mean"] <= 1.0
+
+
+def test_inspection_never_imports_the_exporter() -> None:
+    """The exporter imports oodguard.inspect (the one iteration, the report); the reverse would
+    be an import cycle, and would make ``oodguard inspect BUNDLE`` need torch."""
+    import ast
+    from pathlib import Path
+
+    import oodguard.inspect
+
+    root = Path(oodguard.inspect.__file__).parent
+    for path in root.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom) else
+                     [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            assert not any(n == "oodguard.export" or n.startswith("oodguard.export.")
+                           for n in names), f"{path.name} imports {names}"

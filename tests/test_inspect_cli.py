@@ -115,24 +115,21 @@ def test_out_that_is_a_file_is_refused(raw_bundle, tmp_path: Path, capsys) -> No
     assert f.read_text() == "mine"
 
 
-def test_inspection_files_that_cannot_be_made_leave_a_complete_bundle(monkeypatch,
-                                                                       caplog) -> None:
-    import torch
-
-    import oodguard.inspect.bundle_files as bf
+def test_inspection_files_that_cannot_be_made_leave_a_complete_bundle(
+        autoencoder, data, monkeypatch, caplog, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import oodguard.export.inspection_files as inspection_files
+    from oodguard.export import export_bundle
 
     def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
-        raise RuntimeError("no exporter for this model")
+        raise RuntimeError("no runtime for this graph")
 
-    monkeypatch.setattr(bf, "_graph", broken)
-    enc, dec = torch.nn.Linear(4, 2), torch.nn.Linear(2, 4)
-    x = np.random.default_rng(0).uniform(size=(20, 4)).astype(np.float32)
+    monkeypatch.setattr(inspection_files, "OnnxMap", broken)
     with caplog.at_level("WARNING"):
-        assert bf.inspection_files(enc, dec, x, steps=4) == {}
-    assert "no exporter for this model" in caplog.text
-    # and the map itself is measured from the same modules
-    latent = bf.TorchMap.from_model((enc, dec), x)
-    assert latent.latent_dim == 2 and latent.input_shape == (4,)
+        export_bundle(tmp_path / "b", model=autoencoder, x_train=data["train"][:200], steps=4)
+    assert "inspection files could not be made" in caplog.text
+    assert "no runtime for this graph" in caplog.text
+    b = read_bundle(tmp_path / "b")
+    assert read_extras(b).keys().isdisjoint({INSPECTION_MODEL_FILE, INSPECTION_DATA_FILE})
 
 
 def test_overwriting_a_bundle_with_inspection_files_leaves_nothing_behind(raw_bundle,
@@ -155,3 +152,65 @@ def test_inspect_from_a_bundle_needs_neither_torch_nor_scikit_learn() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_inspection_file_holds_the_manifests_attractors(raw_bundle, monkeypatch, tmp_path,
+                                                        autoencoder, data) -> None:  # type: ignore[no-untyped-def]
+    from oodguard.inspect import load_inspection
+
+    b, _, report = load_inspection(raw_bundle)
+    assert report.attractor_count == b.manifest.attractor_count
+    assert report.scalars["n_train"] == b.manifest.dynamics["discovery"]["n_data"]
+    # discovery runs once per export: the report is made from the exporter's own run
+    import oodguard.export.attractors as attractors
+    import oodguard.inspect.report as report_module
+
+    calls = []
+    real = attractors.discover
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(attractors, "discover", counted)
+    monkeypatch.setattr(report_module, "discover", counted)
+    from oodguard.export import export_bundle
+
+    export_bundle(tmp_path / "b", model=autoencoder, x_train=data["train"][:300], steps=4)
+    assert len(calls) == 1
+    b2, _, r2 = load_inspection(tmp_path / "b")
+    assert r2.attractor_count == b2.manifest.attractor_count
+
+
+def test_inspect_runs_on_a_vae_bundle_exported_with_the_latent_mean(tmp_path, capsys) -> None:
+    import torch
+    from _export_models import VAE, tabular
+
+    from oodguard.export import export_bundle
+    from oodguard.inspect import load_inspection
+
+    torch.manual_seed(0)
+    export_bundle(tmp_path / "vae", model=VAE().eval(), x_train=tabular(120), steps=4,
+                  latent="mean", n_noise=16)
+    _, latent, _ = load_inspection(tmp_path / "vae")
+    for n in (1, 3, 8):  # the graph kept no batch size from its tracing
+        assert latent.encode(tabular(n, seed=2)).shape == (n, 3)
+        assert latent.step(np.zeros((n, 3), np.float32)).shape == (n, 3)
+    out = tmp_path / "ins"
+    assert main(["inspect", str(tmp_path / "vae"), "--out", str(out)]) == 0
+    assert (out / "inspection.json").exists() and (out / "trajectories.png").exists()
+
+
+def test_a_failing_inspect_leaves_no_partial_files(raw_bundle, tmp_path, monkeypatch) -> None:
+    import oodguard.inspect.plots as plots
+
+    def broken(report, paths, out):  # type: ignore[no-untyped-def]
+        (Path(out) / "attractors.png").write_bytes(b"half")
+        raise RuntimeError("the plot failed")
+
+    monkeypatch.setattr(plots, "plot_inspection", broken)
+    out = tmp_path / "sub" / "ins"
+    with pytest.raises(RuntimeError, match="the plot failed"):
+        main(["inspect", str(raw_bundle), "--out", str(out)])
+    assert not out.exists()
+    assert list((tmp_path / "sub").iterdir()) == []  # no staging folder left either

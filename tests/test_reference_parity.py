@@ -36,6 +36,12 @@ def reference(bundle, data):  # type: ignore[no-untyped-def]
             "rtol": np.float64(1e-4), "atol": np.float64(1e-5)}
 
 
+def test_the_exported_bundle_passes_its_own_check(bundle) -> None:  # type: ignore[no-untyped-def]
+    """The exporter's reference.npz (ONNX Runtime on CPU at export) is reproduced here."""
+    g = Guard.load(bundle, registry=None)
+    assert g.parity is not None and g.parity.ok and g.parity.rows == 32
+
+
 def test_a_bundle_whose_features_this_engine_reproduces_loads(bundle, reference, tmp_path) -> None:  # type: ignore[no-untyped-def]
     reg = CollectorRegistry()
     g = Guard.load(_with_reference(bundle, tmp_path / "b", **reference), registry=reg, name="p")
@@ -46,9 +52,12 @@ def test_a_bundle_whose_features_this_engine_reproduces_loads(bundle, reference,
     assert reg.get_sample_value("oodguard_parity_error_ratio", {"guard": "p"}) <= 1.0
 
 
-def test_older_bundles_without_reference_load_with_nothing_to_check(bundle) -> None:  # type: ignore[no-untyped-def]
+def test_older_bundles_without_reference_load_with_nothing_to_check(bundle, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    b = read_bundle(bundle)
+    old = write_bundle(tmp_path / "old", b.manifest,
+                       {k: v for k, v in b.files.items() if k != REFERENCE_FILE})
     reg = CollectorRegistry()
-    g = Guard.load(bundle, registry=reg, name="old")
+    g = Guard.load(old, registry=reg, name="old")
     assert g.parity is None
     assert reg.get_sample_value("oodguard_parity_error_ratio", {"guard": "old"}) is None
 

@@ -12,13 +12,13 @@ from torch import nn
 from oodguard.bundle import read_bundle
 from oodguard.errors import ExportError
 from oodguard.export import discover_attractors, export_bundle
-from oodguard.export.dynamics import (
+from oodguard.export.exporter import check_outputs, export_graphs
+from oodguard.export.stability import (
     flush_denormal,
     flush_denormal_enabled,
     measure_contraction,
     measure_stability,
 )
-from oodguard.export.exporter import _check_outputs, export_graphs
 from oodguard.export.trajectory import TrajectoryFeatures
 from oodguard.features import FEATURE_NAMES
 
@@ -199,10 +199,45 @@ def test_parity_sessions_treat_denormals_as_zero() -> None:
     module = TrajectoryFeatures(nn.Identity(), _Scale(0.5), torch.zeros(1, 2), steps=40,
                                 tol=1e-3).eval()
     x = np.array([[1e-30, 0.75e-30]], np.float32)
-    _, check = export_graphs(module, torch.from_numpy(x), rewrite_elu=False)
+    check = export_graphs(module, torch.from_numpy(x), rewrite_elu=False).check
     with flush_denormal() as supported:
-        _, traj, _ = _check_outputs(check, x)
+        _, traj, _ = check_outputs(check, x)
     if not supported:
         pytest.skip("this CPU has no flush-to-zero mode (torch.set_flush_denormal)")
     assert 1.2e-38 < traj[20, 0, 0] < 1e-36  # still normal
     assert (traj[30:] == 0).all()  # 1e-30·2^-30 ≈ 9e-40 would be subnormal: flushed
+
+
+def test_export_warns_when_most_codes_do_not_converge_within_t(contractive_bundle) -> None:  # type: ignore[no-untyped-def]
+    """The map contracts by 0.9 a step: discovery's 500-step search converges, but within
+    T = 16 no training code does, so the trajectory features measure transients."""
+    r = contractive_bundle
+    assert r.attractors.n_data_converged == r.attractors.n_data  # the old warning's silence
+    assert r.dynamics["contraction"]["converged_fraction"] == 0.0
+    (warning,) = [w for w in r.warnings if "converge within" in w]
+    assert warning.startswith("only 0% of 150 training codes converge within T=16 steps")
+    assert "transients, not the distance to attractors" in warning
+    assert "steps_to_converge" in warning and "attractor_distance" in warning
+    assert f"warning: {warning}" in str(r)
+
+
+def test_no_convergence_warning_when_t_is_long_enough(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    with caplog.at_level(logging.WARNING):
+        r = export_bundle(tmp_path / "b", encoder=Contract().eval(),
+                          decoder=Rotate(False).eval(), x_train=_inputs(150), steps=64,
+                          n_noise=16)
+    assert r.dynamics["contraction"]["converged_fraction"] == 1.0
+    assert not [w for w in r.warnings if "converge within" in w]
+    assert "converge within" not in caplog.text
+
+
+def test_export_report_prints_a_short_summary(contractive_bundle) -> None:  # type: ignore[no-untyped-def]
+    text = str(contractive_bundle)
+    lines = text.splitlines()
+    assert 8 <= len(lines) <= 14, text
+    assert lines[0].startswith(f"bundle {contractive_bundle.path} (model.onnx ")
+    assert "T = 16 steps, latent size 8, 13 features" in text
+    assert "attractors: " in text and "from 150 training codes" in text
+    assert "parity vs torch: ok on " in text
+    assert lines[-1] == "details: .attractors, .parity, .baselines, .dynamics, .warnings"
+    assert "\n" not in repr(contractive_bundle) and len(repr(contractive_bundle)) < 200

@@ -7,8 +7,9 @@ of exported detectors (anomalib #2483, #2747; OpenVINO CPU vs GPU #1859). The ex
 at export time, the mask of features that are numerically stable (chaotic features are left
 out: their float32 round-off grows along the trajectory, see the manifest's ``dynamics``) and
 the export's parity tolerance. :class:`oodguard.Guard` runs the inputs through its own engine
-at load, on the execution provider it actually uses, and compares with :func:`compare`:
-``|got − want| ≤ atol + rtol·|want|`` on every stable feature, and the same finiteness.
+at load, on the execution provider it actually uses, and compares with :func:`compare`, by the
+export's own rule (:func:`compare_values`, which the exporter's parity check calls too) on every
+stable feature.
 
 The file is ``numpy.savez`` without pickles, hash-checked like every bundle file; a malformed
 one is a :class:`~oodguard.errors.BundleError`. Bundles without it (exported before) load as
@@ -25,7 +26,7 @@ import numpy as np
 from oodguard.bundle.manifest import REFERENCE_FILE, InputSpec
 from oodguard.errors import BundleError
 
-__all__ = ["ParityReport", "Reference", "compare", "parse_reference"]
+__all__ = ["ParityReport", "Reference", "compare", "compare_values", "parse_reference"]
 
 _MAX_ROWS = 4096
 _FIX = "re-export the bundle with oodguard.export"
@@ -107,28 +108,55 @@ def parse_reference(data: bytes, spec: InputSpec, n_features: int) -> Reference:
     return Reference(inputs, features, stable, tol["rtol"], tol["atol"])
 
 
+def compare_values(ref: np.ndarray, got: np.ndarray, rtol: float,
+                   atol: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(|got − ref|, out-of-tolerance mask)`` elementwise for one column of values: the
+    parity rule of the export and of the load-time check.
+
+    The bound is ``atol·(1 + median|ref|) + rtol·|ref|``. NaN on both sides (or the same
+    infinity) counts as equal with difference 0; NaN or infinity on one side only is a failure
+    with difference ``inf``, so the reported maximum cannot read 0 for a failing column.
+    """
+    ref = np.asarray(ref, dtype=np.float64)
+    got = np.asarray(got, dtype=np.float64)
+    same = (np.isnan(ref) & np.isnan(got)) | (np.isinf(ref) & (ref == got))
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(got - ref)
+    diff[same] = 0.0
+    diff[~same & ~np.isfinite(diff)] = np.inf
+    finite = np.abs(ref[np.isfinite(ref)])
+    scale = float(np.median(finite)) if len(finite) else 0.0
+    bound = atol * (1.0 + scale) + rtol * np.where(np.isfinite(ref), np.abs(ref), 0.0)
+    return diff, ~same & ~(diff <= bound)
+
+
 def compare(got: np.ndarray, ref: Reference, feature_names: tuple[str, ...]) -> ParityReport:
-    """Compare the serving engine's features ``got [R, F]`` with the reference's."""
+    """Compare the serving engine's features ``got [R, F]`` with the reference's, column by
+    column with :func:`compare_values`."""
     cols = np.flatnonzero(ref.stable)
-    want = ref.features[:, cols].astype(np.float64)
-    have = np.asarray(got, dtype=np.float64)[:, cols]
-    same_kind = np.isfinite(want) == np.isfinite(have)
-    both = np.isfinite(want) & np.isfinite(have)
-    diff = np.where(both, np.abs(have - want), 0.0)
-    diff = np.where(same_kind, diff, np.inf)
-    bound = ref.atol + ref.rtol * np.abs(np.where(both, want, 0.0))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(diff == 0, 0.0, diff / bound)
     if not cols.size:
-        return ParityReport(True, 0.0, "", -1, 0.0, len(want), 0)
-    row, k = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
-    max_ratio = float(ratio[row, k])
+        return ParityReport(True, 0.0, "", -1, 0.0, len(ref.features), 0)
+    worst = (-1.0, 0.0, 0, int(cols[0]))  # (ratio, diff, row, column)
+    ok = True
+    for j in cols.tolist():
+        want = ref.features[:, j].astype(np.float64)
+        diff, bad = compare_values(want, got[:, j], ref.rtol, ref.atol)
+        ok = ok and not bad.any()
+        finite = np.abs(want[np.isfinite(want)])
+        scale = float(np.median(finite)) if len(finite) else 0.0
+        bound = ref.atol * (1.0 + scale) + ref.rtol * np.where(np.isfinite(want),
+                                                                np.abs(want), 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(diff == 0.0, 0.0, diff / bound)  # diff > 0 = bound: inf
+        r = int(np.argmax(ratio))
+        if float(ratio[r]) > worst[0]:
+            worst = (float(ratio[r]), float(diff[r]), r, j)
     return ParityReport(
-        ok=bool(max_ratio <= 1.0),
-        max_abs_diff=float(diff.max()),
-        worst_feature=feature_names[int(cols[k])],
-        worst_row=int(row),
-        max_ratio=max_ratio,
-        rows=len(want),
+        ok=bool(ok),
+        max_abs_diff=worst[1],
+        worst_feature=feature_names[worst[3]],
+        worst_row=worst[2],
+        max_ratio=worst[0],
+        rows=len(ref.features),
         features_checked=int(cols.size),
     )

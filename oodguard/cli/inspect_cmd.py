@@ -72,14 +72,17 @@ def _inspect(a: argparse.Namespace) -> int:
         source = f"measured now on {a.data}"
     doc = {**report.to_dict(), "bundle": str(a.bundle),
            "data": None if a.data is None else str(a.data), "source": source}
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / REPORT_FILE).write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
-    written = [str(a.out / REPORT_FILE)]
-    if not a.no_plots:
+
+    def write(folder: Path) -> list[Path]:  # all files or none (a failure leaves --out as it was)
+        (folder / REPORT_FILE).write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
+        if a.no_plots:
+            return [folder / REPORT_FILE]
         # long enough for most training codes to arrive (the 90th percentile of their steps)
         steps = max(bundle.manifest.steps, int(np.quantile(report.steps_train, 0.9)))
         paths = ins.trajectory(latent.step, report.codes[:TRAJECTORIES], steps)
-        written += [str(p) for p in plots.plot_inspection(report, paths, a.out)]
+        return [folder / REPORT_FILE, *plots.plot_inspection(report, paths, folder)]
+
+    written = [str(p) for p in ins.write_all_or_nothing(a.out, write)]
     print(f"bundle {a.bundle} ({source})")
     print(report.summary())
     print("wrote " + ", ".join(written))

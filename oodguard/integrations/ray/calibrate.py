@@ -31,7 +31,7 @@ from oodguard.bundle import MODEL_FILE, InputSpec
 from oodguard.calibration.calibrate import (
     DEFAULT_COMBINE,
     CalibrationReport,
-    _target,
+    bundle_target,
     check_validation_size,
     fit_and_write,
     split_indices,
@@ -129,7 +129,7 @@ def calibrate_dataset(
     """
     if select not in ("auto", "all"):
         raise ValueError(f"select must be 'auto' or 'all'. Got {select!r}")
-    source, target, in_place = _target(bundle, out, overwrite)
+    source, target, in_place = bundle_target(bundle, out, overwrite)
     ds, n = _sample(ds, ds.count(), max_rows, seed)
     use, few = check_validation_size(n, source.manifest.feature_names, use, alpha, fit_fraction)
     fit_idx, _ = split_indices(n, fit_fraction, seed)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
-from oodguard.calibration.evaluation import aupr, auroc, fpr_at_tpr, roc_curve
+from oodguard.calibration.detection_metrics import aupr, auroc, fpr_at_tpr, roc_curve
 
 
 def _labels(a: np.ndarray, b: np.ndarray) -> np.ndarray:

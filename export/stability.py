@@ -39,18 +39,22 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
 
-from oodguard.export.baselines import iterate_steps
 from oodguard.export.parity import compare_values
+from oodguard.inspect.iteration import iterate
+from oodguard.inspect.latent_map import TorchMap
 
 __all__ = [
     "STABILITY_QUANTILE",
     "STABILITY_THRESHOLD",
+    "CONVERGED_WITHIN_T_WARNING",
+    "SETTLED_FEATURES",
+    "convergence_warning",
     "flush_denormal",
     "flush_denormal_enabled",
     "contraction_of",
@@ -84,14 +88,13 @@ def flush_denormal() -> Iterator[bool]:
         torch.set_flush_denormal(before)
 
 
-@torch.inference_mode()
 def measure_contraction(encoder: nn.Module, decoder: nn.Module, codes: np.ndarray, *,
                         steps: int, tol: float) -> dict[str, Any]:
     """Contraction of ``f = E∘D`` at ``codes [M, d]`` over ``steps`` steps (see the module)."""
-    with torch.inference_mode():
-        _, step = iterate_steps(encoder, decoder,
-                                torch.as_tensor(np.asarray(codes), dtype=torch.float32), steps)
-    return contraction_of(step, steps=steps, tol=tol)
+    z = np.asarray(codes, dtype=np.float32)
+    latent = TorchMap(encoder, decoder, input_shape=(), latent_dim=z.shape[1], max_batch=None)
+    run = iterate(latent.step, z, max_steps=steps, until_converged=False, record_norms=True)
+    return contraction_of(cast(np.ndarray, run.step_norms), steps=steps, tol=tol)
 
 
 def contraction_of(step: np.ndarray, *, steps: int, tol: float) -> dict[str, Any]:
@@ -116,6 +119,31 @@ def contraction_of(step: np.ndarray, *, steps: int, tol: float) -> dict[str, Any
         },
     }
     return doc
+
+
+# Below this fraction of training codes converging within T, the export says what the
+# trajectory features then measure ("most training codes do not converge").
+CONVERGED_WITHIN_T_WARNING = 0.5
+# the features whose meaning assumes a trajectory that has settled within T
+SETTLED_FEATURES = ("last_step", "convergence_rate", "steps_to_converge", "attractor_distance",
+                    "mean_attractor_distance", "terminal_knn", "terminal_mahalanobis")
+
+
+def convergence_warning(contraction: dict[str, Any]) -> str | None:
+    """What to tell the user when most training codes do not converge within the bundle's
+    ``T`` (``contraction`` as :func:`contraction_of` gives it), else ``None``."""
+    frac = float(contraction["converged_fraction"])
+    if frac >= CONVERGED_WITHIN_T_WARNING or not contraction["n_codes"]:
+        return None
+    return (
+        f"only {100 * frac:.0f}% of {contraction['n_codes']} training codes converge within "
+        f"T={contraction['steps']} steps (step <= tol {contraction['tol']:.3g}; "
+        f"{100 * contraction['expanding_fraction']:.0f}% of steps expand): the features then "
+        "measure the first T steps of a map that has not settled, so the convergence and "
+        f"attractor features ({', '.join(SETTLED_FEATURES)}) measure transients, not the "
+        "distance to attractors. Raise steps= if the map contracts slowly, or train the "
+        "autoencoder to contract (weight decay, a small bottleneck, denoising)"
+    )
 
 
 def measure_stability(

@@ -39,7 +39,7 @@ from oodguard.calibration.selection import (
 )
 from oodguard.calibration.transform import FittedTransform, fit_transform
 from oodguard.engine import Engine
-from oodguard.errors import CalibrationError
+from oodguard.errors import CalibrationError, parameter_error
 from oodguard.progress import progress_bar
 from oodguard.scoring import Scorer, score_threshold
 from oodguard.validation import validate_batch
@@ -251,9 +251,10 @@ def fit_scorer(
     info : dict — sizes, dropped features, the selection and its reference AUROCs, warnings
     """
     if not 0.0 < minor_tail <= 0.5:
-        raise ValueError(f"minor_tail must lie in (0, 0.5], got {minor_tail}")
+        raise parameter_error("minor_tail", "a float in (0, 0.5]", minor_tail)
     if minor_tail != 0.5 and combine not in ("fisher", "cauchy"):
-        raise ValueError(f"minor_tail={minor_tail} needs combine 'fisher' or 'cauchy'")
+        raise parameter_error("minor_tail", "0.5 unless combine is 'fisher' or 'cauchy'",
+                              minor_tail)
     fit = _finite(fit_features, "fit samples")
     cal = _finite(cal_features, "calibration samples")
     if alpha < 1.0 / (len(cal) + 1):
@@ -465,7 +466,7 @@ def calibrate(
         ``out`` holds something that is not a bundle, or a bundle without ``overwrite``.
     """
     if select not in ("auto", "all"):
-        raise ValueError(f"select must be 'auto' or 'all'. Got {select!r}")
+        raise parameter_error("select", "'auto' or 'all'", select, owner="calibrate")
     source, target, in_place = bundle_target(bundle, out, overwrite)
     x32, _ = validate_batch(x_val, source.manifest.input, nonfinite="raise")
     use, few = check_validation_size(len(x32), source.manifest.feature_names, use, alpha,

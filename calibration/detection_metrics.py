@@ -14,6 +14,8 @@ from typing import Any, Literal, ParamSpec, TypeVar
 
 import numpy as np
 
+from oodguard.errors import parameter_error
+
 __all__ = ["aupr", "auroc", "fpr_at_tpr", "roc_curve"]
 
 _P = ParamSpec("_P")
@@ -147,7 +149,7 @@ def aupr(
     elif positive == "in":
         pos, neg = -a, -b
     else:
-        raise ValueError(f"aupr: positive must be 'out' or 'in'; got {positive!r}")
+        raise parameter_error("positive", "'out' or 'in'", positive, owner="aupr")
     tps, fps = _counts(pos, neg)
     precision = tps / (tps + fps)
     recall = tps / len(pos)
@@ -178,7 +180,7 @@ def fpr_at_tpr(*, scores_in: np.ndarray, scores_out: np.ndarray, tpr: float = 0.
     """
     a, b = _pair("fpr_at_tpr", scores_in, scores_out)
     if not 0.0 < tpr <= 1.0:
-        raise ValueError(f"fpr_at_tpr: tpr must lie in (0, 1]; got {tpr}")
+        raise parameter_error("tpr", "a float in (0, 1]", tpr, owner="fpr_at_tpr")
     b = np.sort(b)[::-1]
     k = max(int(np.ceil(tpr * len(b) - 1e-9)) - 1, 0)
     return float(np.mean(a >= b[k]))

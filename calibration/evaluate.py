@@ -22,7 +22,12 @@ import numpy as np
 
 from oodguard import __version__
 from oodguard.calibration.detection_metrics import aupr, auroc, fpr_at_tpr
-from oodguard.errors import CalibrationError, InvalidInputError, NonFiniteInputError
+from oodguard.errors import (
+    CalibrationError,
+    InvalidInputError,
+    NonFiniteInputError,
+    parameter_error,
+)
 from oodguard.guard import Guard
 from oodguard.scoring import score_threshold
 
@@ -264,7 +269,7 @@ def evaluate(
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"OOD set names must be non-empty strings; got {name!r}")
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"chunk must be a positive int; got {chunk!r}")
+        raise parameter_error("chunk", "a positive int", chunk, owner="evaluate")
     if not isinstance(guard, Guard):
         guard = Guard.load(guard, providers=providers, registry=None)
     cal = guard.scorer.calibration_scores

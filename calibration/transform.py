@@ -14,7 +14,7 @@ import numpy as np
 from sklearn.covariance import MinCovDet
 from sklearn.preprocessing import PowerTransformer
 
-from oodguard.errors import CalibrationError
+from oodguard.errors import CalibrationError, parameter_error
 from oodguard.features import NONNEGATIVE_FEATURES
 from oodguard.scoring import COMBINE_METHODS
 
@@ -63,13 +63,13 @@ def fit_transform(
     information about in-distribution variation.
     """
     if combine not in COMBINE_METHODS:
-        raise ValueError(f"combine must be one of {COMBINE_METHODS}. Got {combine!r}")
+        raise parameter_error("combine", f"one of {COMBINE_METHODS}", combine)
     f = np.asarray(features, dtype=np.float64)
     names = list(feature_names)
     wanted = names if use is None else list(use)
     unknown = [n for n in wanted if n not in names]
     if unknown:
-        raise ValueError(f"use names unknown features {unknown}; features are {names}")
+        raise parameter_error("use", f"feature names among {names}", list(use or []))
     dropped: dict[str, str] = {}
     used: list[int] = []
     for name in wanted:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from oodguard.errors import parameter_error
 from oodguard.progress import progress_bar, wants_progress
 
 __all__ = ["EncoderDecoder", "MLPAutoencoder", "train_autoencoder"]
@@ -78,7 +79,8 @@ def train_autoencoder(
     (e.g. :class:`oodguard.inspect.AttractorMonitor` every few epochs).
     """
     if corruption not in ("noise", "mask"):
-        raise ValueError(f"corruption must be 'noise' or 'mask'. Got {corruption!r}")
+        raise parameter_error("corruption", "'noise' or 'mask'", corruption,
+                              owner="train_autoencoder")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     data = torch.as_tensor(x, dtype=torch.float32)

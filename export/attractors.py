@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from oodguard.errors import ExportError
+from oodguard.errors import ExportError, parameter_error
 from oodguard.inspect.iteration import Discovery, discover, merge_points
 from oodguard.inspect.latent_map import TorchMap
 from oodguard.progress import progress_bar
@@ -125,7 +125,8 @@ def discover_attractors(
     if len(x) == 0:
         raise ExportError("x_train is empty; attractor discovery needs training inputs")
     if max_steps < 1 or (max_codes is not None and max_codes < 1):
-        raise ValueError(f"max_steps and max_codes must be >= 1. Got {max_steps}, {max_codes}")
+        raise parameter_error("max_steps, max_codes", "ints >= 1 (max_codes: or None)",
+                              (max_steps, max_codes), owner="discover_attractors")
     n_train = len(x)
     if max_codes is not None and max_codes < n_train:
         pick = np.sort(np.random.default_rng(seed).choice(n_train, max_codes, replace=False))

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from oodguard.errors import ExportError
+from oodguard.errors import ExportError, parameter_error
 from oodguard.inspect.iteration import iterate
 from oodguard.inspect.latent_map import TorchMap
 
@@ -189,9 +189,9 @@ def fit_latent_baselines(
     (``T = steps`` iterations of ``f``, as in the graph). ``resolution`` floors the standard
     deviation of every principal direction (the exporter passes the convergence tolerance)."""
     if not (isinstance(k, int) and k >= 1):
-        raise ValueError(f"knn_k must be an int >= 1. Got {k!r}")
+        raise parameter_error("knn_k", "an int >= 1", k)
     if not (isinstance(max_bank, int) and max_bank >= k):
-        raise ValueError(f"max_bank must be an int >= knn_k={k}. Got {max_bank!r}")
+        raise parameter_error("max_bank", f"an int >= knn_k={k}", max_bank)
     x = torch.as_tensor(np.asarray(x_train), dtype=torch.float32)
     codes = torch.cat([encoder(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
     initial = fit_reference(codes.numpy(), k=k, max_bank=max_bank, seed=seed,

@@ -15,7 +15,7 @@ from torch import nn
 
 from oodguard.bundle import MODEL_FILE, REFERENCE_FILE, InputSpec, Manifest, write_bundle
 from oodguard.engine import DENORMAL_AS_ZERO_KEY
-from oodguard.errors import ExportError
+from oodguard.errors import ExportError, parameter_error
 from oodguard.export.attractors import discover_attractors
 from oodguard.export.autoencoder import Latent
 from oodguard.export.baselines import (
@@ -240,7 +240,7 @@ def export_bundle(
     """
     t0 = time.perf_counter()
     if not (isinstance(n_reference, int) and n_reference >= 1):
-        raise ValueError(f"n_reference must be an int >= 1. Got {n_reference!r}")
+        raise parameter_error("n_reference", "an int >= 1", n_reference, owner="export_bundle")
     x_raw = np.asarray(x_train)
     if not (np.issubdtype(x_raw.dtype, np.floating) or np.issubdtype(x_raw.dtype, np.integer)):
         raise UnsupportedDtypeError(
@@ -264,7 +264,8 @@ def export_bundle(
     stages = progress_bar(len(_STAGES), "export", log, progress=progress, unit="stage")
     stage = _stage_marker(stages)
     if precision not in ("float32", "float16"):
-        raise ValueError(f"precision must be 'float32' or 'float16'. Got {precision!r}")
+        raise parameter_error("precision", "'float32' or 'float16'", precision,
+                              owner="export_bundle")
     half = precision == "float16"
     parity_rtol = parity_rtol if parity_rtol is not None else (FP16_RTOL if half else DEFAULT_RTOL)
     parity_atol = parity_atol if parity_atol is not None else (FP16_ATOL if half else DEFAULT_ATOL)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from oodguard.errors import parameter_error
 from oodguard.export.baselines import DEFAULT_KNN_K, LatentBaselines, reference_from_points
 from oodguard.features import FEATURE_NAMES
 
@@ -71,13 +72,14 @@ class TrajectoryFeatures(nn.Module):
     ) -> None:
         super().__init__()
         if steps < 2:
-            raise ValueError(f"steps must be >= 2 (convergence_rate is a slope). Got {steps}")
+            raise parameter_error("steps", "an int >= 2 (convergence_rate is a slope)", steps,
+                                  owner="TrajectoryFeatures")
         if attractors.ndim != 2 or len(attractors) == 0:
             raise ValueError(
                 f"attractors must be a non-empty (K, d) tensor. Got {attractors.shape}"
             )
         if not tol > 0:
-            raise ValueError(f"tol must be > 0. Got {tol}")
+            raise parameter_error("tol", "> 0", tol, owner="TrajectoryFeatures")
         self.encoder = encoder
         self.decoder = decoder
         self.steps = int(steps)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from oodguard.errors import parameter_error
 from oodguard.inspect.iteration import find_basins, iterate
 from oodguard.inspect.latent_map import LatentMap
 
@@ -38,7 +39,7 @@ def attractor_dictionary(latent: LatentMap, n_atoms: int, *, rel_tol: float = 1e
     point, diverged ones (NaN) are dropped, so fewer atoms may come back.
     """
     if n_atoms < 1:
-        raise ValueError(f"n_atoms must be >= 1. Got {n_atoms}")
+        raise parameter_error("n_atoms", "an int >= 1", n_atoms)
     z0 = np.random.default_rng(seed).standard_normal((n_atoms, latent.latent_dim))
     z0 = z0.astype(np.float32)
     scale = float(np.median(np.linalg.norm(latent.step(z0), axis=1)))
@@ -52,7 +53,7 @@ def attractor_dictionary(latent: LatentMap, n_atoms: int, *, rel_tol: float = 1e
 def random_orthogonal_basis(dim: int, k: int, *, seed: int = 0) -> np.ndarray:
     """``k <= dim`` orthonormal rows in ``R^dim`` (QR of a Gaussian matrix)."""
     if not 1 <= k <= dim:
-        raise ValueError(f"k must be in [1, dim={dim}]. Got {k}")
+        raise parameter_error("k", f"an int in [1, dim={dim}]", k)
     q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((dim, k)))
     return np.ascontiguousarray(q.T)
 
@@ -63,7 +64,7 @@ def pca_basis(x_train: np.ndarray, k: int) -> np.ndarray:
     without centring too."""
     x = np.asarray(x_train, dtype=np.float64).reshape(len(x_train), -1)
     if not 1 <= k <= min(x.shape):
-        raise ValueError(f"k must be in [1, {min(x.shape)}]. Got {k}")
+        raise parameter_error("k", f"an int in [1, {min(x.shape)}]", k)
     return np.linalg.svd(x, full_matrices=False)[2][:k]
 
 

@@ -19,6 +19,8 @@ from typing import cast
 
 import numpy as np
 
+from oodguard.errors import parameter_error
+
 __all__ = [
     "Basins",
     "Discovery",
@@ -95,9 +97,10 @@ def iterate(
     ``on_step(t, newly_converged)`` is called after each step (a progress bar).
     """
     if max_steps < 1:
-        raise ValueError(f"max_steps must be >= 1. Got {max_steps}")
+        raise parameter_error("max_steps", "an int >= 1", max_steps, owner="iterate")
     if until_converged and tol is None:
-        raise ValueError("iterate(until_converged=True) needs tol")
+        raise parameter_error("tol", "a number when until_converged=True", tol,
+                              owner="iterate")
     z = np.array(z0, dtype=np.float32, copy=True)
     if z.ndim != 2:
         raise ValueError(f"codes must be an (M, d) array; got shape {z.shape}")

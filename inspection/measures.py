@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from oodguard.errors import parameter_error
 from oodguard.inspect.iteration import Step
 
 __all__ = ["Memorization", "contraction_ratios", "memorization_coefficient"]
@@ -86,7 +87,7 @@ def contraction_ratios(step: Step, z: np.ndarray, *, eps: float, directions: int
       first (NaN where the first step is zero).
     """
     if eps <= 0:
-        raise ValueError(f"eps must be > 0. Got {eps}")
+        raise parameter_error("eps", "> 0", eps)
     z = np.asarray(z, dtype=np.float32)
     rng = np.random.default_rng(seed)
     fz = step(z)

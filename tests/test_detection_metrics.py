@@ -114,7 +114,11 @@ def test_bad_scores_are_refused(fn) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_bad_options_are_refused() -> None:
-    with pytest.raises(ValueError, match=r"tpr must lie in \(0, 1\]; got 0"):
+    with pytest.raises(ValueError,
+                       match=r"The 'tpr' parameter of fpr_at_tpr must be a float in "
+                             r"\(0, 1\]. Got 0"):
         fpr_at_tpr(scores_in=np.ones(2), scores_out=np.ones(2), tpr=0)
-    with pytest.raises(ValueError, match="positive must be 'out' or 'in'; got 'ood'"):
+    with pytest.raises(ValueError,
+                       match="The 'positive' parameter of aupr must be 'out' or "
+                             "'in'. Got 'ood' instead."):
         aupr(scores_in=np.ones(2), scores_out=np.ones(2), positive="ood")  # type: ignore[arg-type]

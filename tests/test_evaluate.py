@@ -134,7 +134,9 @@ def test_refused_inputs(bundle, raw_bundle, data) -> None:  # type: ignore[no-un
         evaluate(bundle, x, {})
     with pytest.raises(ValueError, match="non-empty strings; got ''"):
         evaluate(bundle, x, {"": data["noise"]})
-    with pytest.raises(ValueError, match="chunk must be a positive int; got 0"):
+    with pytest.raises(ValueError,
+                       match="The 'chunk' parameter of evaluate must be a positive "
+                             "int. Got 0 instead."):
         evaluate(bundle, x, ood, chunk=0)
     with pytest.raises(CalibrationError, match=r"alpha must lie in \[1/\(n\+1\), 1\).*got 1e-05"):
         evaluate(bundle, x, ood, alpha=1e-5)

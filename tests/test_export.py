@@ -181,6 +181,8 @@ def test_export_refusals(tmp_path) -> None:  # type: ignore[no-untyped-def]
                       x_train=np.full((3, 4), np.nan, np.float32))
     with pytest.raises(ExportError, match="no encode/decode"):
         export_bundle(tmp_path / "d", model=nn.Linear(4, 4), x_train=x)
-    with pytest.raises(ValueError, match="steps must be >= 2"):
+    with pytest.raises(ValueError,
+                       match="The 'steps' parameter of TrajectoryFeatures must be an "
+                             "int >= 2"):
         export_bundle(tmp_path / "e", encoder=nn.Identity(), decoder=Scale(0.5), x_train=x + 1,
                       steps=1)

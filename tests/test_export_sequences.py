@@ -67,8 +67,10 @@ def test_max_codes_subsamples_training_codes_with_the_seed() -> None:
     b = discover_attractors(nn.Identity(), half, x, n_noise=0, max_codes=40, seed=3)
     assert a.n_data == 40 and a.n_train == 300 and a.n_data_converged == 40
     np.testing.assert_array_equal(a.attractors, b.attractors)
-    with pytest.raises(ValueError, match="max_steps and max_codes must be >= 1"):
+    with pytest.raises(ValueError,
+                       match="The 'max_steps, max_codes' parameter of "
+                             "discover_attractors must be ints >= 1"):
         discover_attractors(nn.Identity(), half, x, max_codes=0)
-    with pytest.raises(ValueError, match="max_steps and max_codes"):
+    with pytest.raises(ValueError, match="max_steps, max_codes"):
         export_bundle("/nonexistent/x", encoder=nn.Identity(), decoder=half, x_train=x,
                       max_steps=0)

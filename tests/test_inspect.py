@@ -106,7 +106,7 @@ def test_memorization_coefficient_checks_its_inputs() -> None:
 
 
 def test_contraction_ratio_needs_a_positive_step() -> None:
-    with pytest.raises(ValueError, match="eps must be > 0"):
+    with pytest.raises(ValueError, match="The 'eps' parameter must be > 0"):
         contraction_ratios(lambda z: z, np.ones((2, 2), np.float32), eps=0.0)
 
 
@@ -141,7 +141,7 @@ def test_omp_and_bases() -> None:
     x = np.random.default_rng(0).normal(size=(10, 6))
     assert omp_mse(random_orthogonal_basis(6, 6), x, 6) == pytest.approx(0.0, abs=1e-20)
     assert omp_mse(q, x, 1) > omp_mse(q, x, 4) > 0
-    with pytest.raises(ValueError, match="k must be in"):
+    with pytest.raises(ValueError, match="The 'k' parameter must be an int in"):
         random_orthogonal_basis(3, 4)
 
 

@@ -126,9 +126,13 @@ def test_refusals() -> None:
         fit_reference(np.zeros((3, 2)), k=5)
     with pytest.raises(ExportError, match="NaN or infinity; .* lower steps"):
         fit_reference(np.full((10, 2), np.inf), k=5)
-    with pytest.raises(ValueError, match="knn_k must be an int >= 1. Got 0"):
+    with pytest.raises(ValueError,
+                       match="The 'knn_k' parameter must be an int >= 1. Got 0 "
+                             "instead."):
         fit_latent_baselines(nn.Identity(), nn.Identity(), np.zeros((10, 2), np.float32),
                              steps=2, k=0)
-    with pytest.raises(ValueError, match="max_bank must be an int >= knn_k=5. Got 3"):
+    with pytest.raises(ValueError,
+                       match="The 'max_bank' parameter must be an int >= knn_k=5. "
+                             "Got 3 instead."):
         fit_latent_baselines(nn.Identity(), nn.Identity(), np.zeros((10, 2), np.float32),
                              steps=2, max_bank=3)

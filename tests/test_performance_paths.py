@@ -116,7 +116,9 @@ def test_float16_export_records_its_deviation(autoencoder, data, tmp_path) -> No
 def test_float16_is_the_only_other_precision(autoencoder, data, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from oodguard.export import export_bundle
 
-    with pytest.raises(ValueError, match="precision must be 'float32' or 'float16'. Got 'int8'"):
+    with pytest.raises(ValueError,
+                       match="The 'precision' parameter of export_bundle must be "
+                             "'float32' or 'float16'. Got 'int8' instead."):
         export_bundle(tmp_path / "b", model=autoencoder, x_train=data["train"], steps=4,
                       precision="int8")
 

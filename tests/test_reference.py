@@ -99,5 +99,7 @@ def test_reference_rows_keep_only_rows_that_agree_on_stable_features() -> None:
 def test_n_reference_must_be_positive(tmp_path, data) -> None:  # type: ignore[no-untyped-def]
     from oodguard.export import export_bundle
 
-    with pytest.raises(ValueError, match=r"n_reference must be an int >= 1. Got 0"):
+    with pytest.raises(ValueError,
+                       match=r"The 'n_reference' parameter of export_bundle must be "
+                             r"an int >= 1. Got 0"):
         export_bundle(tmp_path / "b", x_train=data["train"], model=None, n_reference=0)

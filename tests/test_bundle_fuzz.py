@@ -35,6 +35,7 @@ from oodguard.bundle import (
     CALIBRATION_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
+    REFERENCE_FILE,
     load_calibration,
     read_bundle,
 )
@@ -119,6 +120,7 @@ def base(bundle) -> dict[str, Any]:  # type: ignore[no-untyped-def]
         "manifest": json.loads((bundle / MANIFEST_FILE).read_text()),
         "calibration": load_calibration(b),
         "model": b.files[MODEL_FILE],
+        "reference": b.files[REFERENCE_FILE],  # parity checked at load: a changed graph fails
         "names": b.manifest.feature_names,
         # in memory where there is a tmpfs: thousands of small writes, not a disk's worth
         "workdir": Path(tempfile.mkdtemp(prefix="oodguard-fuzz-", dir=_SHM if _SHM else None)),
@@ -141,7 +143,8 @@ def _write(base: dict[str, Any], where: str, *, manifest: str | None = None,
     path.mkdir(exist_ok=True)
     files = {MODEL_FILE: base["model"] if model is None else model,
              CALIBRATION_FILE: (json.dumps(base["calibration"]).encode()
-                                if calibration is None else calibration)}
+                                if calibration is None else calibration),
+             REFERENCE_FILE: base["reference"]}
     for name, data in files.items():
         if base["written"].get((where, name)) != data:  # unchanged files are not rewritten
             (path / name).write_bytes(data)

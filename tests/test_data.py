@@ -68,8 +68,11 @@ def test_npy_npz(tmp_path: Path) -> None:
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match="allow_pickle"):
         load_array(tmp_path / "obj.npy")
+    (tmp_path / "x.csv").write_text("1,2\n")
     with pytest.raises(ValueError, match="cannot tell the format"):
         load_array(tmp_path / "x.csv")
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        load_array(tmp_path / "missing.npy")
 
 
 def test_image_folder(tmp_path: Path) -> None:

@@ -112,3 +112,19 @@ def test_sample_image_patches() -> None:
     p = sample_image_patches(10, seed=1)
     assert p.shape == (10, 8, 8) and 0 <= p.min() and p.max() <= 1
     np.testing.assert_array_equal(p, sample_image_patches(10, seed=1))
+
+
+def test_parquet_column_is_named_or_the_only_one(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from oodguard.io import parquet_column, read_row_group
+
+    pq.write_table(pa.table({"a": [[1.0, 2.0]] * 3, "b": [1, 2, 3]}), tmp_path / "t.parquet",
+                   row_group_size=2)
+    with pytest.raises(ValueError, match=r"holds columns \['a', 'b'\]; pass --column to pick"):
+        parquet_column(tmp_path / "t.parquet", None, how="--column")
+    with pytest.raises(ValueError, match=r"has no column 'x'; it holds \['a', 'b'\]"):
+        parquet_column(tmp_path / "t.parquet", "x")
+    assert parquet_column(tmp_path / "t.parquet", "a") == ("a", [2, 1])
+    assert len(read_row_group(tmp_path / "t.parquet", 1, "a")) == 1

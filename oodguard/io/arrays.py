@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_magic", "load_array", "load_idx", "npz_key"]
+__all__ = ["check_magic", "load_array", "load_idx", "npz_key", "pick_member"]
 
 _IDX_DTYPES: dict[int, np.dtype[Any]] = {
     0x08: np.dtype(np.uint8),
@@ -72,15 +72,23 @@ def load_idx(path: str | os.PathLike[str]) -> np.ndarray:
     return out.astype(dtype.newbyteorder("="))
 
 
+def pick_member(path: object, names: list[str], name: str | None, *, how: str,
+                what: str) -> str:
+    """The member of a file holding ``names`` to read: ``name``, or its only member
+    (ValueError otherwise, naming the members and the argument ``how`` that picks one);
+    ``what`` is "array" (an ``.npz``) or "column" (a parquet file)."""
+    if name is None:
+        if len(names) != 1:
+            raise ValueError(f"{path} holds {what}s {names}; pass {how} to pick one")
+        name = names[0]
+    if name not in names:
+        raise ValueError(f"{path} has no {what} {name!r}; it holds {names}")
+    return name
+
+
 def npz_key(path: Path, keys: list[str], key: str | None, *, how: str = "key=") -> str:
     """The member of an ``.npz`` (holding ``keys``) to read: ``key``, or its only array."""
-    if key is None:
-        if len(keys) != 1:
-            raise ValueError(f"{path} holds arrays {keys}; pass {how} to pick one")
-        key = keys[0]
-    if key not in keys:
-        raise ValueError(f"{path} has no array {key!r}; it holds {keys}")
-    return key
+    return pick_member(path, keys, key, how=how, what="array")
 
 
 def load_array(path: str | os.PathLike[str], *, key: str | None = None,

@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from oodguard.extras import optional
+from oodguard.io.arrays import pick_member
 
 __all__ = ["parquet_column", "read_row_group"]
 
@@ -22,13 +23,7 @@ def parquet_column(path: str | os.PathLike[str], column: str | None, *, how: str
     its only column; ``how`` names the argument in the message) and its row groups' sizes."""
     pf = _pq().ParquetFile(path)
     meta = pf.metadata
-    names = list(pf.schema_arrow.names)
-    if column is None:
-        if len(names) != 1:
-            raise ValueError(f"{path} has columns {names}; pass {how} to name the input")
-        column = names[0]
-    if column not in names:
-        raise ValueError(f"{path} has no column {column!r}; its columns are {names}")
+    column = pick_member(path, list(pf.schema_arrow.names), column, how=how, what="column")
     return column, [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
 
 

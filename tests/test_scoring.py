@@ -12,7 +12,7 @@ from sklearn.covariance import MinCovDet
 from sklearn.preprocessing import PowerTransformer
 
 from oodguard.calibration import fit_scorer, fit_transform
-from oodguard.errors import BundleError
+from oodguard.errors import BundleError, InvalidParameterError
 from oodguard.scoring import (
     COMBINE_METHODS,
     Scorer,
@@ -363,7 +363,9 @@ def test_malformed_tail_weights_are_refused(edit, message: str) -> None:  # type
 
 
 def test_minor_tail_needs_a_p_combination() -> None:
-    with pytest.raises(ValueError, match="needs combine"):
+    with pytest.raises(InvalidParameterError,
+                       match="The 'minor_tail' parameter must be 0.5 unless combine is 'fisher' "
+                             "or 'cauchy'. Got 0.25 instead."):
         fit_scorer(_features(200, 0), _features(200, 1), NAMES, combine="max", minor_tail=0.25)
-    with pytest.raises(ValueError, match="must lie in"):
+    with pytest.raises(InvalidParameterError, match=r"must be a float in \(0, 0.5\]. Got 0.6"):
         fit_scorer(_features(200, 0), _features(200, 1), NAMES, combine="fisher", minor_tail=0.6)

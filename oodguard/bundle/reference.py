@@ -108,15 +108,9 @@ def parse_reference(data: bytes, spec: InputSpec, n_features: int) -> Reference:
     return Reference(inputs, features, stable, tol["rtol"], tol["atol"])
 
 
-def compare_values(ref: np.ndarray, got: np.ndarray, rtol: float,
-                   atol: float) -> tuple[np.ndarray, np.ndarray]:
-    """``(|got − ref|, out-of-tolerance mask)`` elementwise for one column of values: the
-    parity rule of the export and of the load-time check.
-
-    The bound is ``atol·(1 + median|ref|) + rtol·|ref|``. NaN on both sides (or the same
-    infinity) counts as equal with difference 0; NaN or infinity on one side only is a failure
-    with difference ``inf``, so the reported maximum cannot read 0 for a failing column.
-    """
+def _diff_and_bound(ref: np.ndarray, got: np.ndarray, rtol: float, atol: float
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(|got − ref|, allowed bound, out-of-tolerance mask)`` of :func:`compare_values`."""
     ref = np.asarray(ref, dtype=np.float64)
     got = np.asarray(got, dtype=np.float64)
     same = (np.isnan(ref) & np.isnan(got)) | (np.isinf(ref) & (ref == got))
@@ -127,25 +121,34 @@ def compare_values(ref: np.ndarray, got: np.ndarray, rtol: float,
     finite = np.abs(ref[np.isfinite(ref)])
     scale = float(np.median(finite)) if len(finite) else 0.0
     bound = atol * (1.0 + scale) + rtol * np.where(np.isfinite(ref), np.abs(ref), 0.0)
-    return diff, ~same & ~(diff <= bound)
+    return diff, bound, ~same & ~(diff <= bound)
+
+
+def compare_values(ref: np.ndarray, got: np.ndarray, rtol: float,
+                   atol: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(|got − ref|, out-of-tolerance mask)`` elementwise for one column of values: the
+    parity rule of the export and of the load-time check.
+
+    The bound is ``atol·(1 + median|ref|) + rtol·|ref|``. NaN on both sides (or the same
+    infinity) counts as equal with difference 0; NaN or infinity on one side only is a failure
+    with difference ``inf``, so the reported maximum cannot read 0 for a failing column.
+    """
+    diff, _, bad = _diff_and_bound(ref, got, rtol, atol)
+    return diff, bad
 
 
 def compare(got: np.ndarray, ref: Reference, feature_names: tuple[str, ...]) -> ParityReport:
     """Compare the serving engine's features ``got [R, F]`` with the reference's, column by
-    column with :func:`compare_values`."""
+    column by the rule of :func:`compare_values`; the report's ratio is a difference over its
+    allowed bound."""
     cols = np.flatnonzero(ref.stable)
     if not cols.size:
         return ParityReport(True, 0.0, "", -1, 0.0, len(ref.features), 0)
     worst = (-1.0, 0.0, 0, int(cols[0]))  # (ratio, diff, row, column)
     ok = True
     for j in cols.tolist():
-        want = ref.features[:, j].astype(np.float64)
-        diff, bad = compare_values(want, got[:, j], ref.rtol, ref.atol)
+        diff, bound, bad = _diff_and_bound(ref.features[:, j], got[:, j], ref.rtol, ref.atol)
         ok = ok and not bad.any()
-        finite = np.abs(want[np.isfinite(want)])
-        scale = float(np.median(finite)) if len(finite) else 0.0
-        bound = ref.atol * (1.0 + scale) + ref.rtol * np.where(np.isfinite(want),
-                                                                np.abs(want), 0.0)
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(diff == 0.0, 0.0, diff / bound)  # diff > 0 = bound: inf
         r = int(np.argmax(ratio))

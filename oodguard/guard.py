@@ -90,7 +90,8 @@ class Guard:
         self.scorer = Scorer.from_dict(doc, bundle.manifest.feature_names)
         n = len(self.scorer.calibration_scores)
         check_parameter(
-            alpha is None or (not isinstance(alpha, bool) and isinstance(alpha, (int, float))
+            alpha is None or (not isinstance(alpha, bool)
+                              and isinstance(alpha, (int, float, np.floating))
                               and 1.0 / (n + 1) <= alpha < 1.0),
             "alpha", f"None or a float in [1/(n+1), 1) = [{1 / (n + 1):.4g}, 1) for this "
             f"calibration (n={n})", alpha, owner="Guard",

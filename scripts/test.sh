@@ -15,6 +15,18 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
     exit 1
   fi
 fi
+if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] \
+  || [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSansCondensed.ttf ]; then
+  # the rendered-glyph benchmarks and their tests draw with Debian's DejaVu fonts
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "==> installing fonts-dejavu-core and fonts-dejavu-extra (Debian packages)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      fonts-dejavu-core fonts-dejavu-extra >/dev/null
+  else
+    echo "DejaVu fonts missing: apt-get install fonts-dejavu-core fonts-dejavu-extra (as root)" >&2
+    exit 1
+  fi
+fi
 echo "==> ruff"
 .venv/bin/ruff check .
 echo "==> mypy"

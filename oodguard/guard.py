@@ -31,6 +31,7 @@ from oodguard.bundle import (
 )
 from oodguard.bundle.reference import ParityReport, compare, parse_reference
 from oodguard.decisions import batch_decisions, score_threshold
+from oodguard.drift import DriftMonitor, DriftSettings
 from oodguard.engine import Engine, check_features
 from oodguard.engine.timed import TimedRuns
 from oodguard.errors import (
@@ -56,8 +57,9 @@ class Guard:
     """An OOD guard over one bundle. Create it with :meth:`load`.
 
     Thread-safe: :meth:`check` and wrapped models may be called from many threads at once; the
-    guard holds no mutable state besides its (thread-safe) metrics and the thread that runs
-    timed checks. Fork-safe: a child process drops the inherited threads and starts new ones.
+    guard holds no mutable state besides its (thread-safe) metrics, its drift monitor (one
+    lock) and the thread that runs timed checks. Fork-safe: a child process drops the inherited
+    threads and starts new ones.
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class Guard:
         engine_options: Mapping[str, Any] | None = None,
         timeout_s: float | None = None,
         strict: bool = True,
+        drift: float | DriftSettings | None = None,
     ) -> None:
         self.timeout_s = check_timeout(timeout_s)
         check_parameter(isinstance(strict, bool), "strict", "True or False", strict,
@@ -107,7 +110,11 @@ class Guard:
             max_batch=max_batch,
             **dict(engine_options or {}),
         )
+        self.drift: DriftMonitor | None = (
+            None if drift is None else DriftMonitor(n, _drift_settings(drift)))
         self.metrics = self._make_metrics(registry)
+        if self.metrics is not None and self.drift is not None:
+            self.metrics.watch_drift(self.drift)
         self._timed = TimedRuns(name)
         self.parity = self._check_parity(strict)
 
@@ -134,6 +141,11 @@ class Guard:
             ``BundleError`` (True), or a logged warning (False); either way
             ``oodguard_parity_ok`` says so in the metrics, and :attr:`parity` holds the report
             (None for a bundle without reference features)
+        drift : float in (0, 1) or DriftSettings, optional
+            Watch the stream of checked rows for drift (:attr:`drift`, a
+            :class:`~oodguard.drift.DriftMonitor`): a float is the probability ε of any false
+            alarm over an unbounded stream of rows exchangeable with the calibration data
+            (docs/drift.md); ``None`` (default) watches nothing
 
         Raises
         ------
@@ -278,6 +290,8 @@ class Guard:
                 log.warning("guard %r: non-finite features for %d finite input rows; flagged "
                             "OOD", self.name, int(overflow.sum()))
         is_ood = p <= self.alpha if q is None else batch_decisions(score, p, q)
+        if self.drift is not None:  # reads the p-values; the row's result is already made
+            self.drift.update(p)
         t2 = time.perf_counter()
         if self.metrics is not None:
             self.metrics.observe_check(
@@ -355,6 +369,16 @@ class Guard:
         """Stop the guard's threads (the engine's and the timed checks'); it stays usable."""
         self._timed.close()
         self.engine.close()
+
+
+def _drift_settings(drift: Any) -> DriftSettings:
+    if isinstance(drift, DriftSettings):
+        return drift
+    check_parameter(bool(not isinstance(drift, bool)
+                         and isinstance(drift, (int, float, np.floating)) and 0.0 < drift < 1.0),
+                    "drift", "None, a float in (0, 1) (the false-alarm probability) or a "
+                    "DriftSettings", drift, owner="Guard")
+    return DriftSettings(false_alarm=float(drift))
 
 
 def _rows(x: Any, sample_rank: int) -> int:

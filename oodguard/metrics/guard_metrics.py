@@ -25,6 +25,10 @@ metric                                      type      labels
                                                       features at load, else 0
 ``oodguard_parity_error_ratio``             gauge     guard: largest difference over its
                                                       allowed bound (≤ 1 is parity)
+``oodguard_drift_evidence_log10``           gauge     guard (with ``drift=``; see
+``oodguard_drift_alarm``                    gauge     :mod:`oodguard.metrics.drift_metrics`)
+``oodguard_drift_alarms_total``             counter   guard
+``oodguard_drift_threshold_log10``          gauge     guard
 =========================================== ========= =======================================
 
 Every labelled counter starts at 0 for its known label values (the tuples below; the server
@@ -84,6 +88,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.exposition import generate_latest
 
 from oodguard.metrics.collectors import BatchHistogram, PlainFamily, observe_many
+from oodguard.metrics.drift_metrics import DriftCollector, DriftGauges
 from oodguard.metrics.prometheus_adapter import multiprocess_mode
 
 __all__ = [
@@ -288,6 +293,8 @@ class _Families:
             multiprocess_mode="max",
             **kw,
         )
+        self.drift: DriftCollector | DriftGauges = (
+            DriftCollector(registry) if self.plain else DriftGauges(registry))
         self.dropped = Counter(
             "oodguard_http_requests_dropped",
             "Infer requests the HTTP service ended without reading their inputs, by reason.",
@@ -307,6 +314,7 @@ class _Families:
                 family.renew_locks(renewed)
         for series in list(self.series):
             series._lock = renewed.get(id(series._lock)) or threading.Lock()
+        self.drift.renew_lock()
 
     def lock_for(self, guard: str) -> threading.Lock:
         """The lock of every plain series of ``guard`` (shared by its GuardMetrics objects)."""
@@ -392,6 +400,8 @@ class GuardMetrics:
         self._dropped = fam.dropped
         self._parity = (fam.parity_ok, fam.parity_ratio)
         self._guard = guard
+        self._drift_family = fam.drift
+        self._drift_push: Any = None  # multiprocess mode: the monitor to write after checks
         fam.info.labels(guard, *(str(info[k]) for k in INFO_KEYS)).set(1)
         fam.threshold.labels(guard).set(threshold)
         # Series at 0 from the start: the first refusal or failure is then an increase.
@@ -399,6 +409,16 @@ class GuardMetrics:
             fam.refused.labels(guard, reason)
         for kind in FAILURE_KINDS:
             fam.failures.labels(guard, kind)
+
+    def watch_drift(self, monitor: Any) -> None:
+        """Expose a :class:`~oodguard.drift.DriftMonitor` as this guard's
+        ``oodguard_drift_*`` series (see :mod:`oodguard.metrics.drift_metrics`): read at scrape
+        time, or, in multiprocess mode, written after every :meth:`observe_check`."""
+        if isinstance(self._drift_family, DriftCollector):
+            self._drift_family.watch(self._guard, monitor)
+        else:
+            self._drift_push = monitor
+            self._drift_family.push(self._guard, monitor)
 
     def init_http(self) -> None:
         """Start the HTTP service's refusal and drop series at 0 (the server calls this)."""
@@ -437,6 +457,8 @@ class GuardMetrics:
         self._engine.observe(engine_s)
         self._scoring.observe(scoring_s)
         self._total.observe(total_s)
+        if self._drift_push is not None and isinstance(self._drift_family, DriftGauges):
+            self._drift_family.push(self._guard, self._drift_push)
 
     def observe_refused(self, reason: str, n: int = 1) -> None:
         """Count ``n`` inputs refused before scoring; ``reason`` is a fixed token (for example

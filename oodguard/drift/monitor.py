@@ -1,0 +1,311 @@
+"""The drift monitor: a conformal test martingale over a guard's per-row p-values.
+
+Every checked row's conformal p-value ``p`` is replaced by its calibration-conditional value
+``p̃`` (:func:`oodguard.drift.bound.conditional_p_values`, which holds for the calibration set
+with probability ``≥ 1 − δ``); on rows exchangeable with the calibration data the ``p̃`` are
+then i.i.d. and super-uniform, so each power martingale ``Π κ·p̃_i^(κ−1)`` (``κ`` in (0, 1]) is
+a nonnegative supermartingale from 1, and so is their mixture ``M_t`` over the powers
+:data:`KAPPAS` (equal weights). Ville's inequality bounds ``P(sup_t M_t ≥ 1/ε') ≤ ε'`` over the
+whole unbounded stream: the total false-alarm probability is ``≤ δ + ε' = ε``, the split being
+:attr:`DriftSettings.delta_share` (default ``δ = ε/5``, ``ε' = 4ε/5``). A power martingale
+depends on the stream only through the row count ``t`` and ``s = Σ −log p̃``, so the monitor
+keeps two numbers. docs/drift.md derives it.
+
+Two change detectors of the same bets are offered beside it, whose guarantee is an *average
+run length* to a false alarm, not a probability: per power ``κ`` (bet ``g = κ·p̃^(κ−1)``),
+Shiryaev–Roberts ``R_t = (1 + R_{t−1})·g_t`` or CUSUM ``C_t = max(C_{t−1}, 1)·g_t``, averaged
+over the powers and alarming at ``A = arl`` (``R_t − t`` is a supermartingale, so
+``E[τ] ≥ A``; ``C_t ≤ R_t``). They cost O(len(KAPPAS)) per row. They forget a calm past: a
+change does not pay back the evidence the martingale lost before it.
+
+Cost of the martingale: O(1) time and memory per row (a table lookup, two adds and a
+comparison; the table holds ``−log p̃`` for the ``n + 1`` possible p-values; the mixture is
+evaluated only when a cheap bound says it may have crossed, and when read). Thread-safe (one
+lock); fork-safe (the child renews the lock and keeps the parent's state, then watches its own
+traffic). A row's score is never
+touched: the monitor reads the p-values after the check computed them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import weakref
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from oodguard.drift.bound import conditional_p_values
+from oodguard.errors import check_parameter
+
+__all__ = ["KAPPAS", "STATISTICS", "DriftMonitor", "DriftSettings", "DriftState",
+           "log_power_mixture"]
+
+#: ``"martingale"`` (probability ε over an unbounded stream, the default) and the two
+#: average-run-length detectors
+STATISTICS = ("martingale", "shiryaev_roberts", "cusum")
+_LN10 = math.log(10.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DriftSettings:
+    """How a guard watches its stream.
+
+    Parameters
+    ----------
+    false_alarm : float in (0, 1)
+        ε: for ``statistic="martingale"``, the probability of any false alarm over an
+        unbounded stream of rows exchangeable with the calibration data.
+    delta_share : float in (0, 1)
+        Share of ε spent on the calibration-conditional bound: ``δ = delta_share·ε``, and the
+        martingale alarms at ``1/ε'`` with ``ε' = ε − δ``.
+    statistic : one of :data:`STATISTICS`
+    arl : float > 1, optional
+        For ``"shiryaev_roberts"`` and ``"cusum"`` (required there, refused otherwise): the
+        alarm threshold ``A``, a lower bound on the mean number of rows to a false alarm.
+    """
+
+    false_alarm: float = 0.05
+    delta_share: float = 0.2
+    statistic: str = "martingale"
+    arl: float | None = None
+
+    def __post_init__(self) -> None:
+        def unit(v: Any) -> bool:
+            return bool(not isinstance(v, bool) and isinstance(v, (int, float, np.floating))
+                        and 0.0 < v < 1.0)
+
+        check_parameter(unit(self.false_alarm), "false_alarm", "a float in (0, 1)",
+                        self.false_alarm, owner="DriftSettings")
+        check_parameter(unit(self.delta_share), "delta_share", "a float in (0, 1)",
+                        self.delta_share, owner="DriftSettings")
+        check_parameter(self.statistic in STATISTICS, "statistic", f"one of {STATISTICS}",
+                        self.statistic, owner="DriftSettings")
+        needs = self.statistic != "martingale"
+        ok_arl = (self.arl is None if not needs else
+                  not isinstance(self.arl, bool) and isinstance(self.arl, (int, float))
+                  and math.isfinite(self.arl) and self.arl > 1)
+        check_parameter(ok_arl, "arl", "a float > 1 for statistic='shiryaev_roberts' or "
+                        "'cusum', and None for 'martingale'", self.arl, owner="DriftSettings")
+
+    @property
+    def delta(self) -> float:
+        """δ, the probability that the calibration set breaks the conditional bound."""
+        return self.delta_share * self.false_alarm
+
+    @property
+    def threshold_log10(self) -> float:
+        """log10 of the statistic's alarm threshold: ``1/ε'`` or ``A``."""
+        if self.statistic == "martingale":
+            return -math.log10(self.false_alarm - self.delta)
+        return math.log10(float(self.arl or 0.0) or math.inf)  # arl is set (__post_init__)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DriftSettings:
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class DriftState:
+    """A consistent snapshot of a monitor (see :meth:`DriftMonitor.state`)."""
+
+    evidence: float
+    alarm: bool
+    alarms: int
+    rows: int
+    rows_at_alarm: int | None
+    threshold: float
+    statistic: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_monitors: weakref.WeakSet[DriftMonitor] = weakref.WeakSet()
+
+#: the powers ``κ = 1 − η`` of the mixture, ``η`` log-spaced from 1e-6 to 0.99 with equal
+#: weights: powers near 1 keep the evidence lost on a calm stream to about the log of its length,
+#: small powers bet hard on extreme rows
+KAPPAS = 1.0 - np.logspace(-6.0, math.log10(0.99), 49)
+_LOG_W = -math.log(len(KAPPAS))
+
+
+def log_power_mixture(t: int, s: float) -> float:
+    """``log M`` of the mixture martingale after ``t`` rows with ``s = Σ −log p̃``:
+    ``M = mean_κ κ^t·exp((1 − κ)·s)`` (each power martingale ``Π κ·p̃^(κ−1)`` depends on the
+    stream only through ``t`` and ``s``)."""
+    terms = t * np.log(KAPPAS) + (1.0 - KAPPAS) * s
+    top = float(terms.max())
+    return top + math.log(float(np.exp(terms - top).sum())) + _LOG_W
+
+
+def _power_bound(t: float, s: float) -> float:
+    """``sup_κ∈(0,1] log(κ^t·e^((1−κ)s))`` ≥ :func:`log_power_mixture`: ``s − t − t·log(s/t)``
+    when ``s > t``, else 0 — a cheap test that the mixture cannot have crossed."""
+    return s - t - t * math.log(s / t) if s > t > 0 else 0.0
+
+
+class DriftMonitor:
+    """Watches the stream of a guard's conformal p-values (see the module docstring).
+
+    Parameters
+    ----------
+    calibration_size : int
+        ``n``, the calibration scores behind the p-values (``p = (1 + #{cal ≥ s})/(n + 1)``).
+    settings : DriftSettings or float
+        A float is ``DriftSettings(false_alarm=...)``.
+
+    Attributes
+    ----------
+    alarms : int
+        Alarms raised since the monitor was made (a reset does not clear it).
+    """
+
+    def __init__(self, calibration_size: int, settings: DriftSettings | float = 0.05) -> None:
+        if not isinstance(settings, DriftSettings):
+            settings = DriftSettings(false_alarm=settings)
+        self.settings = settings
+        n = int(calibration_size)
+        self.n = n
+        # −log p̃ for each of the n + 1 conformal p-values, indexed by #{cal ≥ s}
+        self._surprise = -np.log(conditional_p_values(n, settings.delta))
+        self._surprise_list: list[float] = self._surprise.tolist()
+        self._scale = float(n + 1)
+        self._mode = STATISTICS.index(settings.statistic)
+        self._limit = settings.threshold_log10 * _LN10  # natural log of the threshold
+        self._lock = threading.Lock()
+        self.alarms = 0
+        self._reset_locked()
+        _monitors.add(self)
+
+    def _reset_locked(self) -> None:
+        self._t = 0  # rows since the reset
+        self._s = 0.0  # Σ −log p̃ (martingale)
+        self._logs = np.full(len(KAPPAS), -math.inf)  # per power: log R or log C (SR, CUSUM)
+        self._alarm = False
+        self._rows_at_alarm: int | None = None
+
+    def reset(self) -> None:
+        """Start again from the current row (after a recalibration, or once an alarm was
+        handled); the count of alarms is kept."""
+        with self._lock:
+            self._reset_locked()
+
+    def update(self, p_values: np.ndarray) -> None:
+        """Bet on a batch of conformal p-values (float ``[N]``, in checking order; 0 — a row
+        flagged without a score — bets as the smallest p-value)."""
+        m = len(p_values)
+        if m == 1 and self._mode == 0:
+            j = int(float(p_values[0]) * self._scale + 0.5) - 1
+            u = self._surprise_list[j if 0 <= j <= self.n else (0 if j < 0 else self.n)]
+            with self._lock:
+                t = self._t = self._t + 1
+                s = self._s = self._s + u
+                if (s > t and not self._alarm and _power_bound(t, s) >= self._limit
+                        and log_power_mixture(t, s) >= self._limit):
+                    self._raise(t)
+            return
+        if m == 0:
+            return
+        idx = np.rint(np.asarray(p_values, dtype=np.float64) * self._scale).astype(np.int64) - 1
+        u = self._surprise[np.clip(idx, 0, self.n)]
+        with self._lock:
+            if self._mode == 0:
+                self._update_martingale(u)
+            else:
+                self._update_detector(u)
+
+    def _update_martingale(self, u: np.ndarray) -> None:
+        # sequential sums: the same bits as one row at a time, whatever the batching
+        path = np.cumsum(np.concatenate(([self._s], u)))[1:]
+        t0 = self._t
+        self._t += len(u)
+        self._s = float(path[-1])
+        if self._alarm:
+            return
+        ts = np.arange(t0 + 1, self._t + 1, dtype=np.float64)
+        for i in np.flatnonzero(path > ts).tolist():
+            t, s = t0 + i + 1, float(path[i])
+            if _power_bound(t, s) >= self._limit and log_power_mixture(t, s) >= self._limit:
+                self._raise(t)
+                return
+
+    def _update_detector(self, u: np.ndarray) -> None:
+        """Shiryaev–Roberts or CUSUM, one per power, row by row."""
+        log_k = np.log(KAPPAS)
+        slope = 1.0 - KAPPAS
+        logs = self._logs
+        for ui in u.tolist():
+            bet = log_k + slope * ui
+            if self._mode == 1:  # log((1 + R)·g)
+                logs = np.logaddexp(0.0, logs) + bet
+            else:  # log(max(C, 1)·g)
+                logs = np.maximum(logs, 0.0) + bet
+            self._t += 1
+            if not self._alarm and _log_mean_exp(logs) >= self._limit:
+                self._raise(self._t)
+        self._logs = logs
+
+    def _raise(self, row: int) -> None:
+        self._alarm = True
+        self._rows_at_alarm = row
+        self.alarms += 1
+
+    def _evidence_locked(self) -> float:
+        if self._mode == 0:
+            return log_power_mixture(self._t, self._s) / _LN10
+        return _log_mean_exp(self._logs) / _LN10
+
+    @property
+    def evidence(self) -> float:
+        """log10 of the statistic now (the martingale starts at 0; SR and CUSUM at −inf)."""
+        with self._lock:
+            return self._evidence_locked()
+
+    @property
+    def alarm(self) -> bool:
+        """The statistic crossed its threshold since the last :meth:`reset` (it stays set)."""
+        return self._alarm
+
+    @property
+    def threshold(self) -> float:
+        """log10 of the alarm threshold (``1/ε'`` for the martingale, ``A`` otherwise)."""
+        return self._limit / _LN10
+
+    def state(self) -> DriftState:
+        """A consistent snapshot: evidence (log10), alarm, alarms, rows seen since the last
+        reset, the row (1-based, since the reset) at which the alarm was raised, threshold."""
+        with self._lock:
+            return DriftState(self._evidence_locked(), self._alarm, self.alarms, self._t,
+                              self._rows_at_alarm, self._limit / _LN10,
+                              self.settings.statistic)
+
+    def _renew_lock(self) -> None:
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        s = self.state()
+        return (f"DriftMonitor(statistic={s.statistic!r}, evidence={s.evidence:.3g}, "
+                f"threshold={s.threshold:.3g}, alarm={s.alarm}, rows={s.rows})")
+
+
+def _log_mean_exp(logs: np.ndarray) -> float:
+    top = float(logs.max())
+    if top == -math.inf:
+        return -math.inf
+    return top + math.log(float(np.exp(logs - top).sum())) + _LOG_W
+
+
+def _after_fork_in_child() -> None:
+    # A lock another thread of the parent held at the fork would stay held in the child.
+    for monitor in list(_monitors):
+        monitor._renew_lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

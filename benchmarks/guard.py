@@ -1,7 +1,8 @@
 """The cost of the guard around the engine, its start-up time and its memory.
 
 - overhead at batch 1 and 256: ``guard.check(x)`` against ``guard.engine.run(x)``, interleaved,
-  with the parts timed on their own (validation, scorer + p-values, metrics);
+  with the parts timed on their own (validation, scorer + p-values, metrics, the drift
+  monitor's update), and a guard loaded with ``drift=0.05`` (its check, and the update alone);
 - import + load to first score, in a fresh process that imports only ``oodguard``;
 - peak resident memory of that process (and a check that torch / scikit-learn / onnx were not
   imported), and the peak when a batch 64× larger than ``max_batch`` is scored (chunking keeps
@@ -99,6 +100,8 @@ def overhead(
     guard = Guard.load(bundle, registry=CollectorRegistry(), providers=providers,
                        engine_options=opts)
     bare = Guard.load(bundle, registry=None, providers=providers, engine_options=opts)
+    drifting = Guard.load(bundle, registry=CollectorRegistry(), providers=providers,
+                          engine_options=opts, drift=0.05)
     # The overhead is what a check costs beyond the engine alone: median check() minus median
     # engine.run() on the same batch, interleaved in one run. The time a check spends outside
     # its own engine.run call is reported too: a stricter reading that also charges the guard
@@ -139,6 +142,8 @@ def overhead(
                 "engine": lambda xb=xb: engine_run(xb),
                 "check": check,
                 "check_no_metrics": lambda xb=xb: bare.check(xb),
+                "check_drift": lambda xb=xb: drifting.check(xb),
+                "drift_update": lambda p=p, m=drifting.drift: m.update(p),
                 "validation": lambda xb=xb: validate_batch(xb, guard.input_spec),
                 "scoring": scoring,
                 "metrics": metrics,
@@ -148,6 +153,7 @@ def overhead(
             extra = med["check"] - med["engine"]
             row = {"batch": n, **{f"{k}_us": v for k, v in med.items()},
                    "overhead_us": extra, "overhead_pct": 100 * extra / med["engine"],
+                   "drift_us": med["check_drift"] - med["check"],
                    "outside_engine_us": float(np.median(outside)) * 1e6,
                    "p99_check_us": float(np.percentile(lat["check"], 99)) * 1e6,
                    "p99_engine_us": float(np.percentile(lat["engine"], 99)) * 1e6,
@@ -212,7 +218,9 @@ def main() -> None:
             ("outside_engine_us", "outside engine.run µs", ",.0f"),
             ("validation_us", "validation µs", ",.1f"),
             ("scoring_us", "scoring µs", ",.1f"), ("metrics_us", "metrics µs", ",.1f"),
-            ("check_no_metrics_us", "check w/o metrics µs", ",.0f")]
+            ("check_no_metrics_us", "check w/o metrics µs", ",.0f"),
+            ("drift_update_us", "drift update µs", ",.2f"),
+            ("drift_us", "check with drift − check µs", ",.1f")]
     print(format_table(rows, cols))
     print(f"\nfresh process (median of {len(starts)}): import {start['import_s']:.3f}s, "
           f"load {start['load_s']:.3f}s, first score {start['first_score_s']:.3f}s "

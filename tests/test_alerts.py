@@ -250,6 +250,31 @@ def test_a_slow_guard_fires_and_a_fast_one_is_quiet(exposition, tmp_path) -> Non
     ])
 
 
+def test_drift_fires_on_the_replicas_mean_martingale_and_calm_replicas_are_quiet(
+        exposition, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The fresh scrape's drift series (evidence 0, the real threshold) as replica a, a copy as
+    replica b: a alone past the threshold is not enough; the mean of the two martingales is."""
+    base = exposition["fresh"]
+    evidence = key("oodguard_drift_evidence_log10")
+    threshold = key("oodguard_drift_threshold_log10")
+    assert base[evidence] == 0.0 and base[threshold] > 1.0
+    limit = base[threshold]
+
+    def replica(name: str, k: Key) -> Key:
+        return k[0], tuple(sorted((*k[1], ("instance", name))))
+
+    two = {replica(r, k): v for k, v in base.items() for r in ("a", "b")
+           if k in (evidence, threshold)}
+    rise = {replica("a", evidence): {5: limit + 0.1, 10: 0.5}}  # 10^(limit+0.1) ≈ 1.26/ε'
+    promtool_test(tmp_path, [
+        case("a past the threshold, b calm: the mean is not", two, rise,
+             [firing("OODGuardDrift", t, 0) for t in (4, 6, 9)]),
+        case("a far past it: the mean crosses", two, {replica("a", evidence): {5: limit + 0.5}},
+             [firing("OODGuardDrift", 4, 0), firing("OODGuardDrift", 5, 1)]),
+        case("calm: quiet", two, {}, [firing("OODGuardDrift", t, 0) for t in (5, 20, 40)]),
+    ])
+
+
 def test_a_target_down_fires_and_an_up_one_is_quiet(exposition, tmp_path) -> None:
     """``up`` is Prometheus's own series (not in the exposition), added for this one."""
     base = exposition["fresh"]
@@ -275,7 +300,7 @@ def test_rules_and_dashboard_read_only_series_a_fresh_process_exports(exposition
     dashboard = json.loads((RULES.parents[1] / "grafana" / "oodguard.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     text = RULES.read_text() + "\n" + "\n".join(exprs)
-    selectors = re.findall(r"(?<![:\w])(oodguard_[a-z_]+)(\{[^}]*\})?", text)
+    selectors = re.findall(r"(?<![:\w])(oodguard_[a-z0-9_]+)(\{[^}]*\})?", text)
     assert len(selectors) > 15
     for name, matchers in selectors:
         have = [dict(labels) for n, labels in fresh if n == name]

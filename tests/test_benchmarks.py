@@ -47,6 +47,7 @@ def test_guard_benchmark_reports_overhead_and_a_runtime_only_process(tmp_path) -
     )
     doc = json.loads(out.read_text())
     assert [r["batch"] for r in doc["rows"]] == [1, 256]
+    assert all(r["drift_update_us"] > 0 and "drift_us" in r for r in doc["rows"])
     assert doc["startup"]["heavy_modules"] == []  # torch / sklearn / onnx not imported
     assert doc["startup"]["peak_rss_mb"] > 0
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from _serving import tool
 
+from oodguard.drift import DriftMonitor
 from oodguard.metrics import GuardMetrics, new_registry, render_latest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +28,7 @@ def promtool(*args: str | Path) -> str:
 
 def test_prometheus_config_and_rules_pass_promtool() -> None:
     assert "SUCCESS" in promtool("check", "config", DEPLOY / "prometheus" / "prometheus.yml")
-    assert "SUCCESS: 7 rules found" in promtool("check", "rules",
+    assert "SUCCESS: 8 rules found" in promtool("check", "rules",
                                                  DEPLOY / "prometheus" / "alerts.yml")
 
 
@@ -47,6 +48,7 @@ def exported_names() -> set[str]:
     m.observe_refused("shape")
     m.observe_failure("RuntimeError")
     m.observe_model(0.01)
+    m.watch_drift(DriftMonitor(100, 0.05))
     text = render_latest(reg)[0].decode()
     return {ln.split("{")[0].split(" ")[0] for ln in text.splitlines() if not ln.startswith("#")}
 
@@ -64,7 +66,7 @@ def test_dashboard_and_rules_use_only_exported_metrics() -> None:
     names = exported_names()
     rules = (DEPLOY / "prometheus" / "alerts.yml").read_text()
     exprs = dashboard_exprs()
-    used = set(re.findall(r"\boodguard_[a-z_]+", rules + "\n".join(exprs)))
+    used = set(re.findall(r"\boodguard_[a-z0-9_]+", rules + "\n".join(exprs)))
     used -= {"oodguard_ood_fraction"}  # the recording rule's own name
     assert used and used <= names, used - names
 

@@ -405,3 +405,30 @@ def test_bounds_checks_match_a_naive_scan_across_chunk_boundaries() -> None:
     for n in (64, 65):
         text = b" " * ((1 << 20) - 10) + b"9" * n + b" "
         assert json_limits.has_long_number(text) == (n > 64)
+
+
+def test_model_metadata_carries_the_drift_monitor_state(bundle, registry, data) -> None:  # type: ignore[no-untyped-def]
+    g = Guard.load(bundle, registry=registry, name="t", drift=0.05)
+    app = create_app(g, ServeConfig(max_wait_ms=0), registry=registry)
+    with TestClient(app) as client:
+        before = client.get("/v2/models/t").json()["parameters"]["drift"]
+        for row in data["noise"][:200]:
+            r = client.post("/v2/models/t/infer", content=body(row[None]))
+            assert r.status_code == 200
+        after = client.get("/v2/models/t").json()["parameters"]["drift"]
+        text = client.get("/metrics").text
+    assert before["rows"] == 0 and not before["alarm"] and before["false_alarm"] == 0.05
+    assert after["rows"] == 200 and after["alarm"] and after["evidence"] >= after["threshold"]
+    assert metric_value(text, "oodguard_drift_alarm") == 1
+    plain = Guard.load(bundle, registry=None, name="t")
+    with TestClient(create_app(plain, ServeConfig(max_wait_ms=0))) as client:
+        assert "parameters" not in client.get("/v2/models/t").json()
+
+
+def test_serve_refuses_a_bad_drift_false_alarm(bundle, capsys) -> None:  # type: ignore[no-untyped-def]
+    from oodguard.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", str(bundle), "--drift-false-alarm", "1.5"])
+    assert exc.value.code == 2
+    assert "must be a probability in (0, 1) or 'off'; got '1.5'" in capsys.readouterr().err

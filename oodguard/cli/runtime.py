@@ -152,6 +152,23 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--providers", default="auto", help=_PROVIDERS_HELP)
     p.add_argument("--alpha", type=alpha_arg,
                    help="target false-positive rate (default: the calibrated one)")
+    p.add_argument("--drift-false-alarm", type=_drift_arg, default=0.05, metavar="EPS",
+                   help="watch the stream for drift with a false-alarm probability EPS over "
+                        "an unbounded stream (oodguard_drift_* metrics, docs/drift.md); "
+                        "'off' watches nothing (default: 0.05)")
+
+
+def _drift_arg(text: str) -> float | None:
+    if text.strip().lower() == "off":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a probability in (0, 1) or 'off'; got "
+                                         f"{text!r}")
+    return value
 
 
 @command("serve", _serve_args)
@@ -186,6 +203,7 @@ def _serve(a: argparse.Namespace) -> int:
     mp_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     registry = multiprocess_registry(mp_dir) if mp_dir else DEFAULT_REGISTRY
     bundle = calibrated_bundle(a.bundle, "serve")
-    guard = Guard(bundle, providers=a.providers, name=a.name, alpha=a.alpha)
+    guard = Guard(bundle, providers=a.providers, name=a.name, alpha=a.alpha,
+                  drift=a.drift_false_alarm)
     serve(guard, config, registry=registry, announce=lambda msg: print(msg, flush=True))
     return 0

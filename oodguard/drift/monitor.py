@@ -123,7 +123,11 @@ class DriftState:
     statistic: str
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain JSON values (an evidence of −inf — SR or CUSUM before any row — is None)."""
+        d = asdict(self)
+        if not math.isfinite(self.evidence):
+            d["evidence"] = None
+        return d
 
 
 _monitors: weakref.WeakSet[DriftMonitor] = weakref.WeakSet()

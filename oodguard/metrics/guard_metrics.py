@@ -402,6 +402,7 @@ class GuardMetrics:
         self._guard = guard
         self._drift_family = fam.drift
         self._drift_push: Any = None  # multiprocess mode: the monitor to write after checks
+        self._drift_monitor: Any = None
         fam.info.labels(guard, *(str(info[k]) for k in INFO_KEYS)).set(1)
         fam.threshold.labels(guard).set(threshold)
         # Series at 0 from the start: the first refusal or failure is then an increase.
@@ -414,6 +415,7 @@ class GuardMetrics:
         """Expose a :class:`~oodguard.drift.DriftMonitor` as this guard's
         ``oodguard_drift_*`` series (see :mod:`oodguard.metrics.drift_metrics`): read at scrape
         time, or, in multiprocess mode, written after every :meth:`observe_check`."""
+        self._drift_monitor = monitor  # the collector holds it weakly: live as long as we do
         if isinstance(self._drift_family, DriftCollector):
             self._drift_family.watch(self._guard, monitor)
         else:

@@ -120,7 +120,15 @@ class Routes:
 
     async def model_metadata(self, request: Request) -> Response:
         return self._model_json(request, lambda: (
-            model_metadata(self.name, self.guard.input_spec, len(self.guard.feature_names)), 200))
+            model_metadata(self.name, self.guard.input_spec, len(self.guard.feature_names),
+                           self._parameters()), 200))
+
+    def _parameters(self) -> dict[str, Any] | None:
+        """The drift monitor's settings and state, for the model metadata."""
+        drift = self.guard.drift
+        if drift is None:
+            return None
+        return {"drift": {**drift.settings.to_dict(), **drift.state().to_dict()}}
 
     async def model_ready(self, request: Request) -> Response:
         return self._model_json(request, lambda: (

@@ -72,9 +72,11 @@ class InferRequest:
     fdr: float | None = None
 
 
-def model_metadata(name: str, spec: InputSpec, n_features: int) -> dict[str, Any]:
-    """The v2 model metadata document."""
-    return {
+def model_metadata(name: str, spec: InputSpec, n_features: int,
+                   parameters: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The v2 model metadata document; ``parameters`` (the drift monitor's state and
+    settings, see :mod:`oodguard.drift`) is added when given."""
+    doc: dict[str, Any] = {
         "name": name,
         "versions": ["1"],
         "platform": "oodguard",
@@ -85,6 +87,9 @@ def model_metadata(name: str, spec: InputSpec, n_features: int) -> dict[str, Any
             for out in OUTPUTS
         ],
     }
+    if parameters:
+        doc["parameters"] = dict(parameters)
+    return doc
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:

@@ -15,7 +15,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from oodguard.bundle import (
     write_bundle,
 )
 from oodguard.calibration.checks import sanity_check, unstable_features
+from oodguard.calibration.mondrian import check_groups, group_calibration
 from oodguard.calibration.selection import (
     BASELINE_FEATURES,
     DEFAULT_PROXY_KINDS,
@@ -419,6 +420,7 @@ def calibrate(
     overwrite: bool = False,
     seed: int = 0,
     progress: bool | None = None,
+    groups: Any = None,
 ) -> CalibrationReport:
     """Calibrate a bundle on in-distribution validation inputs and write ``calibration.json``.
 
@@ -450,6 +452,12 @@ def calibrate(
     overwrite : allow replacing an existing bundle at ``out`` (not needed in place).
     progress : a bar over the calibration's stages; default when stderr is a terminal and INFO
         is logged.
+    groups : array-like of shape (n,), optional
+        Each validation row's group (for a guarded classifier: its class): the calibration
+        part's scores are also kept group by group, and ``Guard.check(x, groups=...)`` then
+        gives each row the p-value of its own group, so the false-positive rate holds group by
+        group (:mod:`oodguard.calibration.mondrian`). Every group needs ``1/alpha − 1``
+        calibration rows.
 
     Every run leaves out the features the exporter measured as unstable (manifest
     ``dynamics["stability"]``; ``report.dropped`` says so) and checks that trivially far inputs
@@ -471,6 +479,7 @@ def calibrate(
     x32, _ = validate_batch(x_val, source.manifest.input, nonfinite="raise")
     use, few = check_validation_size(len(x32), source.manifest.feature_names, use, alpha,
                                      fit_fraction)
+    labels = None if groups is None else check_groups(groups, len(x32))
     engine = Engine(source.files[MODEL_FILE], source.manifest, providers="cpu")
     bar = progress_bar(5, "calibration", log, progress=progress, unit="stage")
     bar.set_description_str("calibration: features")
@@ -480,7 +489,7 @@ def calibrate(
     return fit_and_write(
         source, target, in_place, features, x32[fit_idx], engine=engine, bar=bar, few=few,
         alpha=alpha, fit_fraction=fit_fraction, select=select, x_ood=x_ood, combine=combine,
-        use=use, minor_tail=minor_tail, seed=seed, overwrite=overwrite)
+        use=use, minor_tail=minor_tail, seed=seed, overwrite=overwrite, mondrian_groups=labels)
 
 
 def bundle_target(bundle: str | os.PathLike[str], out: str | os.PathLike[str] | None,
@@ -512,14 +521,15 @@ def fit_and_write(
     source: Bundle, target: Path, in_place: bool, features: np.ndarray, x_fit: np.ndarray, *,
     engine: Engine, bar: Any, few: Sequence[str], alpha: float, fit_fraction: float,
     select: str, x_ood: np.ndarray | None, combine: str, use: Sequence[str] | None,
-    minor_tail: float, seed: int, overwrite: bool,
+    minor_tail: float, seed: int, overwrite: bool, mondrian_groups: np.ndarray | None = None,
 ) -> CalibrationReport:
     """What :func:`calibrate` does once the features are computed: selection, fit, sanity
     check, write. ``features`` are those of every validation row, in order (shape (n, F));
     ``x_fit`` the inputs of the fit part, ``x_val[split_indices(n, fit_fraction, seed)[0]]``
     in that order (its synthetic outliers choose the features, its far inputs are the sanity
     check). Shared by :func:`calibrate` and the Ray integration's ``calibrate_dataset``, which
-    computes the features on a cluster."""
+    computes the features on a cluster. ``mondrian_groups``: the labels of :func:`calibrate`'s
+    ``groups`` (not the proxy groups of the selection)."""
     bar.update()
     bar.set_description_str("calibration: selection")
     fit_idx, cal_idx = split_indices(len(features), fit_fraction, seed)
@@ -559,6 +569,9 @@ def fit_and_write(
     info["sanity"] = sanity
     info["warnings"] = [*few, *info["warnings"], *sanity_warnings]
     scorer = Scorer.from_dict({**scorer.to_dict(), "info": info}, scorer.feature_names)
+    if mondrian_groups is not None:
+        scorer = replace(scorer, groups=group_calibration(
+            scorer.score(features[cal_idx]), mondrian_groups[cal_idx], mondrian_groups, alpha))
     bar.update()
     bar.set_description_str("calibration: write")
     files = {

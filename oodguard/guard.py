@@ -38,6 +38,7 @@ from oodguard.errors import (
     BundleError,
     GuardFailure,
     InvalidInputError,
+    InvalidParameterError,
     check_parameter,
 )
 from oodguard.results import CheckResult
@@ -100,6 +101,8 @@ class Guard:
             f"calibration (n={n})", alpha, owner="Guard",
             fix="Calibrate on more data for a smaller alpha.")
         self.alpha = self.scorer.alpha if alpha is None else float(alpha)
+        if self.scorer.groups is not None:
+            self.scorer.groups.check_alpha(self.alpha, owner="Guard")
         self.threshold = score_threshold(self.scorer.calibration_scores, self.alpha)
         self.engine = Engine(
             bundle.files[MODEL_FILE],
@@ -200,7 +203,7 @@ class Guard:
 
     # -- scoring ---------------------------------------------------------------------------
     def check(self, x: Any, *, fdr: float | None = None,
-              timeout_s: float | None = _DEFAULT) -> CheckResult:
+              timeout_s: float | None = _DEFAULT, groups: Any = None) -> CheckResult:
         """Score a batch.
 
         Parameters
@@ -215,6 +218,11 @@ class Guard:
             on the batch.
         timeout_s : float or None, optional
             Bound on the engine's part of this check (default: the guard's ``timeout_s``).
+        groups : array-like of shape (N,), optional
+            Each row's group (for a classifier, its class), for a bundle calibrated with
+            ``calibrate(..., groups=...)``: a row's p-value then comes from its own group's
+            calibration scores, so the false-positive rate holds group by group
+            (:mod:`oodguard.groups`). The drift monitor keeps betting on the pooled p-values.
 
         Returns
         -------
@@ -231,6 +239,8 @@ class Guard:
             back non-finite (an input that overflows float32 in the graph, or an engine fault)
             is not an error: it is flagged OOD (score +inf, p-value 0) and counted as a
             failure of kind ``"output_nonfinite"``.
+            ``groups`` that are not one label per row, hold a label without calibration, or
+            are given for a bundle calibrated without groups (``reason="group"``).
         ValueError
             ``fdr`` or ``timeout_s`` out of range.
         """
@@ -269,7 +279,14 @@ class Guard:
             raise
         t1 = time.perf_counter()
         score = self.scorer.score(features)
-        p = self.scorer.p_value(score)
+        p = pooled = self.scorer.p_value(score)  # the drift monitor bets on the pooled ones
+        if groups is not None:
+            try:
+                p = self.scorer.p_value(score, groups)
+            except InvalidInputError as err:
+                if self.metrics is not None:
+                    self.metrics.observe_refused(err.reason, n)
+                raise
         # Non-finite input rows (flagged without a score) and finite input whose features are
         # not finite: float32 overflow of an input far outside the training range, or a faulty
         # engine — the two cannot be told apart here. Either way the row is flagged (never
@@ -277,21 +294,21 @@ class Guard:
         # on_error="open") and the second kind is counted as a guard failure.
         if finite is not None:
             score[~finite] = np.inf
-            p[~finite] = 0.0
+            p[~finite] = pooled[~finite] = 0.0
         if not math.isfinite(float(features.sum())):  # one pass in the common case
             overflow = ~np.isfinite(features).all(axis=1)
             if finite is not None:
                 overflow &= finite
             if overflow.any():
                 score[overflow] = np.inf
-                p[overflow] = 0.0
+                p[overflow] = pooled[overflow] = 0.0
                 if self.metrics is not None:
                     self.metrics.observe_failure("output_nonfinite")
                 log.warning("guard %r: non-finite features for %d finite input rows; flagged "
                             "OOD", self.name, int(overflow.sum()))
         is_ood = p <= self.alpha if q is None else batch_decisions(score, p, q)
         if self.drift is not None:  # reads the p-values; the row's result is already made
-            self.drift.update(p)
+            self.drift.update(pooled)
         t2 = time.perf_counter()
         if self.metrics is not None:
             self.metrics.observe_check(
@@ -356,14 +373,22 @@ class Guard:
         on_error: str = "open",
         fdr: float | None = None,
         timeout_s: float | None = _DEFAULT,
+        group_by: str | None = None,
     ) -> GuardedModel[P]:
         """Guard a model's inference; see :class:`GuardedModel` for the policies.
 
-        ``fdr`` and ``timeout_s`` are passed to every :meth:`check`.
+        ``fdr`` and ``timeout_s`` are passed to every :meth:`check`. ``group_by="prediction"``
+        checks each row against the calibration of the class the model predicts for it (a
+        bundle calibrated with ``calibrate(..., groups=y)``; see :class:`GuardedModel`).
         """
+        if group_by == "prediction" and self.scorer.groups is None:
+            raise InvalidParameterError(
+                "The 'group_by' parameter of Guard.wrap needs a bundle calibrated per group "
+                "(calibrate(..., groups=labels)); this one has one calibration for all rows.",
+                parameter="group_by")
         timeout = self.timeout_s if timeout_s is _DEFAULT else check_timeout(timeout_s)
         return GuardedModel(self, predict, on_ood=on_ood, fallback=fallback, on_error=on_error,
-                            fdr=check_fdr(fdr), timeout_s=timeout)
+                            fdr=check_fdr(fdr), timeout_s=timeout, group_by=group_by)
 
     def close(self) -> None:
         """Stop the guard's threads (the engine's and the timed checks'); it stays usable."""

@@ -20,7 +20,7 @@ import numpy as np
 from oodguard.errors import GuardFailure, InvalidInputError, OODInputError, check_parameter
 from oodguard.results import CheckResult
 
-__all__ = ["Checker", "GuardedModel", "GuardedOutput"]
+__all__ = ["Checker", "GuardedModel", "GuardedOutput", "prediction_labels"]
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,8 @@ class Checker(Protocol):
     name: str
     metrics: Any  # GuardMetrics or None
 
-    def check(self, x: Any, *, fdr: float | None = ..., timeout_s: float | None = ...
-              ) -> CheckResult: ...
+    def check(self, x: Any, *, fdr: float | None = ..., timeout_s: float | None = ...,
+              groups: Any = ...) -> CheckResult: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,6 +67,13 @@ class GuardedModel(Generic[P]):
 
     An empty batch (zero rows) is checked but not passed to ``predict`` (many models refuse
     one): the prediction is an empty float64 array of shape ``(0,)``.
+
+    ``group_by="prediction"`` (a bundle calibrated per class, ``calibrate(..., groups=y)``)
+    checks each row against the calibration of the class the model predicts for it, so the
+    false-positive rate holds class by class: the model runs *first* on the whole batch (its
+    class is needed), its output read as labels (a 2-D output: the argmax of each row; 1-D: the
+    labels themselves), then the guard checks; ``"raise"`` raises after the model ran, and
+    ``"fallback"`` replaces the OOD rows' predictions by ``fallback``'s.
     """
 
     def __init__(
@@ -79,7 +86,10 @@ class GuardedModel(Generic[P]):
         on_error: str,
         fdr: float | None = None,
         timeout_s: float | None = None,
+        group_by: str | None = None,
     ) -> None:
+        check_parameter(group_by in (None, "prediction"), "group_by", "None or 'prediction'",
+                        group_by, owner="Guard.wrap")
         check_parameter(on_ood in ("flag", "raise", "fallback"), "on_ood",
                         "'flag', 'raise' or 'fallback'", on_ood, owner="Guard.wrap")
         check_parameter(on_error in ("open", "closed"), "on_error", "'open' or 'closed'",
@@ -90,6 +100,7 @@ class GuardedModel(Generic[P]):
         self.guard, self.predict, self.fallback = guard, predict, fallback
         self.on_ood, self.on_error = on_ood, on_error
         self.fdr, self.timeout_s = fdr, timeout_s
+        self.group_by = group_by
 
     def _timed(self, fn: Callable[[Any], Any], x: Any) -> Any:
         t0 = time.perf_counter()
@@ -99,24 +110,14 @@ class GuardedModel(Generic[P]):
         return out
 
     def __call__(self, x: Any) -> GuardedOutput[P]:
+        if self.group_by == "prediction":
+            return self._by_prediction(x)
         try:
             result = self.guard.check(x, fdr=self.fdr, timeout_s=self.timeout_s)
         except InvalidInputError:
             raise
         except Exception as err:  # the guard must never take the host model down with it
-            if isinstance(err, GuardFailure):  # counted by check
-                if self.on_error == "closed":
-                    raise
-                failure = err
-            else:  # a bug of the guard itself
-                failure = GuardFailure(f"guard {self.guard.name!r} failed: "
-                                       f"{type(err).__name__}: {err}", reason="internal")
-                if self.guard.metrics is not None:
-                    self.guard.metrics.observe_failure(failure.reason)
-                if self.on_error == "closed":
-                    raise failure from err
-            log.warning("guard %r failed (%s); serving unguarded (on_error='open')",
-                        self.guard.name, failure.reason)
+            self._failed(err)
             return GuardedOutput(self._timed(self.predict, x), None)
         if len(result) == 0:
             return GuardedOutput(np.empty(0), result)  # type: ignore[arg-type]
@@ -136,6 +137,61 @@ class GuardedModel(Generic[P]):
             pred_ood = fallback(_take(x, idx_ood))
             return GuardedOutput(_merge(len(ood), idx_in, pred_in, idx_ood, pred_ood), result)
         return GuardedOutput(self._timed(self.predict, x), result)
+
+    def _failed(self, err: Exception) -> None:
+        """The guard failed: raise (``on_error="closed"``) or log and go on unguarded."""
+        if isinstance(err, GuardFailure):  # counted by check
+            if self.on_error == "closed":
+                raise err
+            failure = err
+        else:  # a bug of the guard itself
+            failure = GuardFailure(f"guard {self.guard.name!r} failed: "
+                                   f"{type(err).__name__}: {err}", reason="internal")
+            if self.guard.metrics is not None:
+                self.guard.metrics.observe_failure(failure.reason)
+            if self.on_error == "closed":
+                raise failure from err
+        log.warning("guard %r failed (%s); serving unguarded (on_error='open')",
+                    self.guard.name, failure.reason)
+
+    def _by_prediction(self, x: Any) -> GuardedOutput[P]:
+        """``group_by="prediction"``: predict, then check each row against its class."""
+        if len(x) == 0:
+            return GuardedOutput(np.empty(0), self.guard.check(x))  # type: ignore[arg-type]
+        pred = self._timed(self.predict, x)
+        try:
+            result = self.guard.check(x, fdr=self.fdr, timeout_s=self.timeout_s,
+                                      groups=prediction_labels(pred))
+        except InvalidInputError:
+            raise
+        except Exception as err:  # the guard must never take the host model down with it
+            self._failed(err)
+            return GuardedOutput(pred, None)
+        if self.on_ood == "raise" and result.n_ood:
+            raise OODInputError(
+                f"{result.n_ood} of {len(result)} inputs are out of distribution "
+                f"({_rule(result)}, per predicted class); rows "
+                f"{np.flatnonzero(result.is_ood)[:10].tolist()}", result=result)
+        if self.on_ood == "fallback" and result.n_ood and self.fallback is not None:
+            ood = result.is_ood
+            idx_in, idx_ood = np.flatnonzero(~ood), np.flatnonzero(ood)
+            pred_in = _take(pred, idx_in) if len(idx_in) else None
+            merged = _merge(len(ood), idx_in, pred_in, idx_ood, self.fallback(_take(x, idx_ood)))
+            return GuardedOutput(merged, result)
+        return GuardedOutput(pred, result)
+
+
+def prediction_labels(pred: Any) -> np.ndarray:
+    """A model's output as one class label per row: the argmax of each row of a 2-D output
+    (scores, logits, probabilities), or a 1-D output as it is (labels)."""
+    torch = _torch_if_tensor(pred)
+    a = pred.detach().cpu().numpy() if torch is not None else np.asarray(pred)
+    if a.ndim == 2:
+        return np.argmax(a, axis=1)
+    if a.ndim == 1:
+        return a
+    raise InvalidInputError(f"group_by='prediction' needs the model's output as labels [N] or "
+                            f"class scores [N, C]; got shape {a.shape}", reason="group")
 
 
 def _rule(result: CheckResult) -> str:

@@ -349,7 +349,7 @@ def test_unequal_tails() -> None:
          "0.5 for one-sided"),
         (lambda d: d.update(schema_version=2, lower_weight=[0.2], combine="max"),
          "need combine"),
-        (lambda d: d.update(schema_version=3), "newer"),
+        (lambda d: d.update(schema_version=4), "newer"),
     ],
 )
 def test_malformed_tail_weights_are_refused(edit, message: str) -> None:  # type: ignore[no-untyped-def]

@@ -19,6 +19,7 @@ import numpy as np
 
 from oodguard.decisions import score_threshold
 from oodguard.errors import BundleError
+from oodguard.groups import GroupCalibration
 
 __all__ = [
     "CALIBRATION_SCHEMA_VERSION",
@@ -29,9 +30,10 @@ __all__ = [
     "scorer_fields",
 ]
 
-# Version 2 adds ``lower_weight`` (unequal tails of the two-sided tests); a document without it
-# is written as version 1, so bundles that do not use it stay readable by older runtimes.
-CALIBRATION_SCHEMA_VERSION = 2
+# Version 2 adds ``lower_weight`` (unequal tails of the two-sided tests), version 3 ``groups``
+# (per-group calibration scores, oodguard.groups); a document is written with the lowest
+# version that holds it, so bundles that use neither stay readable by older runtimes.
+CALIBRATION_SCHEMA_VERSION = 3
 COMBINE_METHODS = ("max", "mahalanobis", "max_mahalanobis", "fisher", "cauchy")
 P_COMBINATIONS = ("fisher", "cauchy")
 MAHALANOBIS_COMBINATIONS = ("mahalanobis", "max_mahalanobis")
@@ -179,6 +181,11 @@ def scorer_fields(d: Mapping[str, Any], feature_names: Sequence[str]) -> dict[st
     info = d.get("info", {})
     if not isinstance(info, Mapping):
         raise TypeError(f"info must be a JSON object, got {type(info).__name__}")
+    groups = None
+    if "groups" in d:  # schema 3: per-group (Mondrian) calibration scores
+        if version < 3:
+            raise ValueError("groups needs schema_version 3")
+        groups = _groups(d["groups"], alpha)
     return dict(
         feature_names=names,
         used=used,
@@ -197,7 +204,36 @@ def scorer_fields(d: Mapping[str, Any], feature_names: Sequence[str]) -> dict[st
         threshold=float(threshold),
         info=dict(info),
         lower_weight=lower_weight,
+        groups=groups,
     )
+
+
+def _groups(doc: Any, alpha: float) -> GroupCalibration:
+    """The ``groups`` block: distinct labels (all integers or all strings) and, per label, a
+    non-empty sorted array of finite calibration scores, enough for ``alpha``."""
+    if not isinstance(doc, Mapping):
+        raise TypeError("groups must be a JSON object")
+    labels, scores = doc["labels"], doc["calibration_scores"]
+    if not isinstance(labels, list) or not labels:
+        raise ValueError("groups.labels must be a non-empty array")
+    ints = all(isinstance(v, int) and not isinstance(v, bool) for v in labels)
+    if not (ints or all(isinstance(v, str) for v in labels)) or len(set(labels)) != len(labels):
+        raise ValueError("groups.labels must be distinct and all integers or all strings")
+    if not isinstance(scores, list) or len(scores) != len(labels):
+        raise ValueError(f"groups.calibration_scores must hold {len(labels)} arrays")
+    arrays = []
+    for label, raw in zip(labels, scores, strict=True):
+        if not isinstance(raw, list) or not raw:
+            raise ValueError(f"groups.calibration_scores of group {label!r} must be a "
+                             "non-empty array")
+        a = _vec({f"groups.calibration_scores[{label!r}]": raw},
+                 f"groups.calibration_scores[{label!r}]", len(raw))
+        if (np.diff(a) < 0).any():
+            raise ValueError(f"groups.calibration_scores of group {label!r} must be sorted")
+        arrays.append(a)
+    out = GroupCalibration(labels, arrays)
+    out.check_alpha(alpha, owner="calibration.json")
+    return out
 
 
 
@@ -206,11 +242,12 @@ def calibration_document(s: Any) -> dict[str, Any]:
     ``Any``: this module does not import the scorer, which imports it): what
     :func:`scorer_fields` reads back.
 
-    Written as schema version 1 unless unequal tails (``lower_weight``) need version 2.
+    Written as schema version 1 unless unequal tails (``lower_weight``) need version 2 or
+    per-group calibration (``groups``) version 3.
     """
     weighted = bool((s.tail_weights() != 0.5).any())
     d: dict[str, Any] = {
-        "schema_version": CALIBRATION_SCHEMA_VERSION if weighted else 1,
+        "schema_version": 3 if s.groups is not None else 2 if weighted else 1,
         "feature_names": list(s.feature_names),
         "used_features": [s.feature_names[i] for i in s.used],
         "log_offset": [None if np.isnan(v) else float(v) for v in s.log_offset],
@@ -229,6 +266,8 @@ def calibration_document(s: Any) -> dict[str, Any]:
     }
     if weighted:
         d["lower_weight"] = s.tail_weights().tolist()
+    if s.groups is not None:
+        d["groups"] = s.groups.to_doc()
     if s.maha_location is not None and s.maha_precision is not None:
         d["mahalanobis"] = {
             "location": s.maha_location.tolist(),

@@ -133,7 +133,7 @@ NORMALIZED_SCORE_BUCKETS = (
 #: the label values every counter starts with (at 0), so the first event moves ``increase``
 VERDICTS = ("in", "ood")
 #: ``InvalidInputError.reason`` of ``Guard.check`` (see oodguard.validation)
-REFUSAL_REASONS = ("dtype", "rank", "shape", "type", "non_finite")
+REFUSAL_REASONS = ("dtype", "rank", "shape", "type", "non_finite", "group")
 #: further refusal reasons of the HTTP service (``ProtocolError.reason``)
 HTTP_REFUSAL_REASONS = ("json", "protocol", "batch_size", "body_size", "encoding",
                         "content_type", "model")

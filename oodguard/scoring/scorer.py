@@ -52,7 +52,8 @@ from oodguard.bundle.calibration_doc import (
     scorer_fields,
 )
 from oodguard.decisions import conformal_p_values, p_value_table
-from oodguard.errors import BundleError
+from oodguard.errors import BundleError, InvalidInputError
+from oodguard.groups import GroupCalibration
 from oodguard.scoring.tails import combine_p, row_sum, tail_log_p
 
 __all__ = ["Scorer", "wilson_hilferty", "yeo_johnson"]
@@ -193,6 +194,8 @@ class Scorer:
     # [U]: the lower tail's share ω of each two-sided test (direction 0); ½ elsewhere. None:
     # ½ everywhere (equal tails, ``2·Φ̄(|z|)``).
     lower_weight: np.ndarray | None = None
+    # per-group (Mondrian) calibration scores (oodguard.groups); None: one calibration
+    groups: GroupCalibration | None = None
 
     def tail_weights(self) -> np.ndarray:
         """``lower_weight`` as ``[U]`` (½ where unset)."""
@@ -268,10 +271,18 @@ class Scorer:
             raise BundleError("scorer has no Mahalanobis parameters")
         return wilson_hilferty(_quadratic_form(z - loc, prec), len(self.used))
 
-    def p_value(self, scores: np.ndarray) -> np.ndarray:
+    def p_value(self, scores: np.ndarray, groups: Any = None) -> np.ndarray:
         """Conformal p-values of scores, float64 (small = unusual for in-distribution data):
-        :func:`oodguard.decisions.conformal_p_values` against this calibration."""
-        return conformal_p_values(self.calibration_scores, scores, self._transform.p_table)
+        :func:`oodguard.decisions.conformal_p_values` against this calibration, or, with
+        ``groups`` (one label per row), against each row's group's calibration scores
+        (:class:`oodguard.groups.GroupCalibration`; InvalidInputError for labels it lacks)."""
+        if groups is None:
+            return conformal_p_values(self.calibration_scores, scores, self._transform.p_table)
+        if self.groups is None:
+            raise InvalidInputError(
+                "groups were given, but this bundle was calibrated without groups; calibrate "
+                "with calibrate(..., groups=labels) for per-group p-values", reason="group")
+        return self.groups.p_values(scores, groups)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``calibration.json`` document (:func:`oodguard.bundle.calibration_doc.

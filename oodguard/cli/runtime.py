@@ -156,6 +156,10 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                    help="watch the stream for drift with a false-alarm probability EPS over "
                         "an unbounded stream (oodguard_drift_* metrics, docs/drift.md); "
                         "'off' watches nothing (default: 0.05)")
+    p.add_argument("--reload-poll-s", type=float, default=2.0, metavar="S",
+                   help="check the bundle's manifest every S seconds and swap in a changed "
+                        "calibration without a restart (SIGHUP reloads at once; 0: only on "
+                        "SIGHUP)")
 
 
 def _drift_arg(text: str) -> float | None:
@@ -202,8 +206,18 @@ def _serve(a: argparse.Namespace) -> int:
     # then aggregates every process's files instead of this process's registry.
     mp_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     registry = multiprocess_registry(mp_dir) if mp_dir else DEFAULT_REGISTRY
-    bundle = calibrated_bundle(a.bundle, "serve")
-    guard = Guard(bundle, providers=a.providers, name=a.name, alpha=a.alpha,
-                  drift=a.drift_false_alarm)
-    serve(guard, config, registry=registry, announce=lambda msg: print(msg, flush=True))
+    if not a.reload_poll_s >= 0:
+        print(f"oodguard serve: --reload-poll-s must be >= 0; got {a.reload_poll_s}",
+              file=sys.stderr)
+        return 2
+
+    def load(path: Path) -> Guard:
+        return Guard(calibrated_bundle(path, "serve"), providers=a.providers, name=a.name,
+                     alpha=a.alpha, drift=a.drift_false_alarm)
+
+    live = server.LiveGuard(load(a.bundle))
+    watcher = server.BundleWatcher(live, a.bundle, load, poll_s=a.reload_poll_s or None)
+    # LiveGuard forwards everything the service reads to the guard it currently serves.
+    serve(live, config, registry=registry, announce=lambda msg: print(msg, flush=True),
+          watcher=watcher)
     return 0

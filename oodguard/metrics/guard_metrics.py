@@ -403,13 +403,27 @@ class GuardMetrics:
         self._drift_family = fam.drift
         self._drift_push: Any = None  # multiprocess mode: the monitor to write after checks
         self._drift_monitor: Any = None
-        fam.info.labels(guard, *(str(info[k]) for k in INFO_KEYS)).set(1)
+        self._info = fam.info
+        self._info_labels = (guard, *(str(info[k]) for k in INFO_KEYS))
+        self.publish_info()
         fam.threshold.labels(guard).set(threshold)
         # Series at 0 from the start: the first refusal or failure is then an increase.
         for reason in REFUSAL_REASONS:
             fam.refused.labels(guard, reason)
         for kind in FAILURE_KINDS:
             fam.failures.labels(guard, kind)
+
+    def publish_info(self) -> None:
+        """Set this guard's ``oodguard_bundle_info`` series (1)."""
+        self._info.labels(*self._info_labels).set(1)
+
+    def retire_info(self) -> None:
+        """Remove this guard's ``oodguard_bundle_info`` series (a served guard replaced by a
+        recalibrated one, see :mod:`oodguard.serve.reload`)."""
+        try:
+            self._info.remove(*self._info_labels)
+        except KeyError:  # already removed
+            pass
 
     def watch_drift(self, monitor: Any) -> None:
         """Expose a :class:`~oodguard.drift.DriftMonitor` as this guard's

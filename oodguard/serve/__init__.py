@@ -8,7 +8,8 @@ A request flows through one module per step::
     protocol.py  encode the v2 response
     app.py       the Starlette routes that chain these; config.py holds their limits
 
-``runner.py`` serves the app with uvicorn until SIGTERM, and ``uvicorn_adapter.py`` is the one
+``runner.py`` serves the app with uvicorn until SIGTERM (``reload.py`` swaps in a recalibrated
+bundle without a restart), and ``uvicorn_adapter.py`` is the one
 module that touches uvicorn's internals. The Ray Serve deployment
 (:mod:`oodguard.integrations.ray.serve`) builds the same app around its own batcher.
 """
@@ -20,6 +21,7 @@ from oodguard.serve.batching import Batcher, BatchRunner, slice_result
 from oodguard.serve.body import BodyReader, Dropped
 from oodguard.serve.config import ServeConfig
 from oodguard.serve.protocol import InferRequest, ProtocolError, encode_response, parse_infer
+from oodguard.serve.reload import BundleWatcher, LiveGuard
 from oodguard.serve.runner import serve
 from oodguard.serve.service import InferenceService
 
@@ -27,9 +29,11 @@ __all__ = [
     "BatchRunner",
     "Batcher",
     "BodyReader",
+    "BundleWatcher",
     "Dropped",
     "InferRequest",
     "InferenceService",
+    "LiveGuard",
     "ProtocolError",
     "ServeConfig",
     "create_app",

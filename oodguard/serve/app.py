@@ -51,6 +51,7 @@ from oodguard.serve.body import BodyReader, Hold
 from oodguard.serve.config import ServeConfig
 from oodguard.serve.protocol import HEADER_LENGTH, encode_response, model_metadata, parse_infer
 from oodguard.serve.refusals import Dropped, ProtocolError
+from oodguard.serve.reload import LiveGuard
 from oodguard.serve.service import InferenceService
 
 __all__ = ["Routes", "create_app"]
@@ -206,7 +207,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return _error(500, "internal error", "internal")
 
 
-def create_app(guard: Guard, config: ServeConfig | None = None, *, registry: Any = None,
+def create_app(guard: Guard | LiveGuard, config: ServeConfig | None = None, *, registry: Any = None,
                batcher: BatchRunner | None = None) -> Starlette:
     """The ASGI application.
 

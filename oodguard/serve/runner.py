@@ -7,20 +7,26 @@ header timeout, the drain — is in :mod:`oodguard.serve.uvicorn_adapter`.
 
 from __future__ import annotations
 
+import signal
 import socket
+import threading
 from typing import Any
 
 from oodguard.guard import Guard
 from oodguard.serve.app import Routes, create_app
 from oodguard.serve.config import ServeConfig
+from oodguard.serve.reload import BundleWatcher, LiveGuard
 from oodguard.serve.uvicorn_adapter import check_version, run
 
 __all__ = ["serve"]
 
 
-def serve(guard: Guard, config: ServeConfig, *, registry: Any = None,
-          announce: Any = print) -> None:
+def serve(guard: Guard | LiveGuard, config: ServeConfig, *, registry: Any = None,
+          announce: Any = print, watcher: BundleWatcher | None = None) -> None:
     """Serve until SIGTERM/SIGINT, then finish in-flight requests and return.
+
+    With ``watcher`` (whose ``live`` guard is ``guard``), the bundle is reloaded without a
+    restart when it changes on disk or on SIGHUP (:mod:`oodguard.serve.reload`).
 
     The socket is bound before ``announce`` is called with the URL, so with ``port=0`` the
     printed port is the real one and connections made right after it queue until served.
@@ -47,6 +53,11 @@ def serve(guard: Guard, config: ServeConfig, *, registry: Any = None,
     def not_ready() -> None:
         routes.ready = False  # readiness fails at once while in-flight requests finish
 
+    hup = None
+    if watcher is not None:
+        watcher.start()
+        if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGHUP"):
+            hup = signal.signal(signal.SIGHUP, lambda *_: watcher.request())
     announce(f"oodguard serve: listening on http://{shown}:{port} (model {routes.name!r}, "
              f"v2 routes under /v2, metrics at /metrics)")
     try:
@@ -54,4 +65,8 @@ def serve(guard: Guard, config: ServeConfig, *, registry: Any = None,
             graceful_timeout_s=config.graceful_timeout_s, on_exit=not_ready)
     finally:
         sock.close()
+        if watcher is not None:
+            watcher.stop()
+            if hup is not None:
+                signal.signal(signal.SIGHUP, hup)
     announce("oodguard serve: stopped")

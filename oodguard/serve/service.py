@@ -26,6 +26,7 @@ from oodguard.errors import GuardFailure, InvalidInputError
 from oodguard.guard import Guard
 from oodguard.results import CheckResult
 from oodguard.serve.batching import BatchRunner
+from oodguard.serve.reload import LiveGuard
 from oodguard.validation import validate_batch
 
 __all__ = ["InferenceService"]
@@ -45,7 +46,8 @@ class InferenceService:
     max_request_rows : the most rows one refusal may count (the most one request may hold)
     """
 
-    def __init__(self, guard: Guard, batcher: BatchRunner, *, max_request_rows: int) -> None:
+    def __init__(self, guard: Guard | LiveGuard, batcher: BatchRunner, *,
+                 max_request_rows: int) -> None:
         if not isinstance(max_request_rows, int) or max_request_rows < 1:
             raise ValueError(f"max_request_rows must be a positive int. Got {max_request_rows!r}")
         self.guard, self.batcher, self.max_request_rows = guard, batcher, max_request_rows

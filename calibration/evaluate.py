@@ -35,6 +35,9 @@ __all__ = ["EvaluationReport", "OODSetEvaluation", "evaluate", "ks_tests"]
 
 log = logging.getLogger(__name__)
 
+#: the two-sample KS p-value below which ``evaluate`` says the held-out data does not look
+#: exchangeable with the calibration data
+EXCHANGEABILITY_LEVEL = 0.01
 #: Marks ``evaluation.json`` as written by this function (the CLI recognises its own output).
 EVALUATION_SCHEMA = 1
 
@@ -130,6 +133,7 @@ class EvaluationReport:
                 "p_value_ks_uniform": {"statistic": self.ks_statistic, "pvalue": self.ks_pvalue},
                 "score_ks_calibration": {"statistic": self.ks_calibration_statistic,
                                          "pvalue": self.ks_calibration_pvalue},
+                "exchangeability": self.exchangeability_note(),
             },
             "ood_sets": {
                 s.name: {
@@ -145,6 +149,18 @@ class EvaluationReport:
             },
         }
 
+    def exchangeability_note(self) -> str | None:
+        """In words, when the held-out in-distribution data does not look exchangeable with the
+        calibration data (the two-sample KS test of their scores rejects at
+        ``EXCHANGEABILITY_LEVEL``), else None: the conformal guarantee then does not cover it."""
+        if not self.ks_calibration_pvalue < EXCHANGEABILITY_LEVEL:
+            return None
+        return (f"the held-out data does not look exchangeable with the calibration data "
+                f"(its scores vs the calibration scores: KS p={self.ks_calibration_pvalue:.2g}); "
+                f"the false-positive rate alpha={self.alpha:g} is not guaranteed for it "
+                f"(measured {self.fpr_at_threshold:.3f}). It may have drifted: recalibrate on "
+                "data like it, and watch the stream with drift= (docs/drift.md)")
+
     def table(self) -> str:
         """A fixed-width text table, one row per OOD set."""
         width = max(8, *(len(s.name) for s in self.ood_sets))
@@ -157,6 +173,7 @@ class EvaluationReport:
             f"p-values vs uniform: KS D={self.ks_statistic:.4f}, p={self.ks_pvalue:.3g}; scores "
             f"vs calibration scores: KS D={self.ks_calibration_statistic:.4f}, "
             f"p={self.ks_calibration_pvalue:.3g}",
+            *(["WARNING: " + note] if (note := self.exchangeability_note()) else []),
             head,
             "-" * len(head),
         ]

@@ -61,11 +61,25 @@ def test_ks_numbers_and_json(report) -> None:  # type: ignore[no-untyped-def]
     doc = report.to_dict()
     assert doc["oodguard_evaluation"] == 1
     assert set(doc["in_distribution"]) == {"n", "fpr_at_threshold", "p_value_ks_uniform",
-                                           "score_ks_calibration"}
+                                           "score_ks_calibration", "exchangeability"}
     assert set(doc["ood_sets"]["noise"]) == {"n", "auroc", "aupr_in", "aupr_out", "fpr95",
                                              "fpr_at_threshold", "tpr_at_threshold"}
     table = report.table()
     assert "noise" in table and "shifted" in table and "AUPR-out" in table
+
+
+def test_evaluate_says_in_words_when_the_held_out_data_is_not_exchangeable(bundle, data,
+                                                                         report) -> None:  # type: ignore[no-untyped-def]
+    assert report.exchangeability_note() is None  # fresh draws of the validation distribution
+    assert "exchangeable" not in report.table()
+    drifted = evaluate(bundle, make_data(600, seed=21, shift=0.6), {"noise": data["noise"]},
+                       providers="cpu")
+    note = drifted.exchangeability_note()
+    assert note is not None and drifted.ks_calibration_pvalue < 0.01
+    assert note.startswith("the held-out data does not look exchangeable with the calibration "
+                           "data")
+    assert "WARNING: the held-out data does not look exchangeable" in drifted.table()
+    assert drifted.to_dict()["in_distribution"]["exchangeability"] == note
 
 
 def test_chunk_size_and_a_guard_object_give_the_same_numbers(bundle, data, sets, report) -> None:  # type: ignore[no-untyped-def]

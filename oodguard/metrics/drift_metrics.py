@@ -12,7 +12,8 @@ metric                             type      meaning
 All labelled by ``guard``. In single-process mode a :class:`DriftCollector` reads each watched
 monitor when the registry is scraped, so a check pays nothing for them. In multiprocess mode
 (no custom collector reaches the per-process files) :class:`DriftGauges` writes them after each
-check; each process watches its own share of the traffic (docs/drift.md, "replicas").
+check; each process watches its own share of the traffic and exports its own evidence series
+(label ``pid``), which the alert averages like replicas (docs/drift.md, "replicas").
 """
 
 from __future__ import annotations
@@ -81,8 +82,9 @@ class DriftGauges:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         kw: dict[str, Any] = {"registry": registry}
+        # one series per live process: the alert averages the martingales (docs/drift.md)
         self.evidence = Gauge("oodguard_drift_evidence_log10", _DOCS["evidence"], ["guard"],
-                              multiprocess_mode="max", **kw)
+                              multiprocess_mode="liveall", **kw)
         self.alarm = Gauge("oodguard_drift_alarm", _DOCS["alarm"], ["guard"],
                            multiprocess_mode="max", **kw)
         self.alarms = Counter("oodguard_drift_alarms", _DOCS["alarms"], ["guard"], **kw)

@@ -219,3 +219,18 @@ def test_detection_merge_joins_disjoint_runs_and_refuses_repeats(tmp_path) -> No
     with pytest.raises(SystemExit, match="hold some models twice"):
         det.main(["--merge", str(a), str(a), "--out", str(tmp_path / "n.json")])
 
+
+
+@pytest.mark.slow
+def test_drift_benchmark_tiny_mode_writes_its_tables_and_plot(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "drift.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "drift.py"), "--tiny", "--out",
+                    str(out)], check=True, capture_output=True, text=True, timeout=600)
+    doc = json.loads(out.read_text())
+    sim, real = doc["simulated_scores"], doc["bundle"]
+    assert sim["runs"] == 10 and 0.0 <= sim["alarm_fraction"] <= sim["alarm_fraction_ci99"][1]
+    assert real["null_runs"] == 6 and set(real["thresholds_at_epsilon"]) == {
+        "shiryaev_roberts_log10", "ks", "mmd2"}
+    cells = {(r["shift"], r["detector"]) for r in real["detection"]}
+    assert len(cells) == 7 * 4
+    assert (tmp_path / "drift.png").stat().st_size > 0

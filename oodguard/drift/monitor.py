@@ -143,9 +143,15 @@ def log_power_mixture(t: int, s: float) -> float:
     """``log M`` of the mixture martingale after ``t`` rows with ``s = Σ −log p̃``:
     ``M = mean_κ κ^t·exp((1 − κ)·s)`` (each power martingale ``Π κ·p̃^(κ−1)`` depends on the
     stream only through ``t`` and ``s``)."""
-    terms = t * np.log(KAPPAS) + (1.0 - KAPPAS) * s
-    top = float(terms.max())
-    return top + math.log(float(np.exp(terms - top).sum())) + _LOG_W
+    return float(_log_mixtures(np.array([float(t)]), np.array([float(s)]))[0])
+
+
+def _log_mixtures(t: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """:func:`log_power_mixture` of each ``(t[i], s[i])`` (one code path for one row or many,
+    so the alarm row does not depend on the batching)."""
+    terms = t[:, None] * np.log(KAPPAS) + (1.0 - KAPPAS) * s[:, None]
+    top = terms.max(axis=1)
+    return np.asarray(top + np.log(np.exp(terms - top[:, None]).sum(axis=1)) + _LOG_W)
 
 
 def _power_bound(t: float, s: float) -> float:
@@ -233,11 +239,16 @@ class DriftMonitor:
         if self._alarm:
             return
         ts = np.arange(t0 + 1, self._t + 1, dtype=np.float64)
-        for i in np.flatnonzero(path > ts).tolist():
-            t, s = t0 + i + 1, float(path[i])
-            if _power_bound(t, s) >= self._limit and log_power_mixture(t, s) >= self._limit:
-                self._raise(t)
-                return
+        rows = np.flatnonzero(path > ts)  # the mixture can only have crossed where S > t
+        if len(rows) == 0:
+            return
+        s, t = path[rows], ts[rows]
+        rows = rows[s - t - t * np.log(s / t) >= self._limit]  # sup over the powers
+        if len(rows) == 0:
+            return
+        crossed = np.flatnonzero(_log_mixtures(ts[rows], path[rows]) >= self._limit)
+        if len(crossed):
+            self._raise(t0 + int(rows[crossed[0]]) + 1)
 
     def _update_detector(self, u: np.ndarray) -> None:
         """Shiryaev–Roberts or CUSUM, one per power, row by row."""

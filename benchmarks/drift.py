@@ -17,7 +17,8 @@ resampled rows — a bootstrap of a finite set is itself another distribution):
   dropping out (the half ``z_0 > 0`` of the latent space stops arriving).
 
 Detectors, each with the same nominal false-alarm rate ε over a stream of ``rows`` rows:
-the martingale (``drift=ε``: its guarantee), Shiryaev–Roberts of the same bets (threshold set by
+``drift=ε`` (the restarting mixture, the default) and the martingale from row 0 (both: their
+guarantee), Shiryaev–Roberts of the same bets (threshold set by
 simulation on null streams to ε), a windowed KS test of the p-values against the uniform
 (sliding windows, threshold set by simulation), and a windowed MMD of the inputs against a
 reference sample of the calibration draw (Gaussian kernel, median bandwidth, threshold set by
@@ -49,6 +50,7 @@ from oodguard.decisions import conformal_p_values  # noqa: E402
 from oodguard.drift import KAPPAS, DriftMonitor, DriftSettings  # noqa: E402
 
 EPS = 0.05
+PLAIN = DriftSettings(false_alarm=EPS, statistic="martingale")
 DIM = 16
 _BASIS = np.random.default_rng(1234).normal(size=(3, DIM))
 SHIFTS = ("noise_0.25sd", "noise_0.5sd", "noise_1sd", "ood_mixture_10pct", "latent_mean",
@@ -96,6 +98,8 @@ def batches(rng: np.random.Generator, n: int) -> Iterator[slice]:
 # -- detectors: each returns the first row (1-based) at which it alarms, or None ----------------
 def martingale_alarm(p: np.ndarray, n: int, rng: np.random.Generator,
                      settings: DriftSettings | float = EPS) -> int | None:
+    """The monitor's alarm row (``settings``: the default ``drift=EPS`` is the restarting
+    mixture)."""
     m = DriftMonitor(n, settings)
     for s in batches(rng, len(p)):
         m.update(p[s])
@@ -170,16 +174,19 @@ def clopper_pearson(k: int, n: int, level: float = 0.99) -> tuple[float, float]:
 # -- part 1: simulated scores ------------------------------------------------------------------
 def simulated(runs: int, rows: int, n_cal: int, seed: int) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
-    adjusted = raw = 0
+    adjusted = plain = raw = 0
     for _ in range(runs):
         cal = np.sort(rng.standard_normal(n_cal))
         p = conformal_p_values(cal, rng.standard_normal(rows))
         adjusted += martingale_alarm(p, n_cal, rng) is not None
+        plain += martingale_alarm(p, n_cal, rng, PLAIN) is not None
         # the same mixture of power martingales on the raw p-values, at every row
         raw += bool((raw_log_mixture(p) >= math.log(1 / (EPS * 0.8))).any())
     return {"runs": runs, "rows": rows, "calibration_size": n_cal, "epsilon": EPS,
             "alarms": adjusted, "alarm_fraction": adjusted / runs,
             "alarm_fraction_ci99": clopper_pearson(adjusted, runs),
+            "plain_martingale_alarms": plain,
+            "plain_martingale_alarm_fraction_ci99": clopper_pearson(plain, runs),
             "raw_alarms": raw, "raw_alarm_fraction": raw / runs,
             "raw_alarm_fraction_ci99": clopper_pearson(raw, runs)}
 
@@ -230,10 +237,11 @@ def real_bundle(bundle: Path, *, null_runs: int, shift_runs: int, rows: int, cha
 
     # null streams: the martingale's false alarms, and every other detector's threshold
     t0 = time.perf_counter()
-    mart_null, sr_max, ks_max, mmd_max = 0, [], [], []
+    mart_null, plain_null, sr_max, ks_max, mmd_max = 0, 0, [], [], []
     for _ in range(null_runs):
         p, x, ref, bw = draw(None)
         mart_null += martingale_alarm(p, n_cal, rng) is not None
+        plain_null += martingale_alarm(p, n_cal, rng, PLAIN) is not None
         sr_max.append(float(sr_path_max(p, n_cal)[-1]))
         ks_max.append(float(np.nanmax(ks_path(p, ks_window, ks_window // 5))))
         mmd_max.append(float(mmd_path(x, ref, mmd_window, bw).max()))
@@ -245,13 +253,14 @@ def real_bundle(bundle: Path, *, null_runs: int, shift_runs: int, rows: int, cha
     results = []
     example: dict[str, Any] = {}
     for shift in SHIFTS:
-        delays: dict[str, list[float]] = {k: [] for k in ("martingale", "shiryaev_roberts",
-                                                          "ks_window", "mmd_window")}
+        delays: dict[str, list[float]] = {k: [] for k in (
+            "restarting", "martingale", "shiryaev_roberts", "ks_window", "mmd_window")}
         early = dict.fromkeys(delays, 0)
         for r in range(shift_runs):
             p, x, ref, bw = draw(shift)
             got = {
-                "martingale": martingale_alarm(p, n_cal, rng),
+                "restarting": martingale_alarm(p, n_cal, rng),
+                "martingale": martingale_alarm(p, n_cal, rng, PLAIN),
                 "shiryaev_roberts": first_over(sr_path_max(p, n_cal),
                                                thresholds["shiryaev_roberts_log10"], 1),
                 "ks_window": first_over(ks_path(p, ks_window, ks_window // 5),
@@ -289,6 +298,8 @@ def real_bundle(bundle: Path, *, null_runs: int, shift_runs: int, rows: int, cha
             "calibration_size": n_cal, "martingale_null_alarms": mart_null,
             "martingale_null_alarm_fraction": mart_null / null_runs,
             "martingale_null_alarm_fraction_ci99": clopper_pearson(mart_null, null_runs),
+            "plain_martingale_null_alarms": plain_null,
+            "plain_martingale_null_alarm_fraction_ci99": clopper_pearson(plain_null, null_runs),
             "thresholds_at_epsilon": thresholds, "ks_window": ks_window,
             "mmd_window": mmd_window, "detection": results, "example": example}
 
@@ -369,13 +380,15 @@ def main() -> None:
     rlo, rhi = sim["raw_alarm_fraction_ci99"]
     print(f"simulated scores: {sim['runs']} (calibration set, stream) pairs of {sim['rows']} "
           f"rows, n = {sim['calibration_size']}, ε = {EPS}")
-    print(f"  martingale on calibration-conditional p-values: {sim['alarms']} alarms "
-          f"({sim['alarm_fraction']:.3f}, 99 % CI [{lo:.3f}, {hi:.3f}])")
+    print(f"  drift=ε (restarting mixture) on calibration-conditional p-values: "
+          f"{sim['alarms']} alarms ({sim['alarm_fraction']:.3f}, 99 % CI [{lo:.3f}, {hi:.3f}]);"
+          f" the martingale from row 0: {sim['plain_martingale_alarms']}")
     print(f"  the same bets on raw p-values: {sim['raw_alarms']} alarms "
           f"({sim['raw_alarm_fraction']:.3f}, 99 % CI [{rlo:.3f}, {rhi:.3f}])")
     blo, bhi = real["martingale_null_alarm_fraction_ci99"]
     print(f"real bundle: {real['null_runs']} null streams of {real['rows']} rows: "
-          f"{real['martingale_null_alarms']} martingale alarms (99 % CI [{blo:.3f}, {bhi:.3f}])")
+          f"{real['martingale_null_alarms']} alarms of drift=ε (99 % CI [{blo:.3f}, {bhi:.3f}]), "
+          f"{real['plain_martingale_null_alarms']} of the martingale from row 0")
     print(format_table(real["detection"], [
         ("shift", "shift", ""), ("detector", "detector", ""),
         ("detected_fraction", "detected", ".2f"), ("median_delay", "median rows", ".0f"),

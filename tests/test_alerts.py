@@ -257,19 +257,21 @@ def test_drift_fires_on_the_replicas_mean_martingale_and_calm_replicas_are_quiet
     base = exposition["fresh"]
     evidence = key("oodguard_drift_evidence_log10")
     threshold = key("oodguard_drift_threshold_log10")
-    assert base[evidence] == 0.0 and base[threshold] > 1.0
-    limit = base[threshold]
+    start, limit = base[evidence], base[threshold]
+    assert start <= 0.0 and limit > 1.0  # a monitor starts at most at 1 (log10 0)
 
     def replica(name: str, k: Key) -> Key:
         return k[0], tuple(sorted((*k[1], ("instance", name))))
 
     two = {replica(r, k): v for k, v in base.items() for r in ("a", "b")
            if k in (evidence, threshold)}
-    rise = {replica("a", evidence): {5: limit + 0.1, 10: 0.5}}  # 10^(limit+0.1) ≈ 1.26/ε'
+    # events add to the scraped value: a goes to 10^(limit + 0.1) ≈ 1.26/ε', then far past
+    rise = {replica("a", evidence): {5: limit + 0.1 - start, 10: 0.5}}
     promtool_test(tmp_path, [
         case("a past the threshold, b calm: the mean is not", two, rise,
              [firing("OODGuardDrift", t, 0) for t in (4, 6, 9)]),
-        case("a far past it: the mean crosses", two, {replica("a", evidence): {5: limit + 0.5}},
+        case("a far past it: the mean crosses", two,
+             {replica("a", evidence): {5: limit + 0.5 - start}},
              [firing("OODGuardDrift", 4, 0), firing("OODGuardDrift", 5, 1)]),
         case("calm: quiet", two, {}, [firing("OODGuardDrift", t, 0) for t in (5, 20, 40)]),
     ])

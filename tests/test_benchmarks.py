@@ -232,5 +232,5 @@ def test_drift_benchmark_tiny_mode_writes_its_tables_and_plot(tmp_path) -> None:
     assert real["null_runs"] == 6 and set(real["thresholds_at_epsilon"]) == {
         "shiryaev_roberts_log10", "ks", "mmd2"}
     cells = {(r["shift"], r["detector"]) for r in real["detection"]}
-    assert len(cells) == 7 * 4
+    assert len(cells) == 7 * 5
     assert (tmp_path / "drift.png").stat().st_size > 0

@@ -67,19 +67,28 @@ def test_power_mixture_is_the_mean_of_the_power_martingales() -> None:
     assert log_power_mixture(0, 0.0) == pytest.approx(0.0)
 
 
+def test_the_restart_weights_sum_to_at_most_one() -> None:
+    from oodguard.drift.restart import WEIGHT_NORMALIZER
+
+    k = np.arange(1, 10**6 + 1, dtype=np.float64)
+    total = float(np.sum(1.0 / ((k + 1) * np.log(k + 1) ** 2))) + 1.0 / math.log(10**6)
+    assert total <= WEIGHT_NORMALIZER
+
+
 # -- the guarantee and the power ----------------------------------------------------------
 def _stream_p_values(rng: np.random.Generator, n: int, t: int) -> np.ndarray:
     cal = np.sort(rng.standard_normal(n))
     return conformal_p_values(cal, rng.standard_normal(t))
 
 
-def test_false_alarms_stay_below_epsilon_on_exchangeable_streams() -> None:
+@pytest.mark.parametrize("statistic", ["restarting", "martingale"])
+def test_false_alarms_stay_below_epsilon_on_exchangeable_streams(statistic: str) -> None:
     """200 independent (calibration set, stream) pairs, 5 000 rows in batches of 1–64."""
     rng = np.random.default_rng(1)
     runs, alarms, raw_alarms = 200, 0, 0
     for _ in range(runs):
         p = _stream_p_values(rng, 500, 5000)
-        m = DriftMonitor(500, 0.05)
+        m = DriftMonitor(500, DriftSettings(statistic=statistic))
         i = 0
         while i < len(p):
             k = int(rng.integers(1, 65))
@@ -128,7 +137,8 @@ def test_reset_starts_again_and_keeps_the_alarm_count() -> None:
     m.update(np.full(200, 1 / 101))
     assert m.alarm and m.alarms == 1 and m.evidence > m.threshold
     m.reset()
-    assert not m.alarm and m.evidence == 0.0 and m.state().rows == 0 and m.alarms == 1
+    fresh = DriftMonitor(100, 0.05).evidence  # log10 ½ for the restarting mixture
+    assert not m.alarm and m.evidence == fresh and m.state().rows == 0 and m.alarms == 1
     m.update(np.full(200, 1 / 101))
     assert m.alarms == 2
 
@@ -147,7 +157,7 @@ def test_run_length_detectors_keep_their_average_run_length_bound(statistic: str
     assert alarms <= _binomial_upper_99(0.2, runs)
 
 
-def test_run_length_detector_forgets_a_calm_past_the_martingale_does_not() -> None:
+def test_restarts_and_run_length_detectors_forget_a_calm_past_the_martingale_does_not() -> None:
     rng = np.random.default_rng(5)
     cal = np.sort(rng.standard_normal(500))
     calm = conformal_p_values(cal, rng.standard_normal(20000))
@@ -155,11 +165,12 @@ def test_run_length_detector_forgets_a_calm_past_the_martingale_does_not() -> No
     shift[rng.random(1500) < 0.2] = 6.0
     shifted = conformal_p_values(cal, shift)
     sr = DriftMonitor(500, DriftSettings(statistic="shiryaev_roberts", arl=1e4))
-    mart = DriftMonitor(500, 0.05)
-    for m in (sr, mart):
+    mart = DriftMonitor(500, DriftSettings(statistic="martingale"))
+    restarting = DriftMonitor(500, 0.05)  # the default
+    for m in (sr, mart, restarting):
         m.update(calm)
         m.update(shifted)
-    assert sr.alarm and not mart.alarm
+    assert sr.alarm and restarting.alarm and not mart.alarm
 
 
 def test_settings_refuse_bad_values() -> None:

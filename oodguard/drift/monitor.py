@@ -11,6 +11,11 @@ whole unbounded stream: the total false-alarm probability is ``≤ δ + ε' = ε
 depends on the stream only through the row count ``t`` and ``s = Σ −log p̃``, so the monitor
 keeps two numbers. docs/drift.md derives it.
 
+By default (``statistic="restarting"``) the monitor also mixes in martingales started at
+checkpoints every 128 rows (:mod:`oodguard.drift.restart`): still a test martingale (the same
+ε), but a change after a long calm period no longer pays back what the calm cost the
+martingale from row 0 (about 0.2 nats per row at n = 1 000).
+
 Two change detectors of the same bets are offered beside it, whose guarantee is an *average
 run length* to a false alarm, not a probability: per power ``κ`` (bet ``g = κ·p̃^(κ−1)``),
 Shiryaev–Roberts ``R_t = (1 + R_{t−1})·g_t`` or CUSUM ``C_t = max(C_{t−1}, 1)·g_t``, averaged
@@ -18,12 +23,12 @@ over the powers and alarming at ``A = arl`` (``R_t − t`` is a supermartingale,
 ``E[τ] ≥ A``; ``C_t ≤ R_t``). They cost O(len(KAPPAS)) per row. They forget a calm past: a
 change does not pay back the evidence the martingale lost before it.
 
-Cost of the martingale: O(1) time and memory per row (a table lookup, two adds and a
-comparison; the table holds ``−log p̃`` for the ``n + 1`` possible p-values; the mixture is
-evaluated only when a cheap bound says it may have crossed, and when read). Thread-safe (one
-lock); fork-safe (the child renews the lock and keeps the parent's state, then watches its own
-traffic). A row's score is never
-touched: the monitor reads the p-values after the check computed them.
+Cost: O(1) time and memory per row (a table lookup, two adds and a comparison; the table holds
+``−log p̃`` for the ``n + 1`` possible p-values; the mixture is evaluated only when a cheap bound
+says it may have crossed, and when read; the restarts add a checkpoint every 128 rows, at most
+32 kept). Thread-safe (one lock); fork-safe (the child renews the lock and keeps the parent's
+state, then watches its own traffic). A row's score is never touched: the monitor reads the
+p-values after the check computed them.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from oodguard.drift.bound import conditional_p_values
+from oodguard.drift.restart import CHECK, EVERY, RestartMixture, log_power_mixtures
 from oodguard.errors import check_parameter
 
 __all__ = ["KAPPAS", "STATISTICS", "DriftMonitor", "DriftSettings", "DriftState",
@@ -45,7 +51,9 @@ __all__ = ["KAPPAS", "STATISTICS", "DriftMonitor", "DriftSettings", "DriftState"
 
 #: ``"martingale"`` (probability ε over an unbounded stream, the default) and the two
 #: average-run-length detectors
-STATISTICS = ("martingale", "shiryaev_roberts", "cusum")
+STATISTICS = ("martingale", "shiryaev_roberts", "cusum", "restarting")
+#: the statistics whose guarantee is a probability over an unbounded stream (``false_alarm``)
+PROBABILITY_STATISTICS = ("martingale", "restarting")
 _LN10 = math.log(10.0)
 
 
@@ -62,6 +70,12 @@ class DriftSettings:
         Share of ε spent on the calibration-conditional bound: ``δ = delta_share·ε``, and the
         martingale alarms at ``1/ε'`` with ``ε' = ε − δ``.
     statistic : one of :data:`STATISTICS`
+        ``"restarting"`` (default): the power-mixture martingale mixed over start times
+        (:mod:`oodguard.drift.restart`), so a change after a long calm period does not pay
+        back the calm; ``"martingale"``: the same from row 0 only (O(1) per row, slightly
+        sooner on a change at the very start). Both keep ``false_alarm`` as a probability over
+        an unbounded stream; ``"shiryaev_roberts"`` and ``"cusum"`` have an average run length
+        instead (``arl``).
     arl : float > 1, optional
         For ``"shiryaev_roberts"`` and ``"cusum"`` (required there, refused otherwise): the
         alarm threshold ``A``, a lower bound on the mean number of rows to a false alarm.
@@ -69,7 +83,7 @@ class DriftSettings:
 
     false_alarm: float = 0.05
     delta_share: float = 0.2
-    statistic: str = "martingale"
+    statistic: str = "restarting"
     arl: float | None = None
 
     def __post_init__(self) -> None:
@@ -83,12 +97,13 @@ class DriftSettings:
                         self.delta_share, owner="DriftSettings")
         check_parameter(self.statistic in STATISTICS, "statistic", f"one of {STATISTICS}",
                         self.statistic, owner="DriftSettings")
-        needs = self.statistic != "martingale"
+        needs = self.statistic not in PROBABILITY_STATISTICS
         ok_arl = (self.arl is None if not needs else
                   not isinstance(self.arl, bool) and isinstance(self.arl, (int, float))
                   and math.isfinite(self.arl) and self.arl > 1)
         check_parameter(ok_arl, "arl", "a float > 1 for statistic='shiryaev_roberts' or "
-                        "'cusum', and None for 'martingale'", self.arl, owner="DriftSettings")
+                        "'cusum', and None for 'martingale' or 'restarting'", self.arl,
+                        owner="DriftSettings")
 
     @property
     def delta(self) -> float:
@@ -98,7 +113,7 @@ class DriftSettings:
     @property
     def threshold_log10(self) -> float:
         """log10 of the statistic's alarm threshold: ``1/ε'`` or ``A``."""
-        if self.statistic == "martingale":
+        if self.statistic in PROBABILITY_STATISTICS:
             return -math.log10(self.false_alarm - self.delta)
         return math.log10(float(self.arl or 0.0) or math.inf)  # arl is set (__post_init__)
 
@@ -149,9 +164,7 @@ def log_power_mixture(t: int, s: float) -> float:
 def _log_mixtures(t: np.ndarray, s: np.ndarray) -> np.ndarray:
     """:func:`log_power_mixture` of each ``(t[i], s[i])`` (one code path for one row or many,
     so the alarm row does not depend on the batching)."""
-    terms = t[:, None] * np.log(KAPPAS) + (1.0 - KAPPAS) * s[:, None]
-    top = terms.max(axis=1)
-    return np.asarray(top + np.log(np.exp(terms - top[:, None]).sum(axis=1)) + _LOG_W)
+    return log_power_mixtures(KAPPAS, t, s)
 
 
 def _power_bound(t: float, s: float) -> float:
@@ -187,6 +200,7 @@ class DriftMonitor:
         self._surprise_list: list[float] = self._surprise.tolist()
         self._scale = float(n + 1)
         self._mode = STATISTICS.index(settings.statistic)
+        self._restarts: RestartMixture | None = None
         self._limit = settings.threshold_log10 * _LN10  # natural log of the threshold
         self._lock = threading.Lock()
         self.alarms = 0
@@ -194,6 +208,8 @@ class DriftMonitor:
         _monitors.add(self)
 
     def _reset_locked(self) -> None:
+        if self._mode == 3:
+            self._restarts = RestartMixture(KAPPAS)
         self._t = 0  # rows since the reset
         self._s = 0.0  # Σ −log p̃ (martingale)
         self._logs = np.full(len(KAPPAS), -math.inf)  # per power: log R or log C (SR, CUSUM)
@@ -210,6 +226,12 @@ class DriftMonitor:
         """Bet on a batch of conformal p-values (float ``[N]``, in checking order; 0 — a row
         flagged without a score — bets as the smallest p-value)."""
         m = len(p_values)
+        if m == 1 and self._mode == 3:
+            j = int(float(p_values[0]) * self._scale + 0.5) - 1
+            u = self._surprise_list[j if 0 <= j <= self.n else (0 if j < 0 else self.n)]
+            with self._lock:
+                self._step_restarting(u)
+            return
         if m == 1 and self._mode == 0:
             j = int(float(p_values[0]) * self._scale + 0.5) - 1
             u = self._surprise_list[j if 0 <= j <= self.n else (0 if j < 0 else self.n)]
@@ -227,6 +249,9 @@ class DriftMonitor:
         with self._lock:
             if self._mode == 0:
                 self._update_martingale(u)
+            elif self._mode == 3:
+                for ui in u.tolist():
+                    self._step_restarting(ui)
             else:
                 self._update_detector(u)
 
@@ -249,6 +274,19 @@ class DriftMonitor:
         crossed = np.flatnonzero(_log_mixtures(ts[rows], path[rows]) >= self._limit)
         if len(crossed):
             self._raise(t0 + int(rows[crossed[0]]) + 1)
+
+    def _step_restarting(self, u: float) -> None:
+        """One row of the restarting mixture (:mod:`oodguard.drift.restart`), under the lock."""
+        r = self._restarts
+        if r is None:  # set for mode 3; narrows the type
+            return
+        t = self._t = self._t + 1
+        s = self._s = self._s + u
+        if t % EVERY == 0:
+            r.add(t, s)
+        if (not self._alarm and t % CHECK == 0 and (s - t) - r.d_min >= self._limit
+                and r.log_value(t, s) >= self._limit):
+            self._raise(t)
 
     def _update_detector(self, u: np.ndarray) -> None:
         """Shiryaev–Roberts or CUSUM, one per power, row by row."""
@@ -274,6 +312,8 @@ class DriftMonitor:
     def _evidence_locked(self) -> float:
         if self._mode == 0:
             return log_power_mixture(self._t, self._s) / _LN10
+        if self._restarts is not None:
+            return self._restarts.log_value(self._t, self._s) / _LN10
         return _log_mean_exp(self._logs) / _LN10
 
     @property

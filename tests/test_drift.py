@@ -250,3 +250,40 @@ def test_guard_drift_watches_the_stream_without_touching_scores(bundle, data, re
 def test_guard_refuses_a_bad_drift(bundle) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidParameterError, match="'drift' parameter of Guard"):
         Guard.load(bundle, registry=None, providers="cpu", drift=1.0)
+
+
+def test_multiprocess_mode_exports_one_evidence_series_per_process(bundle, data,
+                                                                   tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Under PROMETHEUS_MULTIPROC_DIR every process writes its monitor's state after each
+    check; the evidence stays one series per process (the alert averages them)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from oodguard.metrics import multiprocess_registry
+
+    child = textwrap.dedent("""
+        import sys
+        import numpy as np
+        from oodguard import Guard
+        guard = Guard.load(sys.argv[1], name="mp", providers="cpu", drift=0.05)
+        for row in np.load(sys.argv[2]):
+            guard.check(row[None])
+        print(int(guard.drift.alarm))
+        """)
+    mpdir = tmp_path / "prom"
+    mpdir.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(mpdir)}
+    alarms = []
+    for i, x in enumerate([data["test"][:50], data["noise"]]):
+        np.save(tmp_path / f"x{i}.npy", x)
+        out = subprocess.run(
+            [sys.executable, "-c", child, str(bundle), str(tmp_path / f"x{i}.npy")],
+            env=env, capture_output=True, text=True, timeout=120, check=True)
+        alarms.append(int(out.stdout.strip()))
+    assert alarms == [0, 1]
+    text = generate_latest(multiprocess_registry(str(mpdir))).decode()
+    evidence = [ln for ln in text.splitlines() if ln.startswith("oodguard_drift_evidence_log10{")]
+    assert len(evidence) == 2 and all('pid="' in ln for ln in evidence)
+    assert 'oodguard_drift_alarms_total{guard="mp"} 1.0' in text
+    assert 'oodguard_drift_alarm{guard="mp"} 1.0' in text

@@ -250,8 +250,7 @@ class DriftMonitor:
             if self._mode == 0:
                 self._update_martingale(u)
             elif self._mode == 3:
-                for ui in u.tolist():
-                    self._step_restarting(ui)
+                self._update_restarting(u)
             else:
                 self._update_detector(u)
 
@@ -274,6 +273,35 @@ class DriftMonitor:
         crossed = np.flatnonzero(_log_mixtures(ts[rows], path[rows]) >= self._limit)
         if len(crossed):
             self._raise(t0 + int(rows[crossed[0]]) + 1)
+
+    def _update_restarting(self, u: np.ndarray) -> None:
+        """A batch of :meth:`_step_restarting`, vectorised between checkpoints: the same
+        sequential sums, checkpoints and tests, so the same bits as one row at a time."""
+        r = self._restarts
+        if r is None:  # set for mode 3; narrows the type
+            return
+        path = np.cumsum(np.concatenate(([self._s], u)))[1:]
+        ts = np.arange(self._t + 1, self._t + len(u) + 1)
+        start = 0
+        for c in np.flatnonzero(ts % EVERY == 0).tolist():
+            self._test_segment(r, ts[start:c], path[start:c])  # before the checkpoint
+            r.add(int(ts[c]), float(path[c]))  # row c itself is tested after it, as alone
+            start = c
+        self._test_segment(r, ts[start:], path[start:])
+        self._t = int(ts[-1])
+        self._s = float(path[-1])
+
+    def _test_segment(self, r: RestartMixture, ts: np.ndarray, path: np.ndarray) -> None:
+        """Test the rows of one segment (no checkpoint inside): the cheap bound every CHECK
+        rows, then the mixture where it allows a crossing."""
+        if self._alarm or len(ts) == 0:
+            return
+        rows = np.flatnonzero((ts % CHECK == 0) & ((path - ts) - r.d_min >= self._limit))
+        for i in rows.tolist():
+            t = int(ts[i])
+            if r.log_value(t, float(path[i])) >= self._limit:
+                self._raise(t)
+                return
 
     def _step_restarting(self, u: float) -> None:
         """One row of the restarting mixture (:mod:`oodguard.drift.restart`), under the lock."""

@@ -155,7 +155,8 @@ def select_features(
     falls below ``0.5 − two_sided_margin`` (``None``: never two-sided). The ``keep_sign``
     features (distances whose large values are unusual by construction: the classic baselines)
     are never turned around: where the reference set says ``−1`` they get ``0``, a two-sided
-    test that keeps their usual power and adds the other tail.
+    test that keeps their usual power and adds the other tail — or, with
+    ``two_sided_margin=None`` (every test one-sided), ``+1``.
 
     Start from the ``required`` features (or, with none, the feature with the best reference
     AUROC); then repeatedly add the feature that gives the best reference AUROC of the
@@ -179,7 +180,8 @@ def select_features(
     direction = _directions(a, ga, two_sided_margin)
     for j in keep_sign:
         if direction[j] < 0:
-            direction[j] = 0.0
+            # one-sided (no margin): keep the usual direction; else add the other tail
+            direction[j] = 1.0 if two_sided_margin is None else 0.0
     s_id = np.where(direction == 0, np.abs(z_id), z_id * direction)
     s_ref = np.where(direction == 0, np.abs(z_ref), z_ref * direction)
 

@@ -120,7 +120,7 @@ def test_detection_data_is_seeded_and_splits_are_disjoint() -> None:
     det = _detection()
     from _detection_data import add_trivial, load_family
 
-    for fam in ("digits", "patches", "signals", "cancer"):
+    for fam in ("digits", "patches", "signals", "cancer", "natural", "glyphs"):
         a, b = load_family(fam, seed=0), load_family(fam, seed=0)
         np.testing.assert_array_equal(a.train, b.train)
         np.testing.assert_array_equal(a.ood[next(iter(a.ood))][1], b.ood[next(iter(b.ood))][1])
@@ -134,6 +134,36 @@ def test_detection_data_is_seeded_and_splits_are_disjoint() -> None:
         load_family("mnist")
     assert det.plan("quick") and {s.recipe for s in det.plan("full")} == {"wd_denoise", "none",
                                                                           "mask"}
+
+
+def test_detection_proxy_pool_is_disjoint_from_every_ood_set() -> None:
+    """Calibration builds its synthetic outliers from the validation rows: no OOD set of the
+    image families may come from the same source images or repeat a validation row, and the
+    check refuses a family that breaks it."""
+    import dataclasses
+
+    _detection()
+    from _detection_data import NATURAL_OOD, NATURAL_PHOTOS, check_disjoint, load_family
+
+    nat = load_family("natural", seed=0)  # load_family runs the check
+    assert set(nat.sources["val"]) == set(NATURAL_PHOTOS)
+    for name in nat.ood:
+        assert nat.sources[name] and not set(nat.sources[name]) & set(NATURAL_PHOTOS)
+    assert not {p for ps in NATURAL_OOD.values() for p in ps} & set(NATURAL_PHOTOS)
+    # matched sets look like in-distribution crops in brightness and contrast
+    for name in NATURAL_OOD:
+        m = nat.ood[f"{name}_matched"][1]
+        assert abs(float(m.mean()) - float(nat.test.mean())) < 0.05
+        assert abs(float(m.std(axis=1).mean()) - float(nat.test.std(axis=1).mean())) < 0.03
+    gly = load_family("glyphs", seed=0)
+    assert set(gly.ood) == {"held_out_fonts", "digits", "lowercase", "punctuation",
+                            "rotated_90", "rotated_180"}
+    leaky = dataclasses.replace(nat, sources={**nat.sources, "textures": ("brick", "camera")})
+    with pytest.raises(ValueError, match="'textures' shares the sources \\['camera'\\]"):
+        check_disjoint(leaky)
+    copied = dataclasses.replace(gly, ood={**gly.ood, "digits": ("near", gly.val[:5].copy())})
+    with pytest.raises(ValueError, match="'digits' repeats a validation row"):
+        check_disjoint(copied)
 
 
 def test_detection_binomial_interval_covers_at_the_stated_level() -> None:

@@ -113,3 +113,6 @@ def test_required_features_stay_and_keep_their_sign() -> None:
     assert sel.direction[1] == 0.0 and sel.direction[2] == 1.0
     assert select_features(z_id, z_ref, required=[0, 1]).direction[1] == -1.0
     assert select_features(z_id, z_ref).selected[0] == 2
+    # every test one-sided: a keep_sign feature keeps its usual direction, never two-sided
+    one = select_features(z_id, z_ref, required=[0, 1], keep_sign=[1], two_sided_margin=None)
+    assert one.direction[1] == 1.0 and (one.direction != 0).all()

@@ -226,8 +226,9 @@ class EvaluationReport:
         return "\n".join(lines)
 
 
-def _score(guard: Guard, x: Any, label: str, chunk: int) -> tuple[np.ndarray, np.ndarray]:
-    """Scores and p-values of ``x`` in chunks of ``chunk`` rows, logging progress.
+def _score(guard: Guard, x: Any, label: str,
+           chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scores, p-values and features of ``x`` in chunks of ``chunk`` rows, logging progress.
 
     Rows are scored independently, so chunking does not change any number.
     """

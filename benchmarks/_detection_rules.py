@@ -9,6 +9,11 @@ returns a score per row of a feature matrix, higher = more OOD:
   one-sided (``two_sided_margin=None``: the classic baselines keep their usual direction, the
   other features take the outliers' direction);
 - ``one_sided_all``: every stable feature, one-sided in the outliers' direction, Fisher;
+- ``minor_tail_0.1``: the default with ``minor_tail=0.1`` (two-sided tests give their minor
+  tail a tenth of the budget);
+- ``all_learned``: every stable feature, directions as the default learns them (two-sided
+  where kinds of outliers disagree, the baselines never reversed), Fisher, equal tails;
+  ``all_learned_minor_0.1``: the same with ``minor_tail=0.1``;
 - ``best_proxy_feature``: the single stable feature with the best one-sided AUROC against the
   synthetic outliers;
 - ``joint_knn``: distance to the 5th nearest fit row in the space of every stable feature,
@@ -34,7 +39,8 @@ from oodguard.calibration.selection import DEFAULT_PROXY_KINDS, make_proxies
 
 __all__ = ["RULES", "rule_scores"]
 
-RULES = ("one_sided", "one_sided_all", "best_proxy_feature", "joint_knn", "mahalanobis_all")
+RULES = ("one_sided", "one_sided_all", "minor_tail_0.1", "all_learned", "all_learned_minor_0.1",
+         "best_proxy_feature", "joint_knn", "mahalanobis_all")
 FIT_FRACTION = 0.4
 
 
@@ -63,6 +69,15 @@ def rule_scores(guard: Any, bundle: Any, x_val: np.ndarray, sets: dict[str, np.n
     scorers["one_sided_all"], _ = fit_scorer(fit, cal, names, reference_features=ref,
                                              reference_groups=groups, combine="fisher",
                                              two_sided_margin=None, required=stable, **common)
+    scorers["minor_tail_0.1"], _ = fit_scorer(fit, cal, names, reference_features=ref,
+                                              reference_groups=groups, combine="fisher",
+                                              minor_tail=0.1, **common)
+    scorers["all_learned"], _ = fit_scorer(fit, cal, names, reference_features=ref,
+                                           reference_groups=groups, combine="fisher",
+                                           required=stable, **common)
+    scorers["all_learned_minor_0.1"], _ = fit_scorer(fit, cal, names, reference_features=ref,
+                                                     reference_groups=groups, combine="fisher",
+                                                     required=stable, minor_tail=0.1, **common)
     probe, pinfo = fit_scorer(fit, cal, names, reference_features=ref, reference_groups=groups,
                               combine="max", two_sided_margin=None, keep_sign=(),
                               required=(), **common)

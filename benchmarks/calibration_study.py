@@ -40,8 +40,9 @@ from oodguard.bundle import MODEL_FILE, read_bundle
 from oodguard.calibration.calibrate import fit_scorer, split_indices
 from oodguard.calibration.checks import unstable_features
 from oodguard.calibration.detection_metrics import auroc
-from oodguard.calibration.selection import PROXY_KINDS, make_proxies
+from oodguard.calibration.selection import DEFAULT_PROXY_KINDS, PROXY_KINDS, make_proxies
 from oodguard.engine import Engine
+from oodguard.features import FEATURE_NAMES
 from oodguard.scoring import conformal_p_values
 
 BASELINES = ("recon_error", "latent_mahalanobis", "latent_knn")
@@ -52,18 +53,25 @@ ALPHA = 0.05
 VARIANTS: dict[str, tuple[tuple[str, ...] | None, dict[str, Any]]] = {
     "old_default": (OLD_PROXIES, {"required": (), "keep_sign": (), "two_sided_margin": None}),
     "old+required": (OLD_PROXIES, {"keep_sign": (), "two_sided_margin": None}),
-    "rich": (PROXY_KINDS, {"required": (), "keep_sign": (), "two_sided_margin": None}),
-    "rich+required": (PROXY_KINDS, {"keep_sign": (), "two_sided_margin": None}),
-    "rich+req+2s": (PROXY_KINDS, {"keep_sign": ()}),
-    "rich+req+2s+keepsign": (PROXY_KINDS, {}),  # the default
-    "rich+req+2s+keepsign cauchy": (PROXY_KINDS, {"combine": "cauchy"}),
-    "rich+req+2s+keepsign fisher": (PROXY_KINDS, {"combine": "fisher"}),
-    "fisher minor tail 0.25": (PROXY_KINDS, {"combine": "fisher", "minor_tail": 0.25}),
-    "fisher minor tail 0.1": (PROXY_KINDS, {"combine": "fisher", "minor_tail": 0.1}),
-    "fisher minor tail 0.05": (PROXY_KINDS, {"combine": "fisher", "minor_tail": 0.05}),
-    "fisher minor tail 0.02": (PROXY_KINDS, {"combine": "fisher", "minor_tail": 0.02}),
-    "cauchy minor tail 0.1": (PROXY_KINDS, {"combine": "cauchy", "minor_tail": 0.1}),
+    "rich": (DEFAULT_PROXY_KINDS, {"required": (), "keep_sign": (), "two_sided_margin": None}),
+    "rich+required": (DEFAULT_PROXY_KINDS, {"keep_sign": (), "two_sided_margin": None}),
+    "rich+req+2s": (DEFAULT_PROXY_KINDS, {"keep_sign": ()}),
+    "rich+req+2s+keepsign": (DEFAULT_PROXY_KINDS, {}),  # the default
+    "rich+req+2s+keepsign cauchy": (DEFAULT_PROXY_KINDS, {"combine": "cauchy"}),
+    "rich+req+2s+keepsign fisher": (DEFAULT_PROXY_KINDS, {"combine": "fisher"}),
+    "fisher minor tail 0.25": (DEFAULT_PROXY_KINDS, {"combine": "fisher", "minor_tail": 0.25}),
+    "fisher minor tail 0.1": (DEFAULT_PROXY_KINDS, {"combine": "fisher", "minor_tail": 0.1}),
+    "fisher minor tail 0.05": (DEFAULT_PROXY_KINDS, {"combine": "fisher", "minor_tail": 0.05}),
+    "fisher minor tail 0.02": (DEFAULT_PROXY_KINDS, {"combine": "fisher", "minor_tail": 0.02}),
+    "cauchy minor tail 0.1": (DEFAULT_PROXY_KINDS, {"combine": "cauchy", "minor_tail": 0.1}),
     "old+req+2s+keepsign": (OLD_PROXIES, {}),
+    "default + phase, shuffle_16, shuffle_64": (PROXY_KINDS, {"combine": "fisher"}),
+    "default kinds, every feature": (DEFAULT_PROXY_KINDS, {"combine": "fisher",
+                                                          "required": FEATURE_NAMES}),
+    "all kinds, every feature": (PROXY_KINDS, {"combine": "fisher", "required": FEATURE_NAMES}),
+    "all kinds, every feature, one-sided": (PROXY_KINDS, {"combine": "fisher",
+                                                         "required": FEATURE_NAMES,
+                                                         "two_sided_margin": None}),
     "baselines only, 2s max": (None, {"use": BASELINES}),
     "all features, 2s max": (None, {}),
 }

@@ -255,8 +255,24 @@ def print_report(results: list[dict[str, Any]], summary: dict[str, Any]) -> None
                                ("ex", "99% if exchangeable", ""),
                                ("sel", "selected / failure", "")]))
     print()
+    t = summary.get("targets")
+    if t and t["per_model"]:
+        print("mean AUROC over each model's family OOD sets, averaged per family; 'best feature' "
+              "is the per-model best single feature in hindsight (an oracle)")
+        frows = [{"family": f, "best": v["best_feature_per_model"],
+                  **{c: v.get(c) for c in t["candidates"]}} for f, v in t["by_family"].items()]
+        frows.append({"family": "models within 0.02 of best", "best": None,
+                      **t["frac_models_within_margin_of_best_feature"]})
+        print(format_table(frows, [("family", "family", ""), ("best", "best feature", ".3f"),
+                                   *[(c, c, ".3f") for c in t["candidates"]]]))
+        print("inversions (a one-sided baseline >= 0.8, the score < 0.6): " + ", ".join(
+            f"{c} {len(v)}" for c, v in t["inversions"].items()))
+        print("leave one family out: " + "; ".join(
+            f"{f}: {v['rule_without']} vs {v['rule_with']} {v['gap']:+.3f}"
+            for f, v in t["leave_one_family_out"].items()))
+        print()
     print(json.dumps({k: v for k, v in summary.items()
-                      if k != "feature_mean_best_direction_auroc"}, indent=1))
+                      if k not in ("feature_mean_best_direction_auroc", "targets")}, indent=1))
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:

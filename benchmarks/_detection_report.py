@@ -138,7 +138,7 @@ def targets(scored: list[dict[str, Any]]) -> dict[str, Any]:
     per_model = []
     for r in scored:
         ps = fam_pairs[r["model_id"]]
-        if not ps:
+        if not ps or not r.get("features"):
             continue
         feats = {}
         for f in r["features"]:

@@ -83,12 +83,12 @@ def test_detection_benchmark_tiny_run_writes_results_and_artifacts(tmp_path) -> 
     cmd = [sys.executable, str(ROOT / "benchmarks" / "detection.py"), "--tiny", "--out", str(out),
            "--save-artifacts", str(art), "--fallback-parity", "0.05"]
     run = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
-    assert "[2/2]" in run.stdout  # progress lines
+    assert "[3/3]" in run.stdout  # progress lines
     doc = json.loads(out.read_text())
     s = doc["summary"]
     # a model whose default export fails parity is re-exported with the recorded tolerance
-    assert s["models"] == 2 and s["calibrated"] == 2
-    assert s["exported_with_defaults"] + s["exported_with_fallback_parity"] == 2
+    assert s["models"] == 3 and s["calibrated"] == 3
+    assert s["exported_with_defaults"] + s["exported_with_fallback_parity"] == 3
     for m in doc["models"]:
         assert m["export"]["ok"] or m["export"]["fallback"]["parity_atol"] == 0.05
     assert out.with_suffix(".png").stat().st_size > 0
@@ -209,10 +209,13 @@ def _record(model_id: str = "m") -> dict:  # type: ignore[type-arg]
         return {"ood_set": name, "kind": "far", "combined": {"auroc": comb, "fpr95": 0.0,
                                               "flagged_at_alpha": flagged},
                 "recon": {**m, "auroc": recon}, "maha": m, "knn": m,
-                "mean_attractor_distance": m, "features": {},
+                "mean_attractor_distance": m,
+                "features": {"f1": {"given": {"auroc": recon}, "best": {"auroc": recon},
+                                    "two_sided": {"auroc": 0.5}}},
                 "best_baseline": "recon", "combined_minus_best_baseline": comb - recon}
 
     return {"model_id": model_id, "family": "f", "recipe": "r", "export": {"ok": True},
+            "features": ["f1"],
             "calibration": {"ok": True, "selected": ["recon_error"]},
             "in_distribution": {"fpr_at_alpha": 0.08, "fpr_ci99": [0.06, 0.11]},
             "pairs": [pair("a", 0.90, 0.91), pair("b", 0.50, 0.80),
@@ -233,6 +236,16 @@ def test_detection_summary_counts_pairs_within_the_margin() -> None:
     assert s["models_fpr_above_alpha_at_99"] == ["m"]  # interval [0.06, 0.11] excludes 0.05
     assert s["by_family"]["f"]["pairs"] == 3
     assert s["by_family"]["f"]["combined"] == pytest.approx((0.9 + 0.5 + 1.0) / 3, abs=1e-4)
+    # issue 19: per model against the best single feature over the family sets (not the
+    # trivially far one); an inversion where a baseline reaches 0.8 and the combined < 0.6
+    t = s["targets"]
+    (m,) = t["per_model"]
+    assert m["best_feature"] == "f1" and m["best_feature_mean"] == pytest.approx(0.855)
+    assert m["gap"] == pytest.approx((0.9 + 0.5) / 2 - 0.855, abs=1e-4)
+    assert t["frac_models_within_margin_of_best_feature"]["default"] == 0.0
+    assert t["inversions"]["default"] == ["m:b 0.500"]
+    assert t["features_by_family"]["f"]["f1"] == {"given": 0.855, "reversed": 0.145,
+                                                  "two_sided": 0.5}
 
 
 def test_detection_merge_joins_disjoint_runs_and_refuses_repeats(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -189,6 +189,7 @@ def targets(scored: list[dict[str, Any]]) -> dict[str, Any]:
                          "gap": round(float(gap), 4), "within_margin": bool(gap >= -MARGIN)}
     return {
         "candidates": cands,
+        "meta_rule_leave_one_family_out": meta_rule(scored, per_model, rules),
         "per_model": per_model,
         "frac_models_within_margin_of_best_feature": within,
         "inversions": {c: v for c, v in inversions.items()},
@@ -197,6 +198,70 @@ def targets(scored: list[dict[str, Any]]) -> dict[str, Any]:
         "leave_one_family_out": lofo,
         "features_by_family": _features_by_family(scored, fam_pairs),
     }
+
+
+def _meta_features(r: dict[str, Any]) -> dict[str, float]:
+    """What a model shows without OOD data: each rule's AUROC against held-out synthetic
+    outliers (and its difference to the default's nearest kin, ``minor_tail_0.1``), the number
+    of two-sided tests the default chose, the attractor counts (Euclidean, and after merging at
+    cosine 0.99)."""
+    pa = r.get("rules", {}).get("proxy_auroc", {})
+    out = {f"proxy_{k}": float(v) for k, v in pa.items()}
+    out.update({f"proxy_gain_{k}": float(v - pa["minor_tail_0.1"]) for k, v in pa.items()
+                if "minor_tail_0.1" in pa})
+    out["two_sided_tests"] = float(sum(d == 0 for d in r["calibration"]["direction"]))
+    out["log_attractors"] = float(np.log1p(r["export"].get("attractors", 0)))
+    out["log_merged_attractors"] = float(np.log1p(r.get("paper_attractors_merged", 0)))
+    return out
+
+
+def meta_rule(scored: list[dict[str, Any]], per_model: list[dict[str, Any]],
+              rules: list[str]) -> dict[str, Any]:
+    """A rule learned across the suite from OOD-free meta-features (in the spirit of MetaOD):
+    use candidate rule ``R`` instead of the default where meta-feature ``m`` is above (or
+    below) a threshold; ``R``, ``m``, the side and the threshold maximise the fraction of
+    models within ``MARGIN`` of their best feature on every family but one, and are scored on
+    the family left out."""
+    rows = {m["model_id"]: m for m in per_model}
+    recs = [r for r in scored if r["model_id"] in rows and r.get("rules", {}).get("proxy_auroc")]
+    fams = sorted({r["family"] for r in recs})
+    if len(fams) < 2:
+        return {}
+    meta = {r["model_id"]: _meta_features(r) for r in recs}
+
+    def ok(r: dict[str, Any], rule: str) -> float:
+        row = rows[r["model_id"]]
+        return float(row.get(rule, row["default"]) - row["best_feature_mean"] >= -MARGIN)
+
+    def frac(rs: list[dict[str, Any]], rule: tuple[str, str, float, float] | None) -> float:
+        if rule is None:
+            return float(np.mean([ok(r, "default") for r in rs]))
+        alt, key, side, thr = rule
+        return float(np.mean([ok(r, alt if side * meta[r["model_id"]].get(key, np.nan)
+                                 > side * thr else "default") for r in rs]))
+
+    out: dict[str, Any] = {}
+    held: list[float] = []
+    for fam in fams:
+        train = [r for r in recs if r["family"] != fam]
+        test = [r for r in recs if r["family"] == fam]
+        best: tuple[float, tuple[str, str, float, float] | None] = (frac(train, None), None)
+        keys = sorted({k for r in train for k in meta[r["model_id"]]})
+        for alt in rules:
+            for key in keys:
+                # -inf: the rule used everywhere, unconditionally
+                for thr in [-np.inf, *sorted({meta[r["model_id"]].get(key, np.nan)
+                                              for r in train})]:
+                    for side in (1.0, -1.0):
+                        f = frac(train, (alt, key, side, thr))
+                        if f > best[0] + 1e-9:
+                            best = (f, (alt, key, side, thr))
+        got = frac(test, best[1])
+        held += [got] * len(test)
+        out[fam] = {"rule": None if best[1] is None else list(best[1]),
+                    "train_frac": round(best[0], 4), "held_out_frac": round(got, 4),
+                    "default_frac": round(frac(test, None), 4)}
+    return {"by_family": out, "models_within_margin": round(float(np.mean(held)), 4)}
 
 
 def _features_by_family(scored: list[dict[str, Any]],
@@ -267,6 +332,12 @@ def print_report(results: list[dict[str, Any]], summary: dict[str, Any]) -> None
                                    *[(c, c, ".3f") for c in t["candidates"]]]))
         print("inversions (a one-sided baseline >= 0.8, the score < 0.6): " + ", ".join(
             f"{c} {len(v)}" for c, v in t["inversions"].items()))
+        mr = t.get("meta_rule_leave_one_family_out") or {}
+        if mr:
+            print(f"meta-feature rule, leave one family out: {mr['models_within_margin']:.3f} "
+                  "of models within 0.02 (" + "; ".join(
+                      f"{f}: {v['held_out_frac']:.2f} vs default {v['default_frac']:.2f}"
+                      for f, v in mr["by_family"].items()) + ")")
         print("leave one family out: " + "; ".join(
             f"{f}: {v['rule_without']} vs {v['rule_with']} {v['gap']:+.3f}"
             for f, v in t["leave_one_family_out"].items()))

@@ -248,6 +248,32 @@ def test_detection_summary_counts_pairs_within_the_margin() -> None:
                                                   "two_sided": 0.5}
 
 
+def test_detection_meta_rule_is_chosen_without_the_family_it_is_scored_on() -> None:
+    """Two families where a candidate rule beats the default in every model: learned on one
+    family, it is scored on the other; with one family there is nothing to leave out."""
+    det = _detection()
+
+    def rec(model_id: str, family: str, gain: float) -> dict:  # type: ignore[type-arg]
+        r = _record(model_id)
+        r["family"] = family
+        r["rules"] = {"proxy_auroc": {"minor_tail_0.1": 0.6, "alt": 0.6 + gain}}
+        r["calibration"]["direction"] = [0.0]
+        r["export"]["attractors"] = 3
+        for p in r["pairs"]:
+            p["rules"] = {"alt": {"auroc": 0.95}, "minor_tail_0.1": {"auroc": 0.5}}
+        return r
+
+    s = det.summarise([rec("m0", "f", 0.1), rec("m1", "g", 0.2)], 0.05)
+    mr = s["targets"]["meta_rule_leave_one_family_out"]
+    assert mr["models_within_margin"] == 1.0
+    for fam in ("f", "g"):
+        assert mr["by_family"][fam]["default_frac"] == 0.0
+        assert mr["by_family"][fam]["held_out_frac"] == 1.0
+        assert mr["by_family"][fam]["rule"][0] == "alt"
+    assert det.summarise([rec("m0", "f", 0.1)], 0.05)["targets"][
+        "meta_rule_leave_one_family_out"] == {}
+
+
 def test_detection_merge_joins_disjoint_runs_and_refuses_repeats(tmp_path) -> None:  # type: ignore[no-untyped-def]
     det = _detection()
     a, b = tmp_path / "a.json", tmp_path / "b.json"

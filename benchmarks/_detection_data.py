@@ -20,17 +20,30 @@ calibration) / held-out test, and named OOD sets, each tagged ``near`` or ``far`
   plus noise; near-OOD: higher frequencies, square waves, chirps; far: constant, linear ramps,
   low-amplitude signals, spikes, uniform noise.
 
+- ``natural``: 16×16 grayscale crops of natural photographs (:data:`NATURAL_PHOTOS`), disjoint
+  column bands for train / validation / test; every OOD set is another *kind* of image
+  (:data:`NATURAL_OOD`: textures, documents, astronomy, microscopy, coins and clocks), raw and
+  ``_matched``: each crop's mean and standard deviation set to those of a random
+  in-distribution test crop, so a model-free brightness / contrast score cannot separate it.
+- ``glyphs``: 16×16 glyphs rendered by ``benchmarks/glyphs.py``; uppercase letters in the
+  training fonts in-distribution; OOD: uppercase in held-out fonts, digits, lowercase,
+  punctuation, uppercase turned by 90° and by 180°.
+
+Calibration builds its synthetic outliers from the validation rows only. Every family records
+the source of each split and OOD set in ``Family.sources`` and :func:`check_disjoint` refuses a
+family whose proxy pool (validation) shares a source image or a row with any OOD set.
+
 Every model also gets the two "trivially far" sets (added by :func:`add_trivial`): a constant
 ``1e3`` input and ``N(0, 10)`` noise.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["FAMILIES", "Family", "add_trivial", "load_family"]
+__all__ = ["FAMILIES", "Family", "add_trivial", "check_disjoint", "load_family"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,6 +57,9 @@ class Family:
     ood: dict[str, tuple[str, np.ndarray]]  # name -> ("near" | "far", inputs)
     image_shape: tuple[int, ...]  # (H, W) or (L,): the conv models' view of a row
     output: str  # "sigmoid" (inputs in [0, 1]) or "linear" (standardised)
+    # split or OOD set name -> the source images (or rendered character / font sets) it is cut
+    # from; "val" is the pool calibration's synthetic outliers are built from
+    sources: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def _f32(x: np.ndarray) -> np.ndarray:
@@ -250,15 +266,107 @@ def signals(seed: int, n_train: int = 1200) -> Family:
                   {k: (kind, _f32(v)) for k, (kind, v) in ood.items()}, (_LEN,), "sigmoid")
 
 
+NATURAL_PHOTOS = ("china.jpg", "flower.jpg", "camera", "astronaut", "coffee", "chelsea",
+                  "rocket")
+NATURAL_OOD = {
+    "textures": ("brick", "grass", "gravel"),
+    "documents": ("text", "page"),
+    "astronomy": ("hubble_deep_field", "moon"),
+    "microscopy": ("cell", "immunohistochemistry", "microaneurysms", "retina"),
+    "coins_clock": ("coins", "clock"),
+}
+
+
+def _match_moments(x: np.ndarray, ref: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each row of ``x`` standardised, then given the mean and standard deviation of a random
+    row of ``ref`` (clipped to [0, 1]): brightness and contrast look in-distribution."""
+    pick = ref[rng.integers(0, len(ref), len(x))]
+    z = (x - x.mean(axis=1, keepdims=True)) / (x.std(axis=1, keepdims=True) + 1e-6)
+    return np.clip(pick.mean(axis=1, keepdims=True) + z * pick.std(axis=1, keepdims=True),
+                   0.0, 1.0)
+
+
+def natural(seed: int, n_train: int = 1400) -> Family:
+    rng = np.random.default_rng(seed)
+    photos = [_gray(p) for p in NATURAL_PHOTOS]
+    dim = _SIZE * _SIZE
+    train = _crops(photos, n_train, (0.0, 0.6), rng).reshape(-1, dim)
+    val = _crops(photos, 600, (0.6, 0.8), rng).reshape(-1, dim)
+    test = _crops(photos, 600, (0.8, 1.0), rng).reshape(-1, dim)
+    n = 300
+    ood: dict[str, tuple[str, np.ndarray]] = {}
+    sources: dict[str, tuple[str, ...]] = {s: NATURAL_PHOTOS for s in ("train", "val", "test")}
+    for name, images in NATURAL_OOD.items():
+        raw = _crops([_gray(p) for p in images], n, (0.0, 1.0), rng).reshape(n, dim)
+        ood[name] = ("near", raw)
+        ood[f"{name}_matched"] = ("near", _match_moments(raw, test, rng))
+        sources[name] = sources[f"{name}_matched"] = images
+    return Family("natural", _f32(train), _f32(val), _f32(test),
+                  {k: (kind, _f32(v)) for k, (kind, v) in ood.items()}, (_SIZE, _SIZE),
+                  "sigmoid", sources)
+
+
+def glyph_family(seed: int, n_train: int = 4000) -> Family:
+    import glyphs as g
+
+    rng = np.random.default_rng(seed)
+    dim = _SIZE * _SIZE
+
+    def draw(chars: str, fonts: tuple[str, ...], n: int, angle: float = 0.0) -> np.ndarray:
+        return g.render(chars, fonts, n, rng, size=_SIZE, angle=angle)[0].reshape(n, dim)
+
+    train, val, test = (draw(g.UPPER, g.TRAIN_FONTS, m) for m in (n_train, 800, 800))
+    n = 300
+    ood = {
+        "held_out_fonts": ("near", draw(g.UPPER, g.HELD_OUT_FONTS, n)),
+        "digits": ("near", draw(g.DIGITS, g.TRAIN_FONTS, n)),
+        "lowercase": ("near", draw(g.LOWER, g.TRAIN_FONTS, n)),
+        "punctuation": ("near", draw(g.PUNCTUATION, g.TRAIN_FONTS, n)),
+        "rotated_90": ("near", draw(g.UPPER, g.TRAIN_FONTS, n, angle=90.0)),
+        "rotated_180": ("far", draw(g.UPPER, g.TRAIN_FONTS, n, angle=180.0)),
+    }
+    upper = tuple(f"{c}@{f}" for c in g.UPPER for f in g.TRAIN_FONTS)
+    # a rotated letter is drawn from the same character and font as the pool, so its source is
+    # the rendering itself: its rows are checked for overlap, not its (shared) character set
+    sources = {"train": upper, "val": upper, "test": upper,
+               "held_out_fonts": tuple(f"{c}@{f}" for c in g.UPPER for f in g.HELD_OUT_FONTS),
+               "digits": tuple(f"{c}@{f}" for c in g.DIGITS for f in g.TRAIN_FONTS),
+               "lowercase": tuple(f"{c}@{f}" for c in g.LOWER for f in g.TRAIN_FONTS),
+               "punctuation": tuple(f"{c}@{f}" for c in g.PUNCTUATION for f in g.TRAIN_FONTS),
+               "rotated_90": ("rotated 90°",), "rotated_180": ("rotated 180°",)}
+    return Family("glyphs", _f32(train), _f32(val), _f32(test),
+                  {k: (kind, _f32(v)) for k, (kind, v) in ood.items()}, (_SIZE, _SIZE),
+                  "sigmoid", sources)
+
+
+def check_disjoint(fam: Family) -> None:
+    """Refuse a family whose proxy pool (the validation rows, from which calibration builds its
+    synthetic outliers) shares a source (``Family.sources``) or an identical row with any OOD
+    set. ``ValueError`` names the set. Constant rows carry no image (a black background crop and
+    a contrast-matched crop given a flat crop's moments are both all zero) and are not compared."""
+    pool = set(fam.sources.get("val", ()))
+    rows = {r.tobytes() for r in fam.val if r.min() < r.max()}
+    for name, (_, x) in fam.ood.items():
+        shared = pool & set(fam.sources.get(name, ()))
+        if shared:
+            raise ValueError(f"family {fam.name!r}: OOD set {name!r} shares the sources "
+                             f"{sorted(shared)[:5]} with the proxy pool (validation rows)")
+        if any(r.tobytes() in rows for r in np.asarray(x, dtype=np.float32)):
+            raise ValueError(f"family {fam.name!r}: OOD set {name!r} repeats a validation row, "
+                             "from which calibration's synthetic outliers are built")
+
+
 FAMILIES = {"digits": digits, "cancer": cancer, "wine": wine, "patches": patches,
-            "signals": signals}
+            "signals": signals, "natural": natural, "glyphs": glyph_family}
 
 
 def load_family(name: str, seed: int = 0) -> Family:
     """Load family ``name`` (one of :data:`FAMILIES`); the data depend only on ``seed``."""
     if name not in FAMILIES:
         raise ValueError(f"unknown data family {name!r}; expected one of {sorted(FAMILIES)}")
-    return FAMILIES[name](seed)
+    fam = FAMILIES[name](seed)
+    check_disjoint(fam)
+    return fam
 
 
 def add_trivial(fam: Family, seed: int, n: int = 200) -> dict[str, tuple[str, np.ndarray]]:

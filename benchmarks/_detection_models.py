@@ -21,7 +21,7 @@ from torch import nn
 
 from oodguard.demo.train import EncoderDecoder
 
-__all__ = ["RECIPES", "ModelSpec", "build", "baselines", "pyod_scores", "train"]
+__all__ = ["RECIPES", "ModelSpec", "PaperScore", "build", "baselines", "pyod_scores", "train"]
 
 RECIPES = ("wd_denoise", "none", "mask")
 
@@ -163,6 +163,42 @@ class Baselines:
             maha[finite] = self.lw.mahalanobis(z[finite])
             knn[finite] = self.nn.kneighbors(z[finite])[0][:, -1]
         return {"recon": np.nan_to_num(err, nan=np.inf), "maha": maha, "knn": knn}
+
+
+class PaperScore:
+    """The paper's OOD score as secondary accounts of its appendix describe it (the paper's own
+    text could not be checked here): trajectory points and attractors L2-normalised, attractors
+    merged where their cosine similarity exceeds ``merge_cos`` (greedily, in the bank's order:
+    an attractor within ``merge_cos`` of one already kept is dropped), and the score is the mean
+    over ``t = 0..T`` of the distance from the normalised ``z_t`` to the nearest kept
+    attractor. Computed here in torch, outside the graph; the graph's
+    ``mean_attractor_distance`` is the same mean with Euclidean (unnormalised) distances."""
+
+    def __init__(self, model: nn.Module, attractors: np.ndarray, steps: int = 32,
+                 merge_cos: float = 0.99) -> None:
+        a = np.asarray(attractors, dtype=np.float64)
+        a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+        keep: list[int] = []
+        for i in range(len(a)):
+            if not keep or float((a[keep] @ a[i]).max()) <= merge_cos:
+                keep.append(i)
+        self.model, self.steps, self.attractors = model, steps, a[keep]
+
+    @torch.inference_mode()
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        out = []
+        bank = torch.as_tensor(self.attractors, dtype=torch.float64)
+        for i in range(0, len(x), 512):
+            z = self.model.encode(torch.as_tensor(x[i : i + 512], dtype=torch.float32))  # type: ignore[operator]
+            total = torch.zeros(len(z), dtype=torch.float64)
+            for t in range(self.steps + 1):
+                zn = z.double() / z.double().norm(dim=1, keepdim=True).clamp_min(1e-12)
+                cos = (zn @ bank.T).max(dim=1).values.clamp(-1.0, 1.0)
+                total += torch.sqrt(2.0 - 2.0 * cos)  # ‖zn − a‖ for unit vectors
+                if t < self.steps:
+                    z = self.model.encode(self.model.decode(z))  # type: ignore[operator]
+            out.append((total / (self.steps + 1)).numpy())
+        return np.nan_to_num(np.concatenate(out), nan=np.inf)
 
 
 def baselines(model: nn.Module, x_train: np.ndarray) -> Baselines:

@@ -40,8 +40,9 @@ from oodguard.bundle import MODEL_FILE, read_bundle
 from oodguard.calibration.calibrate import fit_scorer, split_indices
 from oodguard.calibration.checks import unstable_features
 from oodguard.calibration.detection_metrics import auroc
-from oodguard.calibration.selection import PROXY_KINDS, make_proxies
+from oodguard.calibration.selection import DEFAULT_PROXY_KINDS, PROXY_KINDS, make_proxies
 from oodguard.engine import Engine
+from oodguard.features import FEATURE_NAMES
 from oodguard.scoring import conformal_p_values
 
 BASELINES = ("recon_error", "latent_mahalanobis", "latent_knn")
@@ -52,18 +53,25 @@ ALPHA = 0.05
 VARIANTS: dict[str, tuple[tuple[str, ...] | None, dict[str, Any]]] = {
     "old_default": (OLD_PROXIES, {"required": (), "keep_sign": (), "two_sided_margin": None}),
     "old+required": (OLD_PROXIES, {"keep_sign": (), "two_sided_margin": None}),
-    "rich": (PROXY_KINDS, {"required": (), "keep_sign": (), "two_sided_margin": None}),
-    "rich+required": (PROXY_KINDS, {"keep_sign": (), "two_sided_margin": None}),
-    "rich+req+2s": (PROXY_KINDS, {"keep_sign": ()}),
-    "rich+req+2s+keepsign": (PROXY_KINDS, {}),  # the default
-    "rich+req+2s+keepsign cauchy": (PROXY_KINDS, {"combine": "cauchy"}),
-    "rich+req+2s+keepsign fisher": (PROXY_KINDS, {"combine": "fisher"}),
-    "fisher minor tail 0.25": (PROXY_KINDS, {"combine": "fisher", "minor_tail": 0.25}),
-    "fisher minor tail 0.1": (PROXY_KINDS, {"combine": "fisher", "minor_tail": 0.1}),
-    "fisher minor tail 0.05": (PROXY_KINDS, {"combine": "fisher", "minor_tail": 0.05}),
-    "fisher minor tail 0.02": (PROXY_KINDS, {"combine": "fisher", "minor_tail": 0.02}),
-    "cauchy minor tail 0.1": (PROXY_KINDS, {"combine": "cauchy", "minor_tail": 0.1}),
+    "rich": (DEFAULT_PROXY_KINDS, {"required": (), "keep_sign": (), "two_sided_margin": None}),
+    "rich+required": (DEFAULT_PROXY_KINDS, {"keep_sign": (), "two_sided_margin": None}),
+    "rich+req+2s": (DEFAULT_PROXY_KINDS, {"keep_sign": ()}),
+    "rich+req+2s+keepsign": (DEFAULT_PROXY_KINDS, {}),  # the default
+    "rich+req+2s+keepsign cauchy": (DEFAULT_PROXY_KINDS, {"combine": "cauchy"}),
+    "rich+req+2s+keepsign fisher": (DEFAULT_PROXY_KINDS, {"combine": "fisher"}),
+    "fisher minor tail 0.25": (DEFAULT_PROXY_KINDS, {"combine": "fisher", "minor_tail": 0.25}),
+    "fisher minor tail 0.1": (DEFAULT_PROXY_KINDS, {"combine": "fisher", "minor_tail": 0.1}),
+    "fisher minor tail 0.05": (DEFAULT_PROXY_KINDS, {"combine": "fisher", "minor_tail": 0.05}),
+    "fisher minor tail 0.02": (DEFAULT_PROXY_KINDS, {"combine": "fisher", "minor_tail": 0.02}),
+    "cauchy minor tail 0.1": (DEFAULT_PROXY_KINDS, {"combine": "cauchy", "minor_tail": 0.1}),
     "old+req+2s+keepsign": (OLD_PROXIES, {}),
+    "default + phase, shuffle_16, shuffle_64": (PROXY_KINDS, {"combine": "fisher"}),
+    "default kinds, every feature": (DEFAULT_PROXY_KINDS, {"combine": "fisher",
+                                                          "required": FEATURE_NAMES}),
+    "all kinds, every feature": (PROXY_KINDS, {"combine": "fisher", "required": FEATURE_NAMES}),
+    "all kinds, every feature, one-sided": (PROXY_KINDS, {"combine": "fisher",
+                                                         "required": FEATURE_NAMES,
+                                                         "two_sided_margin": None}),
     "baselines only, 2s max": (None, {"use": BASELINES}),
     "all features, 2s max": (None, {}),
 }
@@ -211,6 +219,18 @@ def evaluate(
                                     scores_out=baseline_scores[f"{s}__{k}"]) for s in fo}
     out: dict[str, Any] = {"model": name, "features": all_names, "baselines": base,
                            "excluded": exclude, "variants": {}}
+    # issue 19's oracle: the best single feature's mean AUROC over the model's OOD sets (one
+    # direction per feature and model, picked in hindsight), trivially far sets left out
+    sets = [k for k in fo if not k.startswith("trivial_")] or list(fo)
+    means = {}
+    for j, f in enumerate(all_names):
+        m = float(np.mean([auroc(scores_in=np.nan_to_num(ft[:, j], nan=np.inf),
+                                 scores_out=np.nan_to_num(fo[k][:, j], nan=np.inf))
+                           for k in sets]))
+        means[f] = max(m, 1.0 - m)
+    out["best_feature"] = max(means, key=means.__getitem__)
+    out["best_feature_mean"] = means[out["best_feature"]]
+    out["family_sets"] = sets
     for vname, (kinds, kw) in VARIANTS.items():
         if vname not in SELECTED:
             continue
@@ -261,7 +281,16 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
                 comb.append(a)
                 best.append(b)
         g = np.asarray(gaps)
+        per_model = {r["model"]: float(np.mean([r["variants"][vname]["auroc"][k]
+                                                for k in r["family_sets"]]))
+                     - r["best_feature_mean"] for r in results if "best_feature_mean" in r}
+        fams = sorted({m.split("-")[0] for m in per_model})
         summary[vname] = {
+            "models_within_0.02_of_best_feature": round(float(np.mean(
+                [v >= -0.02 for v in per_model.values()])), 3) if per_model else None,
+            "model_gap_by_family": {f: round(float(np.mean([v for m, v in per_model.items()
+                                                            if m.split("-")[0] == f])), 4)
+                                    for f in fams},
             "pairs": len(g),
             "within_0.02": round(float((g >= -0.02).mean()), 3),
             "mean_auroc": round(float(np.mean(comb)), 4),
@@ -335,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'variant':28s} {'pairs':>5s} {'≤0.02':>6s} {'mean':>7s} {'best_bl':>7s} "
           f"{'gap':>7s} {'worst':>7s}  fpr range")
     for v, s in summary.items():
+        print(f"{v:28s} models within 0.02 of the best feature: "
+              f"{s['models_within_0.02_of_best_feature']}; mean gap by family "
+              f"{s['model_gap_by_family']}")
         print(f"{v:28s} {s['pairs']:5d} {s['within_0.02']:6.3f} {s['mean_auroc']:7.4f} "
               f"{s['best_baseline_mean']:7.4f} {s['mean_gap']:+7.4f} {s['worst_gap']:+7.4f}  "
               f"{s['fpr_range']} resampled {s['fpr_resampled_range']}")

@@ -36,10 +36,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import ROOT, machine_info, write_json  # noqa: E402
 from _detection_data import Family, add_trivial, load_family  # noqa: E402
-from _detection_models import RECIPES, ModelSpec, baselines, build, pyod_scores, train  # noqa: E402
+from _detection_models import (  # noqa: E402
+    RECIPES,
+    ModelSpec,
+    PaperScore,
+    baselines,
+    build,
+    pyod_scores,
+    train,
+)
 from _detection_report import BASELINES, _failure, plot, print_report, summarise  # noqa: E402
+from _detection_rules import rule_scores  # noqa: E402
 
-EPOCHS = {"digits": 100, "cancer": 200, "wine": 200, "patches": 30, "signals": 40}
+EPOCHS = {"digits": 100, "cancer": 200, "wine": 200, "patches": 30, "signals": 40,
+          "natural": 30, "glyphs": 20}
 
 
 def plan(mode: str) -> list[ModelSpec]:
@@ -57,12 +67,15 @@ def plan(mode: str) -> list[ModelSpec]:
     if mode == "tiny":
         add("digits", "mlp", ("wd_denoise",), (8,), (0,), 0.05)
         add("signals", "mlp", ("mask",), (8,), (0,), 0.05)
+        add("natural", "mlp", ("wd_denoise",), (16,), (0,), 0.05)
     elif mode == "quick":
         add("digits", "mlp", ("wd_denoise", "mask"), (8,), (0,))
         add("patches", "mlp", ("wd_denoise",), (16,), (0,))
         add("patches", "conv", ("none",), (32,), (0,))
         add("signals", "mlp", ("wd_denoise", "none"), (8,), (0,))
         add("cancer", "mlp", ("wd_denoise",), (4,), (0,))
+        add("natural", "mlp", ("wd_denoise",), (16,), (0,))
+        add("glyphs", "mlp", ("wd_denoise",), (16,), (0,))
     elif mode == "full":
         add("digits", "mlp", RECIPES, (8, 32), (0, 1))
         add("patches", "mlp", RECIPES, (16,), (0, 1))
@@ -70,6 +83,10 @@ def plan(mode: str) -> list[ModelSpec]:
         add("signals", "mlp", RECIPES, (8,), (0, 1))
         add("cancer", "mlp", RECIPES, (4,), (0, 1))
         add("wine", "mlp", ("wd_denoise",), (4,), (0,))
+        add("natural", "mlp", RECIPES, (16,), (0, 1))
+        add("natural", "conv", RECIPES, (32,), (0, 1))
+        add("glyphs", "mlp", RECIPES, (16,), (0, 1))
+        add("glyphs", "conv", ("wd_denoise",), (32,), (0, 1))
     else:
         raise ValueError(f"mode must be tiny, quick or full. Got {mode!r}")
     return sorted(specs, key=lambda s: s.seed)  # stable: every family early in a partial run
@@ -172,8 +189,10 @@ def run_model(spec: ModelSpec, fam: Family, work: Path, *, alpha: float,
             _write_meta(home, rec, ood, artifacts)
             return rec
     base = baselines(model, fam.train)
+    paper = PaperScore(model, exp.attractors.attractors)
+    rec["paper_attractors_merged"] = int(len(paper.attractors))
     sets = {"test": fam.test, **{k: v for k, (_, v) in ood.items()}}
-    b_scores = {k: base.scores(v) for k, v in sets.items()}
+    b_scores = {k: {**base.scores(v), "paper_cosine": paper.scores(v)} for k, v in sets.items()}
     if use_pyod:
         t = time.perf_counter()
         torch.manual_seed(spec.seed)
@@ -206,6 +225,14 @@ def run_model(spec: ModelSpec, fam: Family, work: Path, *, alpha: float,
         return rec
     names = list(guard.feature_names)
     rec["features"] = names
+    try:
+        rules, rec["rules"] = rule_scores(guard, cal.path, fam.val, sets,
+                                          {k: c.features for k, c in checks.items()},
+                                          alpha=alpha, seed=spec.seed)
+    except Exception as exc:  # a candidate's failure is a result
+        rules, rec["rules"] = {}, {"error": f"{type(exc).__name__}: {exc}"}
+    # a two-sided (typicality) test per feature: distance from the validation median
+    med = np.nanmedian(np.asarray(guard.check(fam.val).features, dtype=np.float64), axis=0)
     r_in = checks["test"]
     k_fp, n_in = int(r_in.is_ood.sum()), len(fam.test)
     lo, hi = binomial_interval(k_fp, n_in)
@@ -232,8 +259,10 @@ def run_model(spec: ModelSpec, fam: Family, work: Path, *, alpha: float,
             flipped = _metrics(-fi, -fo)
             best = given if given["auroc"] >= flipped["auroc"] else flipped
             feats[f] = {"given": given, "best": best,
-                        "best_direction": "higher" if best is given else "lower"}
+                        "best_direction": "higher" if best is given else "lower",
+                        "two_sided": _metrics(np.abs(fi - med[j]), np.abs(fo - med[j]))}
         pair["features"] = feats
+        pair["rules"] = {rl: _metrics(rules[rl]["test"], rules[rl][name]) for rl in rules}
         if "mean_attractor_distance" in feats:
             pair["mean_attractor_distance"] = feats["mean_attractor_distance"]["given"]
         best_b = max(BASELINES, key=lambda b: pair[b]["auroc"])

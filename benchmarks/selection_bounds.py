@@ -42,7 +42,7 @@ import numpy as np
 from oodguard.bundle import MODEL_FILE, read_bundle
 from oodguard.calibration.calibrate import build_scorer, split_indices
 from oodguard.calibration.detection_metrics import auroc
-from oodguard.calibration.selection import PROXY_KINDS, make_proxies
+from oodguard.calibration.selection import DEFAULT_PROXY_KINDS, make_proxies
 from oodguard.calibration.transform import fit_transform
 from oodguard.engine import Engine
 from oodguard.scoring import gaussian_log_sf
@@ -116,8 +116,8 @@ def model_bounds(art: Path, seed: int = 0) -> dict[str, Any]:
         return sc.standardize(f)[:, order]
 
     z_fit, z_test = z_of(x_fit), z_of(data["x_test"])
-    z_proxy = z_of(make_proxies(x_fit, kinds=PROXY_KINDS, seed=seed))
-    kinds = np.array_split(np.arange(len(z_proxy)), len(PROXY_KINDS))
+    z_proxy = z_of(make_proxies(x_fit, kinds=DEFAULT_PROXY_KINDS, seed=seed))
+    kinds = np.array_split(np.arange(len(z_proxy)), len(DEFAULT_PROXY_KINDS))
     sets = {k[5:]: z_of(v) for k, v in data.items() if k.startswith("ood__")}
     best = {s: max(auroc(scores_in=suite[f"test__{SUITE_NAMES[b]}"],
                          scores_out=suite[f"{s}__{SUITE_NAMES[b]}"]) for b in BASELINES)

@@ -5,7 +5,11 @@
 >>> print(report.table())
 
 Per OOD set: AUROC, AUPR-in, AUPR-out, FPR at 95% TPR, and the guard's own operating point
-(FPR on the in-distribution inputs and TPR on the set at the calibrated threshold). For the
+(FPR on the in-distribution inputs and TPR on the set at the calibrated threshold). Beside the
+combined score, every feature of the bundle (the classic baselines ``recon_error``,
+``latent_knn``, ``latent_mahalanobis`` among them) is scored alone: one-sided both ways (higher
+= OOD, lower = OOD) and two-sided (distance from the in-distribution median); the report says
+in words where the combined score loses to one of them by more than ``LOSS_MARGIN``. For the
 in-distribution inputs: a Kolmogorov–Smirnov test of their conformal p-values against the
 uniform distribution that calibration promises for exchangeable data.
 """
@@ -15,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,6 +44,10 @@ log = logging.getLogger(__name__)
 EXCHANGEABILITY_LEVEL = 0.01
 #: Marks ``evaluation.json`` as written by this function (the CLI recognises its own output).
 EVALUATION_SCHEMA = 1
+#: AUROC by which a single feature must beat the combined score to be reported as a loss.
+LOSS_MARGIN = 0.02
+#: How a single feature is scored: higher = OOD, lower = OOD, far from the median either way.
+FEATURE_TESTS = ("higher", "lower", "two_sided")
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,6 +65,11 @@ class OODSetEvaluation:
         Fraction of this set the guard flags (``p ≤ alpha``).
     scores : ndarray of float64, shape (n,)
         The guard's scores; ``+inf`` for rows with non-finite input.
+    features : mapping of feature name to {test: AUROC}
+        Each feature of the bundle alone, per test in :data:`FEATURE_TESTS` (``"higher"``: a
+        larger value is more OOD; ``"lower"``: a smaller one; ``"two_sided"``: the distance
+        from the in-distribution inputs' median). Picking the best of them needs the OOD set:
+        a hindsight comparison, not a detector.
     """
 
     name: str
@@ -67,6 +80,21 @@ class OODSetEvaluation:
     fpr95: float
     tpr_at_threshold: float
     scores: np.ndarray
+    features: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+    def losses(self, margin: float = LOSS_MARGIN) -> list[str]:
+        """In words, each single feature that beats the combined score's AUROC by more than
+        ``margin`` on this set, strongest first."""
+        beats = sorted(((auc, name, test) for name, tests in self.features.items()
+                        for test, auc in tests.items() if auc > self.auroc + margin),
+                       reverse=True)
+        return [f"on {self.name!r} the combined score (AUROC {self.auroc:.3f}) loses to "
+                f"{name} {_TEST_WORDS[test]} (AUROC {auc:.3f}, {auc - self.auroc:+.3f})"
+                for auc, name, test in beats]
+
+
+_TEST_WORDS = {"higher": "one-sided (higher = OOD)", "lower": "one-sided (lower = OOD)",
+               "two_sided": "two-sided (far from the median)"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -144,6 +172,8 @@ class EvaluationReport:
                     "fpr95": s.fpr95,
                     "fpr_at_threshold": self.fpr_at_threshold,
                     "tpr_at_threshold": s.tpr_at_threshold,
+                    "features": {k: dict(v) for k, v in s.features.items()},
+                    "losses": s.losses(),
                 }
                 for s in self.ood_sets
             },
@@ -182,11 +212,40 @@ class EvaluationReport:
                 f"{s.name:<{width}} {s.n:>7} {s.auroc:>7.4f} {s.aupr_in:>8.4f} {s.aupr_out:>9.4f} "
                 f"{s.fpr95:>7.4f} {self.fpr_at_threshold:>8.4f} {s.tpr_at_threshold:>8.4f}"
             )
+        feats = list(dict.fromkeys(f for s in self.ood_sets for f in s.features))
+        if feats:
+            lines += ["", self.feature_table()]
+        losses = [w for s in self.ood_sets for w in s.losses()]
+        if feats:
+            lines.append("")
+            lines += losses or [f"the combined score is within {LOSS_MARGIN} AUROC of every "
+                                "single feature on every set"]
+        return "\n".join(lines)
+
+    def feature_table(self) -> str:
+        """AUROC of the combined score and of each feature alone, per OOD set: one-sided
+        higher = OOD / lower = OOD, and two-sided (``hi/lo/2s``)."""
+        feats = list(dict.fromkeys(f for s in self.ood_sets for f in s.features))
+        width = max(24, *(len(f) for f in feats))
+        cols = [max(14, len(s.name)) for s in self.ood_sets]
+        head = f"{'AUROC hi/lo/2s':<{width}} " + " ".join(
+            f"{s.name:>{c}}" for s, c in zip(self.ood_sets, cols, strict=True))
+        lines = [head, "-" * len(head),
+                 f"{'combined':<{width}} " + " ".join(
+                     f"{s.auroc:>{c}.3f}" for s, c in zip(self.ood_sets, cols, strict=True))]
+        for f in feats:
+            cells = []
+            for s, c in zip(self.ood_sets, cols, strict=True):
+                t = s.features.get(f, {})
+                cell = "/".join(f"{t[k]:.2f}" if k in t else "-" for k in FEATURE_TESTS)
+                cells.append(f"{cell:>{c}}")
+            lines.append(f"{f:<{width}} " + " ".join(cells))
         return "\n".join(lines)
 
 
-def _score(guard: Guard, x: Any, label: str, chunk: int) -> tuple[np.ndarray, np.ndarray]:
-    """Scores and p-values of ``x`` in chunks of ``chunk`` rows, logging progress.
+def _score(guard: Guard, x: Any, label: str,
+           chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scores, p-values and features of ``x`` in chunks of ``chunk`` rows, logging progress.
 
     Rows are scored independently, so chunking does not change any number.
     """
@@ -198,7 +257,7 @@ def _score(guard: Guard, x: Any, label: str, chunk: int) -> tuple[np.ndarray, np
             f"{label} is empty (shape {tuple(x.shape)}); pass at least one input of shape "
             f"{guard.input_spec.shape}", reason="shape",
         )
-    scores, p = [], []
+    scores, p, feats = [], [], []
     for start in range(0, n, chunk):
         try:
             r = guard.check(x[start : start + chunk])
@@ -208,9 +267,25 @@ def _score(guard: Guard, x: Any, label: str, chunk: int) -> tuple[np.ndarray, np
             raise InvalidInputError(f"{label}: {err}", reason=err.reason) from err
         scores.append(r.score)
         p.append(r.p_value)
+        feats.append(np.asarray(r.features, dtype=np.float64))
         if n > chunk:
             log.info("scored %s: %d/%d inputs", label, min(start + chunk, n), n)
-    return np.concatenate(scores), np.concatenate(p)
+    return np.concatenate(scores), np.concatenate(p), np.concatenate(feats)
+
+
+def feature_aurocs(names: Any, f_in: np.ndarray, f_out: np.ndarray) -> dict[str, dict[str, float]]:
+    """Per feature, AUROC of each test in :data:`FEATURE_TESTS` (in-distribution ``f_in``
+    ``[N, F]`` against OOD ``f_out`` ``[M, F]``; non-finite values count as most OOD)."""
+    out = {}
+    for j, name in enumerate(names):
+        a = np.nan_to_num(f_in[:, j], nan=np.inf)
+        b = np.nan_to_num(f_out[:, j], nan=np.inf)
+        med = float(np.median(a[np.isfinite(a)])) if np.isfinite(a).any() else 0.0
+        hi = auroc(scores_in=a, scores_out=b)
+        out[str(name)] = {"higher": hi, "lower": 1.0 - hi,
+                          "two_sided": auroc(scores_in=np.abs(a - med),
+                                             scores_out=np.abs(b - med))}
+    return out
 
 
 def ks_tests(
@@ -299,12 +374,12 @@ def evaluate(
         )
     threshold = score_threshold(cal, a)
 
-    s_in, p_in = _score(guard, x_in, "in-distribution inputs", chunk)
+    s_in, p_in, f_in = _score(guard, x_in, "in-distribution inputs", chunk)
     fpr = float(np.mean(p_in <= a))
     ks, ks_p, ks2, ks2_p = ks_tests(p_in, s_in, cal)
     sets = []
     for name, x in ood.items():
-        s_out, p_out = _score(guard, x, f"OOD set {name!r}", chunk)
+        s_out, p_out, f_out = _score(guard, x, f"OOD set {name!r}", chunk)
         sets.append(OODSetEvaluation(
             name=name,
             n=len(s_out),
@@ -314,6 +389,7 @@ def evaluate(
             fpr95=fpr_at_tpr(scores_in=s_in, scores_out=s_out, tpr=0.95),
             tpr_at_threshold=float(np.mean(p_out <= a)),
             scores=s_out,
+            features=feature_aurocs(guard.feature_names, f_in, f_out),
         ))
         log.info("evaluated %s (%d inputs): AUROC %.4f", name, len(s_out), sets[-1].auroc)
     return EvaluationReport(

@@ -18,6 +18,13 @@ flattened input, so it applies to images, signals and tables alike):
 - ``gradient``: linear ramps between two values of the data's range;
 - ``patch_shuffle``: the flattened input cut into 4 blocks, put back in random order.
 
+Kinds meant to look more like real shifts (not in the default set; measured in
+``benchmarks/detection.py``'s rules and ``benchmarks/calibration_study.py``):
+
+- ``phase``: each input's Fourier phases randomised (amplitudes, hence its power spectrum and
+  mean, kept): the same texture statistics, none of the structure;
+- ``shuffle_16`` / ``shuffle_64``: the ``patch_shuffle`` with 16 / 64 blocks (finer scales).
+
 Each feature gets the direction in which it separates reference from in-distribution data
 (``0`` — a two-sided test — where some kinds of reference input move it up and others down,
 see :func:`select_features`). The *required* features (the classic baselines, see
@@ -45,12 +52,13 @@ __all__ = [
     "select_features",
 ]
 
-PROXY_KINDS = (
+DEFAULT_PROXY_KINDS = (
     "noise", "mixup", "permute", "scaled_noise", "brightness", "contrast", "blur", "constant",
     "gradient", "patch_shuffle",
 )
-# The proxy set calibrate() uses by default (chosen in benchmarks/calibration_study.py).
-DEFAULT_PROXY_KINDS = PROXY_KINDS
+# The default proxy set above is calibrate()'s (chosen in benchmarks/calibration_study.py);
+# every kind make_proxies knows:
+PROXY_KINDS = (*DEFAULT_PROXY_KINDS, "phase", "shuffle_16", "shuffle_64")
 # The classic baselines: a selection never drops them (a combination that leaves out its
 # strongest classic input loses to it, e.g. 0.34 against 0.88 AUROC on recurrent AEs).
 BASELINE_FEATURES = ("recon_error", "latent_knn", "latent_mahalanobis")
@@ -91,8 +99,17 @@ def _proxy(kind: str, flat: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if kind == "gradient":
         a, b = rng.uniform(lo, hi, (n, 1)), rng.uniform(lo, hi, (n, 1))
         return a + (b - a) * np.linspace(0.0, 1.0, dim)[None, :]
-    # patch_shuffle
-    blocks = np.array_split(np.arange(dim), min(4, dim))
+    if kind == "phase":
+        spec = np.fft.rfft(flat - flat.mean(axis=1, keepdims=True), axis=1)
+        phi = rng.uniform(0.0, 2.0 * np.pi, spec.shape)
+        phi[:, 0] = 0.0
+        if dim % 2 == 0:
+            phi[:, -1] = 0.0  # the Nyquist term of a real signal is real
+        return np.fft.irfft(np.abs(spec) * np.exp(1j * phi), n=dim, axis=1) + flat.mean(
+            axis=1, keepdims=True)
+    # patch_shuffle, shuffle_16, shuffle_64
+    pieces = {"patch_shuffle": 4, "shuffle_16": 16, "shuffle_64": 64}[kind]
+    blocks = np.array_split(np.arange(dim), min(pieces, dim))
     out = np.empty_like(flat)
     for i in range(n):
         out[i] = flat[i, np.concatenate([blocks[k] for k in rng.permutation(len(blocks))])]
@@ -155,7 +172,8 @@ def select_features(
     falls below ``0.5 − two_sided_margin`` (``None``: never two-sided). The ``keep_sign``
     features (distances whose large values are unusual by construction: the classic baselines)
     are never turned around: where the reference set says ``−1`` they get ``0``, a two-sided
-    test that keeps their usual power and adds the other tail.
+    test that keeps their usual power and adds the other tail — or, with
+    ``two_sided_margin=None`` (every test one-sided), ``+1``.
 
     Start from the ``required`` features (or, with none, the feature with the best reference
     AUROC); then repeatedly add the feature that gives the best reference AUROC of the
@@ -179,7 +197,8 @@ def select_features(
     direction = _directions(a, ga, two_sided_margin)
     for j in keep_sign:
         if direction[j] < 0:
-            direction[j] = 0.0
+            # one-sided (no margin): keep the usual direction; else add the other tail
+            direction[j] = 1.0 if two_sided_margin is None else 0.0
     s_id = np.where(direction == 0, np.abs(z_id), z_id * direction)
     s_ref = np.where(direction == 0, np.abs(z_ref), z_ref * direction)
 

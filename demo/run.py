@@ -22,7 +22,7 @@ from oodguard import __version__
 from oodguard.calibration import auroc, calibrate, fit_scorer, fpr_at_tpr
 from oodguard.calibration.calibrate import split_indices
 from oodguard.calibration.data import load_digits_data
-from oodguard.calibration.selection import PROXY_KINDS, make_proxies
+from oodguard.calibration.selection import DEFAULT_PROXY_KINDS, make_proxies
 from oodguard.demo.train import train_autoencoder
 from oodguard.export import export_bundle
 from oodguard.guard import Guard
@@ -64,7 +64,8 @@ def resampled_check(
         val, test = perm[:n_val], perm[n_val:]
         fit, cal = split_indices(n_val, 0.4, seed)
         ref = guard.engine.run(make_proxies(pool[val[fit]], seed=seed))
-        groups = [np.arange(i * len(fit), (i + 1) * len(fit)) for i in range(len(PROXY_KINDS))]
+        groups = [np.arange(i * len(fit), (i + 1) * len(fit))
+                  for i in range(len(DEFAULT_PROXY_KINDS))]
         scorer, _ = fit_scorer(feats[val[fit]], feats[val[cal]], names, alpha=alpha,
                                reference_features=ref, reference_groups=groups, seed=seed)
         s_test = scorer.score(feats[test])

@@ -84,12 +84,12 @@ def test_detection_benchmark_tiny_run_writes_results_and_artifacts(tmp_path) -> 
     cmd = [sys.executable, str(ROOT / "benchmarks" / "detection.py"), "--tiny", "--out", str(out),
            "--save-artifacts", str(art), "--fallback-parity", "0.05"]
     run = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
-    assert "[2/2]" in run.stdout  # progress lines
+    assert "[3/3]" in run.stdout  # progress lines
     doc = json.loads(out.read_text())
     s = doc["summary"]
     # a model whose default export fails parity is re-exported with the recorded tolerance
-    assert s["models"] == 2 and s["calibrated"] == 2
-    assert s["exported_with_defaults"] + s["exported_with_fallback_parity"] == 2
+    assert s["models"] == 3 and s["calibrated"] == 3
+    assert s["exported_with_defaults"] + s["exported_with_fallback_parity"] == 3
     for m in doc["models"]:
         assert m["export"]["ok"] or m["export"]["fallback"]["parity_atol"] == 0.05
     assert out.with_suffix(".png").stat().st_size > 0
@@ -121,7 +121,7 @@ def test_detection_data_is_seeded_and_splits_are_disjoint() -> None:
     det = _detection()
     from _detection_data import add_trivial, load_family
 
-    for fam in ("digits", "patches", "signals", "cancer"):
+    for fam in ("digits", "patches", "signals", "cancer", "natural", "glyphs"):
         a, b = load_family(fam, seed=0), load_family(fam, seed=0)
         np.testing.assert_array_equal(a.train, b.train)
         np.testing.assert_array_equal(a.ood[next(iter(a.ood))][1], b.ood[next(iter(b.ood))][1])
@@ -135,6 +135,36 @@ def test_detection_data_is_seeded_and_splits_are_disjoint() -> None:
         load_family("mnist")
     assert det.plan("quick") and {s.recipe for s in det.plan("full")} == {"wd_denoise", "none",
                                                                           "mask"}
+
+
+def test_detection_proxy_pool_is_disjoint_from_every_ood_set() -> None:
+    """Calibration builds its synthetic outliers from the validation rows: no OOD set of the
+    image families may come from the same source images or repeat a validation row, and the
+    check refuses a family that breaks it."""
+    import dataclasses
+
+    _detection()
+    from _detection_data import NATURAL_OOD, NATURAL_PHOTOS, check_disjoint, load_family
+
+    nat = load_family("natural", seed=0)  # load_family runs the check
+    assert set(nat.sources["val"]) == set(NATURAL_PHOTOS)
+    for name in nat.ood:
+        assert nat.sources[name] and not set(nat.sources[name]) & set(NATURAL_PHOTOS)
+    assert not {p for ps in NATURAL_OOD.values() for p in ps} & set(NATURAL_PHOTOS)
+    # matched sets look like in-distribution crops in brightness and contrast
+    for name in NATURAL_OOD:
+        m = nat.ood[f"{name}_matched"][1]
+        assert abs(float(m.mean()) - float(nat.test.mean())) < 0.05
+        assert abs(float(m.std(axis=1).mean()) - float(nat.test.std(axis=1).mean())) < 0.03
+    gly = load_family("glyphs", seed=0)
+    assert set(gly.ood) == {"held_out_fonts", "digits", "lowercase", "punctuation",
+                            "rotated_90", "rotated_180"}
+    leaky = dataclasses.replace(nat, sources={**nat.sources, "textures": ("brick", "camera")})
+    with pytest.raises(ValueError, match="'textures' shares the sources \\['camera'\\]"):
+        check_disjoint(leaky)
+    copied = dataclasses.replace(gly, ood={**gly.ood, "digits": ("near", gly.val[:5].copy())})
+    with pytest.raises(ValueError, match="'digits' repeats a validation row"):
+        check_disjoint(copied)
 
 
 def test_detection_binomial_interval_covers_at_the_stated_level() -> None:
@@ -180,10 +210,13 @@ def _record(model_id: str = "m") -> dict:  # type: ignore[type-arg]
         return {"ood_set": name, "kind": "far", "combined": {"auroc": comb, "fpr95": 0.0,
                                               "flagged_at_alpha": flagged},
                 "recon": {**m, "auroc": recon}, "maha": m, "knn": m,
-                "mean_attractor_distance": m, "features": {},
+                "mean_attractor_distance": m,
+                "features": {"f1": {"given": {"auroc": recon}, "best": {"auroc": recon},
+                                    "two_sided": {"auroc": 0.5}}},
                 "best_baseline": "recon", "combined_minus_best_baseline": comb - recon}
 
     return {"model_id": model_id, "family": "f", "recipe": "r", "export": {"ok": True},
+            "features": ["f1"],
             "calibration": {"ok": True, "selected": ["recon_error"]},
             "in_distribution": {"fpr_at_alpha": 0.08, "fpr_ci99": [0.06, 0.11]},
             "pairs": [pair("a", 0.90, 0.91), pair("b", 0.50, 0.80),
@@ -204,6 +237,42 @@ def test_detection_summary_counts_pairs_within_the_margin() -> None:
     assert s["models_fpr_above_alpha_at_99"] == ["m"]  # interval [0.06, 0.11] excludes 0.05
     assert s["by_family"]["f"]["pairs"] == 3
     assert s["by_family"]["f"]["combined"] == pytest.approx((0.9 + 0.5 + 1.0) / 3, abs=1e-4)
+    # issue 19: per model against the best single feature over the family sets (not the
+    # trivially far one); an inversion where a baseline reaches 0.8 and the combined < 0.6
+    t = s["targets"]
+    (m,) = t["per_model"]
+    assert m["best_feature"] == "f1" and m["best_feature_mean"] == pytest.approx(0.855)
+    assert m["gap"] == pytest.approx((0.9 + 0.5) / 2 - 0.855, abs=1e-4)
+    assert t["frac_models_within_margin_of_best_feature"]["default"] == 0.0
+    assert t["inversions"]["default"] == ["m:b 0.500"]
+    assert t["features_by_family"]["f"]["f1"] == {"given": 0.855, "reversed": 0.145,
+                                                  "two_sided": 0.5}
+
+
+def test_detection_meta_rule_is_chosen_without_the_family_it_is_scored_on() -> None:
+    """Two families where a candidate rule beats the default in every model: learned on one
+    family, it is scored on the other; with one family there is nothing to leave out."""
+    det = _detection()
+
+    def rec(model_id: str, family: str, gain: float) -> dict:  # type: ignore[type-arg]
+        r = _record(model_id)
+        r["family"] = family
+        r["rules"] = {"proxy_auroc": {"minor_tail_0.1": 0.6, "alt": 0.6 + gain}}
+        r["calibration"]["direction"] = [0.0]
+        r["export"]["attractors"] = 3
+        for p in r["pairs"]:
+            p["rules"] = {"alt": {"auroc": 0.95}, "minor_tail_0.1": {"auroc": 0.5}}
+        return r
+
+    s = det.summarise([rec("m0", "f", 0.1), rec("m1", "g", 0.2)], 0.05)
+    mr = s["targets"]["meta_rule_leave_one_family_out"]
+    assert mr["models_within_margin"] == 1.0
+    for fam in ("f", "g"):
+        assert mr["by_family"][fam]["default_frac"] == 0.0
+        assert mr["by_family"][fam]["held_out_frac"] == 1.0
+        assert mr["by_family"][fam]["rule"][0] == "alt"
+    assert det.summarise([rec("m0", "f", 0.1)], 0.05)["targets"][
+        "meta_rule_leave_one_family_out"] == {}
 
 
 def test_detection_merge_joins_disjoint_runs_and_refuses_repeats(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -3,6 +3,8 @@ rates on generated data, and every refused input."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from conftest import make_data
@@ -52,6 +54,35 @@ def test_metrics_equal_a_direct_computation(bundle, data, sets, report) -> None:
         report["x"]
 
 
+def test_every_feature_is_scored_alone_and_losses_are_said_in_words(bundle, data, sets,  # type: ignore[no-untyped-def]
+                                                                     report) -> None:
+    guard = Guard.load(bundle, providers="cpu", registry=None)
+    f_in = guard.check(data["test"]).features.astype(np.float64)
+    for name, x in sets.items():
+        f_out = guard.check(x).features.astype(np.float64)
+        got = report[name].features
+        assert list(got) == list(guard.feature_names)
+        assert {"recon_error", "latent_knn", "latent_mahalanobis"} <= set(got)
+        for j, f in enumerate(guard.feature_names):
+            y = np.r_[np.zeros(len(f_in)), np.ones(len(f_out))]
+            v = np.r_[f_in[:, j], f_out[:, j]]
+            assert got[f]["higher"] == pytest.approx(roc_auc_score(y, v), abs=1e-12)
+            assert got[f]["lower"] == pytest.approx(roc_auc_score(y, -v), abs=1e-12)
+            med = np.median(f_in[:, j])
+            assert got[f]["two_sided"] == pytest.approx(roc_auc_score(y, np.abs(v - med)),
+                                                        abs=1e-12)
+    # a set on which one feature beats the combined score by more than the margin is named
+    weak = dataclasses.replace(report["shifted"], auroc=0.3)
+    words = weak.losses()
+    assert words and words[0].startswith("on 'shifted' the combined score (AUROC 0.300) loses to")
+    best = max(a for t in weak.features.values() for a in t.values())
+    assert f"(AUROC {best:.3f}, {best - 0.3:+.3f})" in words[0]
+    assert not dataclasses.replace(weak, auroc=1.0).losses()
+    table = report.table()
+    assert "AUROC hi/lo/2s" in table and "latent_knn" in table
+    assert report.to_dict()["ood_sets"]["shifted"]["losses"] == report["shifted"].losses()
+
+
 def test_ks_numbers_and_json(report) -> None:  # type: ignore[no-untyped-def]
     from scipy.stats import kstest
 
@@ -63,7 +94,8 @@ def test_ks_numbers_and_json(report) -> None:  # type: ignore[no-untyped-def]
     assert set(doc["in_distribution"]) == {"n", "fpr_at_threshold", "p_value_ks_uniform",
                                            "score_ks_calibration", "exchangeability"}
     assert set(doc["ood_sets"]["noise"]) == {"n", "auroc", "aupr_in", "aupr_out", "fpr95",
-                                             "fpr_at_threshold", "tpr_at_threshold"}
+                                             "fpr_at_threshold", "tpr_at_threshold", "features",
+                                             "losses"}
     table = report.table()
     assert "noise" in table and "shifted" in table and "AUPR-out" in table
 

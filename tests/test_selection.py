@@ -57,6 +57,23 @@ def test_each_proxy_kind_is_what_it_says() -> None:
     assert set(PROXY_KINDS) >= set(DEFAULT_PROXY_KINDS)
 
 
+def test_real_shift_proxy_kinds_keep_spectrum_or_values() -> None:
+    """``phase`` keeps each input's mean and Fourier amplitudes and changes its phases; the
+    finer shuffles keep each input's values and move them; none is in the default set."""
+    x = _x(30, (8, 8))
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    ph = _kind("phase", x)
+    np.testing.assert_allclose(ph.mean(1), flat.mean(1), atol=1e-5)
+    np.testing.assert_allclose(np.abs(np.fft.rfft(ph, axis=1)), np.abs(np.fft.rfft(flat, axis=1)),
+                               atol=1e-4)
+    assert np.abs(ph - flat).mean() > 0.1 * flat.std()
+    for kind in ("shuffle_16", "shuffle_64"):
+        got = _kind(kind, x)
+        np.testing.assert_allclose(np.sort(got, 1), np.sort(flat, 1), rtol=1e-6)
+        assert (np.abs(got - flat).max(axis=1) > 0).mean() > 0.9
+    assert not {"phase", "shuffle_16", "shuffle_64"} & set(DEFAULT_PROXY_KINDS)
+
+
 def test_selection_learns_feature_and_direction() -> None:
     """Only feature 2 carries the shift, and OOD values are *smaller*: the selection must find
     that direction from the reference set and the combined AUROC must not be diluted."""
@@ -113,3 +130,6 @@ def test_required_features_stay_and_keep_their_sign() -> None:
     assert sel.direction[1] == 0.0 and sel.direction[2] == 1.0
     assert select_features(z_id, z_ref, required=[0, 1]).direction[1] == -1.0
     assert select_features(z_id, z_ref).selected[0] == 2
+    # every test one-sided: a keep_sign feature keeps its usual direction, never two-sided
+    one = select_features(z_id, z_ref, required=[0, 1], keep_sign=[1], two_sided_margin=None)
+    assert one.direction[1] == 1.0 and (one.direction != 0).all()

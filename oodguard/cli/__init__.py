@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from oodguard._version import __version__
-from oodguard.cli import inspect_cmd, offline, runtime, score  # noqa: F401  (registers the commands)
+from oodguard.cli import fit_cmd, inspect_cmd, offline, runtime, score  # noqa: F401  (registers the commands)
 from oodguard.cli.base import COMMANDS, Command, HelpFormatter
 
 __all__ = ["build_parser", "main"]
@@ -35,7 +35,7 @@ Run oodguard COMMAND --help for a command's options."""
 
 
 # The pipeline's order: make a bundle, calibrate it, measure it, use it.
-_ORDER = ("demo", "calibrate", "evaluate", "check", "score", "serve", "inspect", "info")
+_ORDER = ("demo", "fit", "calibrate", "evaluate", "check", "score", "serve", "inspect", "info")
 
 
 def _ordered() -> list[Command]:

@@ -5,7 +5,7 @@ wraps that in scikit-learn's and PyOD's estimator conventions.
 >>> guard = oodguard.fit(x_train, x_val, out="bundle/")             # doctest: +SKIP
 """
 
-from oodguard.training.fit import default_recipe, fit, fit_autoencoder
+from oodguard.training.fit import fit
 from oodguard.training.models import (
     ARCHITECTURES,
     MLPAE,
@@ -16,6 +16,7 @@ from oodguard.training.models import (
     latent_size,
 )
 from oodguard.training.recipe import Recipe, TrainingRecord, train
+from oodguard.training.trainer import default_recipe, fit_autoencoder
 
 __all__ = [
     "ARCHITECTURES",

@@ -31,6 +31,7 @@ in-distribution FPR with the exact split-conformal 99% range. JSON, a table and 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -41,6 +42,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _classifiers import build  # noqa: E402
 from _common import ROOT, format_table, machine_info, write_json  # noqa: E402
 
 ALPHA = 0.05
@@ -50,40 +52,6 @@ def _torch() -> Any:
     import torch
 
     return torch
-
-
-def _mlp(dim: int, classes: int) -> Any:
-    from torch import nn
-
-    class MLP(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.body = nn.Sequential(nn.Flatten(), nn.Linear(dim, 64), nn.ReLU(),
-                                      nn.Linear(64, 32), nn.ReLU())
-            self.head = nn.Linear(32, classes)
-
-        def forward(self, x: Any) -> Any:
-            return self.head(self.body(x))
-
-    return MLP()
-
-
-def _cnn(size: int, classes: int) -> Any:
-    from torch import nn
-
-    class CNN(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.body = nn.Sequential(
-                nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                nn.Flatten(), nn.Linear(32 * (size // 4) ** 2, 64), nn.ReLU())
-            self.head = nn.Linear(64, classes)
-
-        def forward(self, x: Any) -> Any:
-            return self.head(self.body(x))
-
-    return CNN()
 
 
 def train_classifier(model: Any, x: np.ndarray, y: np.ndarray, *, epochs: int,
@@ -174,8 +142,25 @@ def _metrics(s_in: np.ndarray, s_out: np.ndarray, flag_out: np.ndarray | None) -
             "tpr_at_alpha": None if flag_out is None else float(flag_out.mean())}
 
 
+def save_peer_inputs(home: Path, name: str, spec: dict[str, Any], clf: Any,
+                     data: dict[str, Any]) -> None:
+    """What the peers need: the architecture, the trained state dict, the same arrays."""
+    torch = _torch()
+    d = home / name
+    d.mkdir(parents=True, exist_ok=True)
+    torch.save(clf.state_dict(), d / "state_dict.pt")
+    (d / "spec.json").write_text(json.dumps(spec) + "\n")
+    x_tr, y_tr = data["train"]
+    np.savez(d / "arrays.npz", x_train=x_tr, y_train=y_tr, x_test=data["test"],
+             **{f"ood__{k}": v for k, (_, v) in data["ood"].items()})
+    (d / "ood_kinds.json").write_text(json.dumps({k: kind for k, (kind, _) in
+                                                  data["ood"].items()}) + "\n")
+
+
 def run_model(name: str, data: dict[str, Any], model: Any, *, epochs: int, seed: int,
-              max_epochs: int | None) -> dict[str, Any]:
+              max_epochs: int | None, peer_dir: Path | None = None,
+              spec: dict[str, Any] | None = None,
+              classifiers_only: bool = False) -> dict[str, Any]:
     from detection import conformal_fpr_interval
 
     import oodguard
@@ -185,6 +170,10 @@ def run_model(name: str, data: dict[str, Any], model: Any, *, epochs: int, seed:
     x_tr, y_tr = data["train"]
     t0 = time.perf_counter()
     clf = train_classifier(model, x_tr, y_tr, epochs=epochs, seed=seed)
+    if peer_dir is not None and spec is not None:
+        save_peer_inputs(peer_dir, name, spec, clf, data)
+        if classifiers_only:
+            return {"model": name, "methods": {}}
     recipe = None if max_epochs is None else Recipe(max_epochs=max_epochs)
     rec: dict[str, Any] = {"model": name, "n_train": len(x_tr), "n_val": len(data["val"]),
                            "n_test": len(data["test"]), "classifier_s": time.perf_counter() - t0,
@@ -260,23 +249,42 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--out", type=Path,
                    default=ROOT / "benchmarks" / "results" / "classifier_ood.json")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--save-peer-inputs", type=Path, metavar="DIR",
+                   help="write each trained classifier's state dict and the arrays for "
+                        "benchmarks/classifier_ood_peers.py")
+    p.add_argument("--classifiers-only", action="store_true",
+                   help="with --save-peer-inputs: train and save the classifiers, skip oodguard "
+                        "(training is seeded: the same state dicts as a full run)")
     a = p.parse_args(argv)
     torch = _torch()
     torch.set_num_threads(a.threads)
     max_ep = 5 if a.tiny else None
-    runs = [("digits-mlp", lambda: digits_data(a.seed, False), lambda: _mlp(64, 5), 60)]
+    runs: list[tuple[str, Any, dict[str, Any], int]] = [
+        ("digits-mlp", lambda: digits_data(a.seed, False),
+         {"kind": "mlp", "dim": 64, "classes": 5}, 60)]
     if not a.tiny:
-        runs += [("digits-cnn", lambda: digits_data(a.seed, True), lambda: _cnn(8, 5), 40),
-                 ("glyphs-cnn", lambda: glyph_data(a.seed, a.glyphs), lambda: _cnn(28, 26), 15),
-                 ("tabular-mlp", lambda: tabular_data(a.seed), lambda: _mlp(30, 2), 100)]
+        runs += [("digits-cnn", lambda: digits_data(a.seed, True),
+                  {"kind": "cnn", "size": 8, "classes": 5}, 40),
+                 ("glyphs-cnn", lambda: glyph_data(a.seed, a.glyphs),
+                  {"kind": "cnn", "size": 28, "classes": 26}, 15),
+                 ("tabular-mlp", lambda: tabular_data(a.seed),
+                  {"kind": "mlp", "dim": 30, "classes": 2}, 100)]
+    if a.classifiers_only and a.save_peer_inputs is None:
+        p.error("--classifiers-only needs --save-peer-inputs DIR")
     models = []
-    for name, data_fn, model_fn, epochs in runs:
+    for name, data_fn, spec, epochs in runs:
         torch.manual_seed(a.seed)
-        rec = run_model(name, data_fn(), model_fn(), epochs=5 if a.tiny else epochs,
-                        seed=a.seed, max_epochs=max_ep)
+        rec = run_model(name, data_fn(), build(spec), epochs=5 if a.tiny else epochs,
+                        seed=a.seed, max_epochs=max_ep, peer_dir=a.save_peer_inputs,
+                        spec=spec, classifiers_only=a.classifiers_only)
+        if a.classifiers_only:
+            print(f"{name}: saved to {a.save_peer_inputs}", flush=True)
+            continue
         models.append(rec)
         print(f"{name}: " + ", ".join(f"{k} {v['mean_auroc']:.3f}"
                                       for k, v in rec["methods"].items()), flush=True)
+    if a.classifiers_only:
+        return {"saved": str(a.save_peer_inputs)}
     rows = []
     for r in models:
         for meth, m in r["methods"].items():

@@ -65,7 +65,7 @@ def run(home: Path) -> dict[str, Any]:
     for name, det in detectors.items():
         try:
             if name in ("Mahalanobis", "KNN", "ViM"):
-                det.fit(loader, device="cpu")
+                det.fit(loader)
 
             def score(x: np.ndarray, det: Any = det) -> np.ndarray:
                 with torch.no_grad():
@@ -81,10 +81,38 @@ def run(home: Path) -> dict[str, Any]:
     return out
 
 
+def compare(ours: dict[str, Any], peers: dict[str, Any]) -> dict[str, Any]:
+    """Mean AUROC per model: oodguard's methods (from classifier_ood.py's JSON) against the best
+    peer of that model, and over all models (the issue's targets)."""
+    rows = []
+    for m in ours["models"]:
+        p = {k: v["mean_auroc"] for k, v in peers["models"].get(m["model"], {}).items()
+             if "mean_auroc" in v}
+        if not p:
+            continue
+        best = max(p, key=lambda k: p[k])
+        row = {"model": m["model"], "best_peer": best, "best_peer_auroc": p[best], **p}
+        for meth in ("embedding", "raw"):
+            g = m["methods"][meth]
+            row[meth] = g["mean_auroc"]
+            row[f"{meth}_fpr_within"] = g["fpr_within"]
+        rows.append(row)
+    names = sorted({k for r in rows for k in peers["models"][r["model"]]})
+    means = {k: float(np.mean([r[k] for r in rows])) for k in ["embedding", "raw", *names]
+             if all(k in r for r in rows)}
+    best_overall = max((k for k in names if k in means), key=lambda k: means[k])
+    return {"rows": rows, "means": means, "best_peer_overall": best_overall,
+            "target_mean": means.get("embedding", float("nan")) >= means[best_overall] + 0.02,
+            "target_per_model": all(r["embedding"] >= r["best_peer_auroc"] - 0.05
+                                    for r in rows)}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("inputs", type=Path, help="the folder --save-peer-inputs wrote")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--ours", type=Path,
+                   help="classifier_ood.py's JSON: add the comparison with oodguard")
     a = p.parse_args(argv)
     import pytorch_ood
     import torch
@@ -96,6 +124,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         doc["models"][home.name] = run(home)
         print(home.name, {k: round(v.get("mean_auroc", float("nan")), 3)
                           for k, v in doc["models"][home.name].items()}, flush=True)
+    if a.ours is not None:
+        doc["comparison"] = compare(json.loads(a.ours.read_text()), doc)
+        for r in doc["comparison"]["rows"]:
+            print(f"{r['model']}: embedding {r['embedding']:.3f}, raw {r['raw']:.3f}, best peer "
+                  f"{r['best_peer']} {r['best_peer_auroc']:.3f}")
+        print("means:", {k: round(v, 3) for k, v in doc["comparison"]["means"].items()})
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {a.out}")

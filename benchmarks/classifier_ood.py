@@ -233,7 +233,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
                                                for r in doc["models"]], w, label=meth)
     ax.set_xticks(np.arange(len(models)) + 0.4 - w / 2, models)
     ax.set_ylabel("mean AUROC over OOD sets")
-    ax.set_ylim(0.4, 1.0)
+    ax.set_ylim(0.0, 1.0)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -25,8 +25,9 @@ oodguard: an out-of-distribution guard from the latent dynamics of an autoencode
 
 A bundle (model.onnx, calibration.json, manifest.json) is exported from a trained autoencoder
 in Python (oodguard.export.export_bundle), calibrated (oodguard calibrate), then checks inputs
-(oodguard check) or serves them over HTTP (oodguard serve). oodguard demo runs the whole
-pipeline on scikit-learn's digits.
+(oodguard check) or serves them over HTTP (oodguard serve). Without an autoencoder, oodguard
+fit trains one on your data, exports and calibrates it. oodguard demo runs the whole pipeline
+on scikit-learn's digits.
 
 commands:
 {commands}

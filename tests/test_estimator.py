@@ -118,7 +118,7 @@ def test_it_works_in_a_pipeline_and_refuses_bad_inputs(detector) -> None:  # typ
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         detector.predict(bad)
-    with pytest.raises(CalibrationError, match="Pass at least 175 in-distribution samples"):
+    with pytest.raises(CalibrationError, match="Pass at least 50 in-distribution samples"):
         oodguard.OODDetector().fit(_blobs(30, 0))
     with pytest.raises(oodguard.InvalidParameterError, match="'val_fraction' parameter"):
         oodguard.OODDetector(val_fraction=1.5).fit(_blobs(300, 0))

@@ -20,12 +20,12 @@ import torch
 
 from oodguard.bundle.store import check_destination
 from oodguard.calibration import calibrate
-from oodguard.calibration.calibrate import check_validation_size
+from oodguard.calibration.calibrate import check_sizes
+from oodguard.calibration.selection import BASELINE_FEATURES
 from oodguard.errors import check_parameter
 from oodguard.export import export_bundle
-from oodguard.features import FEATURE_NAMES
 from oodguard.guard import Guard
-from oodguard.training.embedding import CLASSIFIER_FEATURES, export_embedding_guard
+from oodguard.training.embedding import export_embedding_guard
 from oodguard.training.recipe import Recipe
 from oodguard.training.trainer import MAX_DISCOVERY_CODES, fit_autoencoder, input_array
 
@@ -84,9 +84,10 @@ def fit(
     check_destination(out, overwrite=overwrite)
     xt = input_array(x_train, "x_train")
     xv = input_array(x_val, "x_val", tuple(xt.shape[1:]))
-    # the calibration's size rules, before minutes of training rather than after
-    names = list(FEATURE_NAMES) + (list(CLASSIFIER_FEATURES) if model is not None else [])
-    check_validation_size(len(xv), names, None, alpha, CALIBRATION_FIT_FRACTION)
+    # The calibration's size rule, before minutes of training rather than after: the fewest
+    # rows it accepts are those that calibrate the classic baselines alone (with fewer rows
+    # than every feature needs it falls back to them, and says so).
+    check_sizes(len(xv), len(BASELINE_FEATURES), alpha, CALIBRATION_FIT_FRACTION)
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)

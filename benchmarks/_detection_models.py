@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from oodguard.demo.train import EncoderDecoder
+# The suite's autoencoders are the ones oodguard.fit trains (on flattened rows here).
+from oodguard.training.models import MLPAE, ConvAE
 
 __all__ = ["RECIPES", "ModelSpec", "PaperScore", "build", "baselines", "pyod_scores", "train"]
 
@@ -40,46 +41,6 @@ class ModelSpec:
     @property
     def model_id(self) -> str:
         return f"{self.family}-{self.arch}-{self.recipe}-z{self.latent}-s{self.seed}"
-
-
-class MLPAE(EncoderDecoder):
-    """``dim ▶ hidden ▶ hidden/2 ▶ latent ▶ hidden/2 ▶ hidden ▶ dim`` (ELU)."""
-
-    def __init__(self, dim: int, latent: int, hidden: int, output: str) -> None:
-        super().__init__()
-        h2 = max(hidden // 2, latent)
-        self.encoder = nn.Sequential(nn.Linear(dim, hidden), nn.ELU(), nn.Linear(hidden, h2),
-                                     nn.ELU(), nn.Linear(h2, latent))
-        dec: list[nn.Module] = [nn.Linear(latent, h2), nn.ELU(), nn.Linear(h2, hidden), nn.ELU(),
-                                nn.Linear(hidden, dim)]
-        if output == "sigmoid":
-            dec.append(nn.Sigmoid())
-        self.decoder = nn.Sequential(*dec)
-
-
-class ConvAE(EncoderDecoder):
-    """A small conv autoencoder over ``(H, W)`` images given as flattened rows (H, W ÷ 4):
-    two stride-2 convolutions (16, 32 channels), a linear bottleneck, and the mirror image."""
-
-    def __init__(self, shape: tuple[int, ...], latent: int, output: str) -> None:
-        super().__init__()
-        h, w = shape
-        self.h, self.w = h, w
-        flat = 32 * (h // 4) * (w // 4)
-        self.encoder = nn.Sequential(
-            nn.Unflatten(1, (1, h, w)),
-            nn.Conv2d(1, 16, 3, stride=2, padding=1), nn.ELU(),
-            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ELU(),
-            nn.Flatten(), nn.Linear(flat, latent),
-        )
-        dec: list[nn.Module] = [
-            nn.Linear(latent, flat), nn.ELU(), nn.Unflatten(1, (32, h // 4, w // 4)),
-            nn.ConvTranspose2d(32, 16, 4, stride=2, padding=1), nn.ELU(),
-            nn.ConvTranspose2d(16, 1, 4, stride=2, padding=1), nn.Flatten(),
-        ]
-        if output == "sigmoid":
-            dec.append(nn.Sigmoid())
-        self.decoder = nn.Sequential(*dec)
 
 
 def build(spec: ModelSpec, dim: int, shape: tuple[int, ...], output: str) -> nn.Module:

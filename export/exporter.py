@@ -6,6 +6,7 @@ import copy
 import logging
 import os
 import time
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -163,6 +164,7 @@ def export_bundle(
     max_steps: int = 500,
     max_codes: int | None = None,
     n_reference: int = DEFAULT_REFERENCE_ROWS,
+    training: Mapping[str, Any] | None = None,
 ) -> ExportReport:
     """Export a trained autoencoder to an (uncalibrated) bundle directory.
 
@@ -229,6 +231,9 @@ def export_bundle(
         Reference inputs stored in ``reference.npz`` with ONNX Runtime's features of them, so
         that the runtime can check at load that its execution provider reproduces them (see
         :mod:`oodguard.export.reference`); taken from the parity check's inputs.
+    training : mapping, optional
+        How the autoencoder was trained (a JSON object), recorded as
+        ``manifest.dynamics["training"]``; :func:`oodguard.fit` passes its recipe and record.
 
     Raises
     ------
@@ -353,7 +358,8 @@ def export_bundle(
                                      "scale": "IQR over training rows"},
                   "attractor_nonfinite_dropped": report.n_nonfinite,
                   "discovery": report.record(),
-                  "model": ae.record()},
+                  "model": ae.record(),
+                  **({"training": dict(training)} if training is not None else {})},
     )
     stage("write")
     files = {MODEL_FILE: data, REFERENCE_FILE: reference,

@@ -53,10 +53,24 @@ __all__ = [
     "MissingDependencyError",
     "NonFiniteInputError",
     "NotCalibratedError",
+    "OODDetector",
     "OODGuardError",
     "OODInputError",
     "Scorer",
     "__version__",
+    "fit",
     "read_bundle",
     "write_bundle",
 ]
+
+# Offline entry points, loaded on first use so that ``import oodguard`` stays free of torch and
+# scikit-learn; without them installed, using one names the extra to install.
+_LAZY = {"fit": "oodguard.training.fit", "OODDetector": "oodguard.training.estimator"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        from oodguard.extras import optional
+
+        return getattr(optional(_LAZY[name], f"oodguard.{name}", "fit,cpu"), name)
+    raise AttributeError(f"module 'oodguard' has no attribute {name!r}")

@@ -30,6 +30,6 @@ fi
 echo "==> ruff"
 .venv/bin/ruff check .
 echo "==> mypy"
-.venv/bin/mypy oodguard export calibration demo inspection
+.venv/bin/mypy oodguard export calibration demo inspection training
 echo "==> pytest"
 .venv/bin/pytest -q "$@"

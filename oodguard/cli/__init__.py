@@ -17,6 +17,7 @@ from typing import Any
 from oodguard._version import __version__
 from oodguard.cli import (  # noqa: F401  (registers the commands)
     drift_cmd,
+    fit_cmd,
     inspect_cmd,
     offline,
     runtime,
@@ -31,8 +32,9 @@ oodguard: an out-of-distribution guard from the latent dynamics of an autoencode
 
 A bundle (model.onnx, calibration.json, manifest.json) is exported from a trained autoencoder
 in Python (oodguard.export.export_bundle), calibrated (oodguard calibrate), then checks inputs
-(oodguard check) or serves them over HTTP (oodguard serve). oodguard demo runs the whole
-pipeline on scikit-learn's digits.
+(oodguard check) or serves them over HTTP (oodguard serve). Without an autoencoder, oodguard
+fit trains one on your data, exports and calibrates it. oodguard demo runs the whole pipeline
+on scikit-learn's digits.
 
 commands:
 {commands}
@@ -41,8 +43,8 @@ Run oodguard COMMAND --help for a command's options."""
 
 
 # The pipeline's order: make a bundle, calibrate it, measure it, use it.
-_ORDER = ("demo", "calibrate", "evaluate", "check", "score", "serve", "drift", "inspect",
-          "info")
+_ORDER = ("demo", "fit", "calibrate", "evaluate", "check", "score", "serve", "drift",
+          "inspect", "info")
 
 
 def _ordered() -> list[Command]:

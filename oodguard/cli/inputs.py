@@ -67,9 +67,10 @@ def _read(path: Path, key: str | None) -> tuple[Any, list[str], list[int | None]
     return x, [str(path)] * len(x), list(range(len(x)))
 
 
-def load_inputs(path: Path, a: argparse.Namespace, shape: tuple[int, ...]) -> Inputs:
+def load_inputs(path: Path, a: argparse.Namespace, shape: tuple[int, ...] | None) -> Inputs:
     """Read ``path``; divide by ``--scale``; with ``--reshape``, reshape each sample to
-    ``shape``. Integer data without ``--scale`` reaches the guard's dtype check, which refuses
+    ``shape`` (``None``: samples keep their shape, as ``oodguard fit`` reads its training
+    data). Integer data without ``--scale`` reaches the guard's dtype check, which refuses
     it on purpose: the autoencoder was trained on scaled floats."""
     check_scale(path, a.scale)
     x, sources, rows = _read(path, getattr(a, "key", None))
@@ -78,6 +79,8 @@ def load_inputs(path: Path, a: argparse.Namespace, shape: tuple[int, ...]) -> In
                                 f"{shape}", reason="rank")
     if a.scale is not None:
         x = np.asarray(x, dtype=np.float32) / np.float32(a.scale)
+    if shape is None:
+        return Inputs(x, sources, rows)
     if x.shape[1:] != shape and int(np.prod(x.shape[1:])) == int(np.prod(shape)):
         if not a.reshape:
             raise InvalidInputError(

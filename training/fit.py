@@ -1,0 +1,112 @@
+"""``oodguard.fit``: a guard when there is no autoencoder yet.
+
+Train an autoencoder for the data's shape (:mod:`oodguard.training.models`) with the recipe of
+:mod:`oodguard.training.recipe`, export it (:func:`oodguard.export.export_bundle`), calibrate
+it on the validation rows (:func:`oodguard.calibration.calibrate`) and load the guard. With
+``model=`` and ``layer=`` the autoencoder is trained on a classifier's embeddings instead and
+the bundle's graph takes the classifier's own input (:mod:`oodguard.training.embedding`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from oodguard.bundle.store import check_destination
+from oodguard.calibration import calibrate
+from oodguard.calibration.calibrate import check_sizes
+from oodguard.calibration.selection import BASELINE_FEATURES
+from oodguard.errors import check_parameter
+from oodguard.export import export_bundle
+from oodguard.guard import Guard
+from oodguard.training.embedding import export_embedding_guard
+from oodguard.training.recipe import Recipe
+from oodguard.training.trainer import MAX_DISCOVERY_CODES, fit_autoencoder, input_array
+
+__all__ = ["fit"]
+
+log = logging.getLogger(__name__)
+
+# calibrate()'s default share of the validation rows that fit the scorer
+CALIBRATION_FIT_FRACTION = 0.4
+
+
+def fit(
+    x_train: Any, x_val: Any, *, out: str | os.PathLike[str],
+    model: torch.nn.Module | None = None, layer: str | None = None,
+    arch: str = "auto", latent: int | None = None, recipe: Recipe | None = None,
+    steps: int = 32, alpha: float = 0.05, seed: int = 0, overwrite: bool = False,
+    progress: bool | None = None, threads: int | None = None,
+    **guard_kwargs: Any,
+) -> Guard:
+    """Train an autoencoder on ``x_train``, export and calibrate it on ``x_val`` into the
+    bundle ``out``, and return the loaded :class:`~oodguard.Guard`.
+
+    Parameters
+    ----------
+    x_train : array (N, *shape)
+        In-distribution training inputs; vectors ``(d,)``, sequences ``(C, L)`` or images
+        ``(C, H, W)`` (see :func:`oodguard.training.models.choose_arch`). A tenth of them (at
+        most 5 000) is held out for early stopping.
+    x_val : array (n, *shape)
+        In-distribution inputs not in ``x_train``: the calibration's (see
+        :func:`oodguard.calibration.calibrate`; untouched by training).
+    out : the bundle directory to write; an existing bundle is replaced only with
+        ``overwrite=True``, anything else there is refused (``BundleExistsError``) before
+        training.
+    model, layer : a torch classifier and the name of its feature layer (as
+        ``model.named_modules()`` gives it): the autoencoder learns that layer's embeddings,
+        the graph takes the model's own input, and the classifier's maximum softmax
+        probability and energy are extra candidate features (see
+        :mod:`oodguard.training.embedding`). Both or neither.
+    arch : "auto", "mlp", "conv1d" or "conv2d".
+    latent : bottleneck size; default :func:`oodguard.training.models.latent_size`.
+    recipe : :class:`~oodguard.training.Recipe`; default :func:`default_recipe`.
+    steps, alpha, seed : the export's ``T``, the calibration's α, the seed of everything.
+    threads : torch threads while training (default: torch's setting).
+    guard_kwargs : passed to :meth:`Guard.load` (``registry=``, ``providers=``...).
+
+    The manifest records how the model was trained (``manifest.dynamics["training"]``).
+    Scores: higher = more OOD.
+    """
+    t0 = time.perf_counter()
+    check_parameter((model is None) == (layer is None), "layer",
+                    "given together with model= (a classifier and its feature layer's name)",
+                    layer, owner="oodguard.fit")
+    check_parameter(threads is None or (isinstance(threads, int) and threads >= 1), "threads",
+                    "None or an int >= 1", threads, owner="oodguard.fit")
+    check_destination(out, overwrite=overwrite)
+    xt = input_array(x_train, "x_train")
+    xv = input_array(x_val, "x_val", tuple(xt.shape[1:]))
+    # The calibration's size rule, before minutes of training rather than after: the fewest
+    # rows it accepts are those that calibrate the classic baselines alone (with fewer rows
+    # than every feature needs it falls back to them, and says so).
+    check_sizes(len(xv), len(BASELINE_FEATURES), alpha, CALIBRATION_FIT_FRACTION)
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        with tempfile.TemporaryDirectory(prefix="oodguard-fit-") as tmp:
+            staging = Path(tmp) / "bundle"
+            if model is not None:
+                export_embedding_guard(staging, model, str(layer), xt, arch=arch, latent=latent,
+                                       recipe=recipe, steps=steps, seed=seed, progress=progress)
+            else:
+                ae, pre, record = fit_autoencoder(xt, arch=arch, latent=latent, recipe=recipe,
+                                                  seed=seed, progress=progress)
+                export_bundle(staging, model=ae, x_train=xt, preprocess=pre, steps=steps,
+                              seed=seed, progress=progress, training=record,
+                              max_codes=MAX_DISCOVERY_CODES)
+            calibrate(staging, xv, alpha=alpha, out=out, overwrite=overwrite, seed=seed,
+                      progress=progress)
+    finally:
+        torch.set_num_threads(previous)
+    log.info("oodguard.fit wrote %s in %.1fs", out, time.perf_counter() - t0)
+    return Guard.load(out, **guard_kwargs)
+

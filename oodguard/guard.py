@@ -10,7 +10,6 @@ the wait (see :mod:`oodguard.engine.timed`: stalled runs never pile up). Failure
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -295,7 +294,9 @@ class Guard:
         if finite is not None:
             score[~finite] = np.inf
             p[~finite] = pooled[~finite] = 0.0
-        if not math.isfinite(float(features.sum())):  # one pass in the common case
+        # (not features.sum(): inf + -inf would raise numpy's RuntimeWarning in the host's
+        # process, an error under -W error)
+        if not np.isfinite(features).all():
             overflow = ~np.isfinite(features).all(axis=1)
             if finite is not None:
                 overflow &= finite

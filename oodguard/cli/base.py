@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from oodguard.extras import INSTALL_HINT, optional
 
-__all__ = ["COMMANDS", "HelpFormatter", "Command", "alpha_arg", "command", "optional",
-           "positive_arg", "INSTALL_HINT"]
+__all__ = ["COMMANDS", "HelpFormatter", "Command", "alpha_arg", "command", "count_arg",
+           "probability_arg", "optional", "positive_arg", "INSTALL_HINT"]
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -67,6 +67,23 @@ def alpha_arg(value: str) -> float:
     if not 0.0 < alpha < 1.0:
         raise argparse.ArgumentTypeError(f"alpha must lie in (0, 1), got {value}")
     return alpha
+
+
+def probability_arg(value: str) -> float:
+    """A probability in (0, 1) (``--false-alarm``, ``--drift-false-alarm``)."""
+    try:
+        return alpha_arg(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"must be a probability in (0, 1); got {value!r}") from None
+
+
+def count_arg(value: str) -> int:
+    """A positive integer (batch sizes, row counts, epochs)."""
+    n = int(value) if value.strip().isdigit() else 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return n
 
 
 def positive_arg(value: str) -> float:

@@ -16,28 +16,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from oodguard.cli.base import command, optional
+from oodguard.cli.base import command, count_arg, optional, probability_arg
 from oodguard.cli.inputs import add_input_args, load_inputs
 from oodguard.cli.runtime import calibrated_bundle
 
 __all__: list[str] = []
 
-
-def _unit(value: str) -> float:
-    try:
-        v = float(value)
-    except ValueError:
-        v = math.nan
-    if not 0.0 < v < 1.0:
-        raise argparse.ArgumentTypeError(f"must be a probability in (0, 1); got {value!r}")
-    return v
-
-
-def _rows(value: str) -> int:
-    n = int(value) if value.isdigit() else 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return n
 
 
 def _drift_args(p: argparse.ArgumentParser) -> None:
@@ -45,7 +29,7 @@ def _drift_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("stream", type=Path,
                    help="the inputs in stream order: .npy, .npz, IDX file or image folder")
     add_input_args(p, positional=False)
-    p.add_argument("--false-alarm", type=_unit, default=0.05, metavar="EPS",
+    p.add_argument("--false-alarm", type=probability_arg, default=0.05, metavar="EPS",
                    help="probability of any false alarm over an unbounded stream")
     p.add_argument("--statistic", choices=("martingale", "shiryaev_roberts", "cusum"),
                    default="martingale",
@@ -53,7 +37,7 @@ def _drift_args(p: argparse.ArgumentParser) -> None:
                         "detector of the same bets (needs --arl); docs/drift.md")
     p.add_argument("--arl", type=float, help="alarm threshold of shiryaev_roberts / cusum: a "
                    "lower bound on the mean rows to a false alarm")
-    p.add_argument("--batch-size", type=_rows, default=64,
+    p.add_argument("--batch-size", type=count_arg, default=64,
                    help="rows per check; the evidence is recorded after each")
     p.add_argument("--output", "-o", type=Path, metavar="FILE",
                    help="write the JSON here (default: stdout)")

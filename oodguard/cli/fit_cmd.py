@@ -8,20 +8,10 @@ import json
 import time
 from pathlib import Path
 
-from oodguard.cli.base import alpha_arg, command, optional
+from oodguard.cli.base import alpha_arg, command, count_arg, optional
 from oodguard.cli.inputs import add_input_args, load_inputs
 
 __all__: list[str] = []
-
-
-def _int_arg(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {value!r}")
-    return n
 
 
 def _fit_args(p: argparse.ArgumentParser) -> None:
@@ -37,16 +27,16 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", choices=("auto", "mlp", "conv1d", "conv2d"), default="auto",
                    help="auto: an MLP for vectors (d,), a 1-D conv net for sequences (C, L), a "
                         "conv net for images (C, H, W)")
-    p.add_argument("--latent", type=_int_arg, help="bottleneck size (default: round(sqrt(d)) "
+    p.add_argument("--latent", type=count_arg, help="bottleneck size (default: round(sqrt(d)) "
                    "in [2, 64])")
-    p.add_argument("--max-epochs", type=_int_arg,
+    p.add_argument("--max-epochs", type=count_arg,
                    help="most training epochs (default: by the data's size); early stopping "
                         "on a holdout of TRAIN usually ends sooner")
-    p.add_argument("--steps", type=_int_arg, default=32,
+    p.add_argument("--steps", type=count_arg, default=32,
                    help="latent steps T fused into the graph")
     p.add_argument("--seed", type=int, default=0, help="seed of training, export and "
                    "calibration")
-    p.add_argument("--threads", type=_int_arg, help="torch threads while training")
+    p.add_argument("--threads", type=count_arg, help="torch threads while training")
 
 
 @command("fit", _fit_args)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from oodguard.cli.base import alpha_arg, command, optional
+from oodguard.cli.base import alpha_arg, command, optional, probability_arg
 from oodguard.cli.inputs import Inputs, add_input_args, load_inputs
 
 __all__ = ["calibrated_bundle", "result_rows"]
@@ -166,13 +166,10 @@ def _drift_arg(text: str) -> float | None:
     if text.strip().lower() == "off":
         return None
     try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 < value < 1.0:
+        return probability_arg(text)
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"must be a probability in (0, 1) or 'off'; got "
-                                         f"{text!r}")
-    return value
+                                         f"{text!r}") from None
 
 
 @command("serve", _serve_args)

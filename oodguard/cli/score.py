@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from oodguard.cli.base import alpha_arg, command, optional
+from oodguard.cli.base import alpha_arg, command, count_arg, optional
 from oodguard.cli.chunks import Chunk, plan_chunks, read_chunk
 from oodguard.cli.inputs import add_input_args, check_scale
 from oodguard.cli.sinks import Sink, output_format
@@ -28,16 +28,6 @@ from oodguard.cli.sinks import Sink, output_format
 __all__: list[str] = []
 
 log = logging.getLogger("oodguard.score")
-
-
-def _int_arg(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return n
 
 
 def _score_args(p: argparse.ArgumentParser) -> None:
@@ -51,9 +41,9 @@ def _score_args(p: argparse.ArgumentParser) -> None:
                    help="score on a Ray cluster: 'auto' (the one this machine belongs to) or "
                         "its address (host:6379, ray://host:10001); the input must be at the "
                         "same path on its nodes")
-    p.add_argument("--concurrency", type=_int_arg, default=2,
+    p.add_argument("--concurrency", type=count_arg, default=2,
                    help="with --ray: scoring actors, one guard each")
-    p.add_argument("--batch-size", type=_int_arg, default=4096,
+    p.add_argument("--batch-size", type=count_arg, default=4096,
                    help="rows per chunk read and per guard call")
     add_input_args(p, positional=False)  # --key, --scale, --reshape as in oodguard check
     p.add_argument("--column", help="input column of a parquet file with several columns")

@@ -278,14 +278,17 @@ class Guard:
             raise
         t1 = time.perf_counter()
         score = self.scorer.score(features)
-        p = pooled = self.scorer.p_value(score)  # the drift monitor bets on the pooled ones
-        if groups is not None:
+        if groups is None:
+            p = pooled = self.scorer.p_value(score)
+        else:
             try:
                 p = self.scorer.p_value(score, groups)
             except InvalidInputError as err:
                 if self.metrics is not None:
                     self.metrics.observe_refused(err.reason, n)
                 raise
+            # the drift monitor bets on the pooled p-values; computed only for it
+            pooled = self.scorer.p_value(score) if self.drift is not None else p
         # Non-finite input rows (flagged without a score) and finite input whose features are
         # not finite: float32 overflow of an input far outside the training range, or a faulty
         # engine — the two cannot be told apart here. Either way the row is flagged (never

@@ -121,10 +121,17 @@ class GuardedModel(Generic[P]):
             return GuardedOutput(self._timed(self.predict, x), None)
         if len(result) == 0:
             return GuardedOutput(np.empty(0), result)  # type: ignore[arg-type]
+        return self._apply_policy(x, result)
+
+    def _apply_policy(self, x: Any, result: CheckResult, pred: Any = None,
+                      per: str = "") -> GuardedOutput[P]:
+        """``on_ood`` on a checked batch: raise, fall back on the OOD rows, or serve. ``pred``:
+        the model's output on the whole batch when it already ran (``group_by``), else None
+        (the model then runs here, on the in-distribution rows only under ``"fallback"``)."""
         if self.on_ood == "raise" and result.n_ood:
             raise OODInputError(
                 f"{result.n_ood} of {len(result)} inputs are out of distribution "
-                f"({_rule(result)}); rows {np.flatnonzero(result.is_ood)[:10].tolist()}",
+                f"({_rule(result)}{per}); rows {np.flatnonzero(result.is_ood)[:10].tolist()}",
                 result=result,
             )
         if self.on_ood == "fallback" and result.n_ood:
@@ -133,10 +140,13 @@ class GuardedModel(Generic[P]):
                 raise GuardFailure("fallback policy without a fallback", reason="internal")
             ood = result.is_ood
             idx_in, idx_ood = np.flatnonzero(~ood), np.flatnonzero(ood)
-            pred_in = self._timed(self.predict, _take(x, idx_in)) if len(idx_in) else None
+            pred_in = None
+            if len(idx_in):
+                pred_in = (self._timed(self.predict, _take(x, idx_in)) if pred is None
+                           else _take(pred, idx_in))
             pred_ood = fallback(_take(x, idx_ood))
             return GuardedOutput(_merge(len(ood), idx_in, pred_in, idx_ood, pred_ood), result)
-        return GuardedOutput(self._timed(self.predict, x), result)
+        return GuardedOutput(self._timed(self.predict, x) if pred is None else pred, result)
 
     def _failed(self, err: Exception) -> None:
         """The guard failed: raise (``on_error="closed"``) or log and go on unguarded."""
@@ -167,19 +177,7 @@ class GuardedModel(Generic[P]):
         except Exception as err:  # the guard must never take the host model down with it
             self._failed(err)
             return GuardedOutput(pred, None)
-        if self.on_ood == "raise" and result.n_ood:
-            raise OODInputError(
-                f"{result.n_ood} of {len(result)} inputs are out of distribution "
-                f"({_rule(result)}, per predicted class); rows "
-                f"{np.flatnonzero(result.is_ood)[:10].tolist()}", result=result)
-        if self.on_ood == "fallback" and result.n_ood and self.fallback is not None:
-            ood = result.is_ood
-            idx_in, idx_ood = np.flatnonzero(~ood), np.flatnonzero(ood)
-            pred_in = _take(pred, idx_in) if len(idx_in) else None
-            merged = _merge(len(ood), idx_in, pred_in, idx_ood, self.fallback(_take(x, idx_ood)))
-            return GuardedOutput(merged, result)
-        return GuardedOutput(pred, result)
-
+        return self._apply_policy(x, result, pred, per=", per predicted class")
 
 def prediction_labels(pred: Any) -> np.ndarray:
     """A model's output as one class label per row: the argmax of each row of a 2-D output

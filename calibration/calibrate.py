@@ -39,6 +39,7 @@ from oodguard.calibration.selection import (
     select_features,
 )
 from oodguard.calibration.transform import FittedTransform, fit_transform
+from oodguard.decisions import min_calibration_size
 from oodguard.engine import Engine
 from oodguard.errors import CalibrationError, parameter_error
 from oodguard.progress import progress_bar
@@ -67,7 +68,7 @@ DEFAULT_COMBINE = "fisher"
 
 def required_samples(alpha: float, n_features: int, fit_fraction: float) -> int:
     """Smallest validation set for ``alpha``: ``1/(n_cal + 1) ≤ alpha`` and enough fit data."""
-    n_cal = math.ceil(1.0 / alpha - 1.0 - 1e-9)
+    n_cal = min_calibration_size(alpha)
     n_fit = MIN_FIT_PER_FEATURE * (n_features + 1)
     return max(math.ceil(n_fit / fit_fraction), math.ceil(n_cal / (1.0 - fit_fraction)))
 

@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from oodguard.decisions import min_calibration_size
 from oodguard.errors import CalibrationError
-from oodguard.groups import GroupCalibration, min_group_size
+from oodguard.groups import GroupCalibration
 
 __all__ = ["check_groups", "group_calibration"]
 
@@ -49,7 +50,7 @@ def group_calibration(cal_scores: np.ndarray, cal_groups: np.ndarray, labels: np
         A group has fewer than ``1/alpha − 1`` calibration rows (the message names every such
         group and its count).
     """
-    need = min_group_size(alpha)
+    need = min_calibration_size(alpha)
     uniq = np.unique(labels)
     scores = [np.sort(cal_scores[cal_groups == g]) for g in uniq]
     small = {g: len(s) for g, s in zip(uniq.tolist(), scores, strict=True) if len(s) < need}

@@ -20,6 +20,8 @@ Pure numpy; scores come from :class:`oodguard.scoring.Scorer`.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from oodguard.errors import check_parameter
@@ -28,6 +30,7 @@ __all__ = [
     "batch_decisions",
     "benjamini_hochberg",
     "conformal_p_values",
+    "min_calibration_size",
     "p_value_table",
     "score_threshold",
 ]
@@ -37,6 +40,12 @@ def p_value_table(n: int) -> np.ndarray:
     """The ``n + 1`` possible conformal p-values, indexed by ``k = #{c < s}``:
     ``(1 + n − k) / (n + 1)``."""
     return (1.0 + (n - np.arange(n + 1, dtype=np.float64))) / (n + 1.0)
+
+
+def min_calibration_size(alpha: float) -> int:
+    """The fewest calibration scores at which ``p ≤ alpha`` is reachable at all:
+    ``1/(n + 1) ≤ alpha``, so ``n ≥ ⌈1/alpha − 1⌉`` (at least 1)."""
+    return max(1, math.ceil(1.0 / alpha - 1.0 - 1e-9))
 
 
 def conformal_p_values(sorted_cal: np.ndarray, scores: np.ndarray,

@@ -14,23 +14,17 @@ With ``n_g`` calibration scores of group ``g``, ``p = (1 + #{cal_g ≥ s}) / (n_
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from oodguard.decisions import conformal_p_values, p_value_table
+from oodguard.decisions import conformal_p_values, min_calibration_size, p_value_table
 from oodguard.errors import InvalidInputError, parameter_error
 
-__all__ = ["GroupCalibration", "min_group_size"]
+__all__ = ["GroupCalibration"]
 
 Label = int | str
-
-
-def min_group_size(alpha: float) -> int:
-    """The fewest calibration scores a group needs at ``alpha``: ``⌈1/alpha − 1⌉``."""
-    return max(1, math.ceil(1.0 / alpha - 1.0 - 1e-9))
 
 
 class GroupCalibration:
@@ -56,7 +50,7 @@ class GroupCalibration:
     def check_alpha(self, alpha: float, owner: str) -> None:
         """Refuse an ``alpha`` that some group's calibration cannot reach (InvalidParameterError
         naming every such group and its count)."""
-        need = min_group_size(alpha)
+        need = min_calibration_size(alpha)
         small = {g: n for g, n in self.sizes.items() if n < need}
         if small:
             raise parameter_error(

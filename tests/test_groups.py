@@ -17,8 +17,8 @@ from oodguard import (
     InvalidInputError,
     InvalidParameterError,
 )
-from oodguard.decisions import conformal_p_values
-from oodguard.groups import GroupCalibration, min_group_size
+from oodguard.decisions import conformal_p_values, min_calibration_size
+from oodguard.groups import GroupCalibration
 
 ALPHA = 0.05
 _BASIS = np.random.default_rng(1234).normal(size=(3, DIM))  # conftest.make_data's manifold
@@ -62,7 +62,7 @@ def test_group_p_values_come_from_each_groups_own_scores() -> None:
     p = gc.p_values(s, g)
     np.testing.assert_array_equal(p[g == 3], conformal_p_values(a, s[g == 3]))
     np.testing.assert_array_equal(p[g == 7], conformal_p_values(b, s[g == 7]))
-    assert min_group_size(0.05) == 19 and min_group_size(0.1) == 9 and min_group_size(0.3) == 3
+    assert [min_calibration_size(a) for a in (0.05, 0.1, 0.3)] == [19, 9, 3]
 
 
 def test_group_p_values_refuse_unknown_labels_and_wrong_lengths() -> None:

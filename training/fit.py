@@ -20,7 +20,7 @@ import torch
 
 from oodguard.bundle.store import check_destination
 from oodguard.calibration import calibrate
-from oodguard.calibration.calibrate import check_sizes
+from oodguard.calibration.calibrate import DEFAULT_FIT_FRACTION, check_sizes
 from oodguard.calibration.selection import BASELINE_FEATURES
 from oodguard.errors import check_parameter
 from oodguard.export import export_bundle
@@ -32,9 +32,6 @@ from oodguard.training.trainer import MAX_DISCOVERY_CODES, fit_autoencoder, inpu
 __all__ = ["fit"]
 
 log = logging.getLogger(__name__)
-
-# calibrate()'s default share of the validation rows that fit the scorer
-CALIBRATION_FIT_FRACTION = 0.4
 
 
 def fit(
@@ -87,7 +84,7 @@ def fit(
     # The calibration's size rule, before minutes of training rather than after: the fewest
     # rows it accepts are those that calibrate the classic baselines alone (with fewer rows
     # than every feature needs it falls back to them, and says so).
-    check_sizes(len(xv), len(BASELINE_FEATURES), alpha, CALIBRATION_FIT_FRACTION)
+    check_sizes(len(xv), len(BASELINE_FEATURES), alpha, DEFAULT_FIT_FRACTION)
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)

@@ -1,7 +1,8 @@
 """The embedding guard (oodguard.fit(model=, layer=)): one ONNX graph from the classifier's own
-input through its feature layer and the autoencoder's trajectory, plus the classifier's msp and
-energy; the graph's embeddings and classifier features equal torch's within the parity
-tolerance; guard.wrap guards the classifier; refusals."""
+input through its feature layer and the autoencoder's trajectory, plus the classifier's msp,
+energy and class-conditional Mahalanobis distance; the graph's embeddings and classifier
+features equal torch's / numpy's within the parity tolerance; guard.wrap guards the classifier;
+refusals."""
 
 from __future__ import annotations
 
@@ -16,10 +17,18 @@ from torch import nn  # noqa: E402
 
 import oodguard  # noqa: E402
 from oodguard.bundle.reference import compare_values  # noqa: E402
-from oodguard.errors import InvalidParameterError  # noqa: E402
+from oodguard.errors import ExportError, InvalidParameterError  # noqa: E402
 from oodguard.export.parity import DEFAULT_ATOL, DEFAULT_RTOL  # noqa: E402
 from oodguard.training import Recipe  # noqa: E402
-from oodguard.training.embedding import CLASSIFIER_FEATURES, LayerTap, embed  # noqa: E402
+from oodguard.training.embedding import (  # noqa: E402
+    CLASSIFIER_FEATURES,
+    PRECISION_RCOND,
+    LayerTap,
+    class_gaussian,
+    embed,
+    graft_classifier_scores,
+    head_columns,
+)
 
 
 class SmallCNN(nn.Module):
@@ -59,15 +68,23 @@ def guarded(tmp_path_factory):  # type: ignore[no-untyped-def]
     return guard, clf, xi, x[y >= 5]
 
 
-def test_the_bundle_takes_the_classifiers_input_and_adds_msp_and_energy(guarded) -> None:  # type: ignore[no-untyped-def]
+def test_the_bundle_takes_the_classifiers_input_and_adds_the_classifier_features(guarded) -> None:  # type: ignore[no-untyped-def]
     guard, clf, xi, _ = guarded
     m = guard.bundle.manifest
     assert m.input.shape == (1, 8, 8)
-    assert m.feature_names[-2:] == CLASSIFIER_FEATURES
+    assert CLASSIFIER_FEATURES == ("msp", "energy", "embedding_mahalanobis")
+    assert m.feature_names[-3:] == CLASSIFIER_FEATURES
+    assert guard.feature_names[-3:] == CLASSIFIER_FEATURES
     rec = m.dynamics["training"]["embedding"]
+    labels = clf(torch.from_numpy(xi[:500])).argmax(1).numpy()
+    rank = np.linalg.matrix_rank(_tied_cov(_body(clf, xi[:500]), labels), hermitian=True,
+                                 rtol=PRECISION_RCOND)
     assert rec == {"model": "SmallCNN", "layer": "body", "dim": 24,
-                   "extra_features": ["msp", "energy"]}
-    assert m.dynamics["stability"]["msp"]["stable"] and m.dynamics["stability"]["energy"]["stable"]
+                   "extra_features": ["msp", "energy", "embedding_mahalanobis"],
+                   "mahalanobis": {"labels": "predicted", "classes": len(np.unique(labels)),
+                                   "rank": int(rank), "rcond": PRECISION_RCOND}}
+    for name in CLASSIFIER_FEATURES:
+        assert m.dynamics["stability"][name]["stable"], name
 
 
 def test_the_graphs_embeddings_and_logit_features_equal_torchs(guarded) -> None:  # type: ignore[no-untyped-def]
@@ -91,9 +108,11 @@ def test_the_graphs_embeddings_and_logit_features_equal_torchs(guarded) -> None:
     assert not bad.any()
     msp = torch.softmax(logits, 1).max(1).values.numpy()
     energy = (-torch.logsumexp(logits, 1)).numpy()
-    for j, ref in enumerate((msp, energy)):
-        _, bad = compare_values(ref, features[:, -2 + j], DEFAULT_RTOL, DEFAULT_ATOL)
-        assert not bad.any()
+    maha = _mahalanobis(emb_train, clf(torch.from_numpy(xi[:500])).argmax(1).numpy(), emb)
+    assert maha[len(xi) - 800:].mean() > 2 * maha[: len(xi) - 800].mean()  # digits 5-9 further
+    for j, ref in enumerate((msp, energy, maha)):
+        _, bad = compare_values(ref, features[:, -3 + j], DEFAULT_RTOL, DEFAULT_ATOL)
+        assert not bad.any(), CLASSIFIER_FEATURES[j]
     # and the guard runs this graph (its engine's session options differ in the last bits)
     got = guard.check(x).features
     for j in range(features.shape[1]):
@@ -106,6 +125,79 @@ def _copy(m: nn.Module) -> nn.Module:
     import copy
 
     return copy.deepcopy(m).eval()
+
+
+def _body(clf: nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return clf.body(torch.from_numpy(x)).double().numpy()
+
+
+def _tied_cov(emb: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Lee et al.'s shared covariance: within-class scatter over N (float64)."""
+    centred = emb.copy()
+    for c in np.unique(labels):
+        centred[labels == c] -= emb[labels == c].mean(axis=0)
+    return centred.T @ centred / len(emb)
+
+
+def _mahalanobis(emb_train: np.ndarray, labels: np.ndarray, emb: np.ndarray) -> np.ndarray:
+    """The reference: ``min_c (e − μ_c)ᵀ pinv(Σ) (e − μ_c)`` in float64, numpy's pinv."""
+    prec = np.linalg.pinv(_tied_cov(emb_train, labels), rtol=PRECISION_RCOND, hermitian=True)
+    d = np.stack([emb - emb_train[labels == c].mean(axis=0) for c in np.unique(labels)], axis=1)
+    return np.einsum("ncd,de,nce->nc", d, prec, d).min(axis=1)
+
+
+def test_class_gaussian_whitens_to_numpys_pinv_and_drops_dead_units() -> None:
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(400, 6)) @ rng.normal(size=(6, 6))
+    emb[:, 2] = 0.0  # a dead ReLU unit: no training variance
+    labels = rng.integers(0, 3, 400)
+    emb += 3.0 * labels[:, None]
+    means, w = class_gaussian(emb, labels)
+    assert means.dtype == w.dtype == np.float32
+    assert means.shape == (3, 6) and w.shape == (5, 6)
+    np.testing.assert_allclose(means, [emb[labels == c].mean(0) for c in range(3)], rtol=1e-6)
+    x = rng.normal(size=(50, 6)) * 4.0
+    x[:10, 2] = 5.0  # the dead direction is ignored, as pinv ignores it
+    got = ((x[:, None, :] - means[None]) @ w.T.astype(np.float64)) ** 2
+    _, bad = compare_values(_mahalanobis(emb, labels, x), got.sum(axis=2).min(axis=1),
+                            DEFAULT_RTOL, DEFAULT_ATOL)
+    assert not bad.any()
+    # classes absent from the labels are skipped (argmax labels need not cover every class)
+    assert class_gaussian(emb, np.where(labels == 1, 2, labels))[0].shape == (2, 6)
+
+
+def test_class_gaussian_refuses_embeddings_that_do_not_vary() -> None:
+    emb = np.repeat(np.arange(3.0)[:, None], 4, axis=1).repeat(10, axis=0)
+    with pytest.raises(ExportError, match="do not vary within their predicted classes"):
+        class_gaussian(emb, np.repeat(np.arange(3), 10))
+
+
+def test_the_graft_appends_every_column_of_the_head() -> None:
+    from oodguard.export.graphs import INPUT_NAME, OUTPUT_NAME
+
+    def graph(k: int, out: str) -> onnx.ModelProto:
+        node = onnx.helper.make_node("Slice", [INPUT_NAME, "s", "e", "a"], [out])
+        inits = [onnx.numpy_helper.from_array(np.array([v], np.int64), n)
+                 for n, v in (("s", 0), ("e", k), ("a", 1))]
+        g = onnx.helper.make_graph(
+            [node], "g", [onnx.helper.make_tensor_value_info(INPUT_NAME, 1, ["N", 8])],
+            [onnx.helper.make_tensor_value_info(out, 1, ["N", k])], inits)
+        return onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 18)])
+
+    for k in (1, 2, 3, 5):
+        head = graph(k, "scores")
+        assert head_columns(head) == k
+        merged = graft_classifier_scores(graph(4, OUTPUT_NAME), head)
+        assert merged.graph.output[0].type.tensor_type.shape.dim[1].dim_value == 4 + k
+        x = np.arange(16, dtype=np.float32).reshape(2, 8)
+        got = ort.InferenceSession(merged.SerializeToString(),
+                                   providers=["CPUExecutionProvider"]).run(None, {INPUT_NAME: x})
+        np.testing.assert_array_equal(got[0], np.concatenate([x[:, :4], x[:, :k]], axis=1))
+    free = graph(2, "scores")
+    free.graph.output[0].type.tensor_type.shape.dim[1].dim_param = "k"
+    with pytest.raises(ExportError, match="one output shaped"):
+        head_columns(free)
 
 
 def test_wrap_guards_the_classifier(guarded) -> None:  # type: ignore[no-untyped-def]
@@ -134,3 +226,15 @@ def test_an_unknown_layer_is_refused_with_the_models_layer_names(tmp_path) -> No
         oodguard.fit(x, x, out=tmp_path / "b", model=SmallCNN(), layer="backbone")
     with pytest.raises(InvalidParameterError, match="'layer' parameter"):
         oodguard.fit(x, x, out=tmp_path / "b", model=SmallCNN())
+
+
+class _NoLogits(SmallCNN):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x)[:, 0]
+
+
+def test_a_model_without_logits_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    x = np.random.default_rng(0).uniform(size=(300, 1, 8, 8)).astype(np.float32)
+    with pytest.raises(ExportError, match=r"logits shaped \(N, classes\)"):
+        oodguard.fit(x, x, out=tmp_path / "b", model=_NoLogits(), layer="body")
+    assert not (tmp_path / "b").exists()

@@ -4,15 +4,21 @@ takes the classifier's own input.
 The graph runs the classifier up to ``layer`` (:class:`LayerTap`, the export's input
 preprocessing, so it is the graph's first nodes), iterates an autoencoder trained on those
 embeddings (:func:`oodguard.training.fit.fit_autoencoder`), and computes the trajectory
-features; the classifier's logits add two candidate features in the same graph and the same
+features; the classifier adds three candidate features in the same graph and the same
 calibration (:data:`CLASSIFIER_FEATURES`):
 
 - ``msp``: maximum softmax probability ``max_c softmax(f(x))_c`` (Hendrycks & Gimpel 2017;
   *lower* = more OOD — the calibration learns the direction);
-- ``energy``: ``−logsumexp_c f(x)_c`` (Liu et al. 2020; higher = more OOD).
+- ``energy``: ``−logsumexp_c f(x)_c`` (Liu et al. 2020; higher = more OOD);
+- ``embedding_mahalanobis``: ``min_c (e − μ_c)ᵀ Σ⁺ (e − μ_c)`` on the layer's embedding ``e``
+  (Lee et al. 2018, without input preprocessing; higher = more OOD): ``μ_c`` the mean of the
+  training embeddings the classifier *predicts* as class ``c`` (its argmax, so no labels are
+  needed), ``Σ`` their shared (tied) within-class covariance, ``Σ⁺`` its pseudo-inverse
+  (:func:`class_gaussian`).
 
-The logits come from a second pass of the classifier in the graph (the tap stops at the layer,
-the head needs the whole forward); both are checked against torch before the bundle is written.
+``f(x)`` and ``e`` come from one more pass of the classifier in the graph (the preprocessing's
+tap stops at the layer, the logits need the whole forward); the three columns are checked
+against torch before the bundle is written.
 """
 
 from __future__ import annotations
@@ -42,11 +48,17 @@ from oodguard.export.stability import measure_stability
 from oodguard.training.recipe import Recipe
 from oodguard.training.trainer import MAX_DISCOVERY_CODES, fit_autoencoder
 
-__all__ = ["CLASSIFIER_FEATURES", "ClassifierScores", "LayerTap", "add_classifier_scores", "embed",
-           "export_embedding_guard", "graft_classifier_scores"]
+__all__ = ["CLASSIFIER_FEATURES", "PRECISION_RCOND", "ClassifierScores", "LayerTap",
+           "add_classifier_scores", "class_gaussian", "embed", "export_embedding_guard",
+           "graft_classifier_scores"]
 
 
-CLASSIFIER_FEATURES = ("msp", "energy")
+CLASSIFIER_FEATURES = ("msp", "energy", "embedding_mahalanobis")
+# Directions along which the training embeddings' variance is below this share of the largest
+# one are left out of Σ⁺ (numpy's pinv cut-off for a symmetric matrix, as rcond): dead ReLU
+# units (variance exactly 0) carry no in-distribution spread to measure against, and whitening
+# a direction 10⁶ times smaller than the largest would amplify float32 round-off ~10³-fold.
+PRECISION_RCOND = 1e-6
 
 
 class LayerTap(nn.Module):
@@ -73,29 +85,93 @@ class LayerTap(nn.Module):
                               "tensor; name a layer whose output is the embedding tensor")
         self._out.append(out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def embedding_and_output(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """The layer's output flattened to ``(N, d)``, and the model's own output."""
         self._out.clear()
-        self.model(x)
+        y = self.model(x)
         out = self._out[-1]
         self._out.clear()
-        return out.reshape(out.shape[0], -1)
+        return out.reshape(out.shape[0], -1), y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embedding_and_output(x)[0]
 
 
-class ClassifierScores(nn.Module):
-    """``x ▶ [msp, energy]`` (``(N, 2)``) from the classifier's logits."""
+def check_logits(logits: Any) -> torch.Tensor:
+    """``logits`` if it is a tensor shaped ``(N, classes)``; else an :class:`ExportError`."""
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        raise ExportError("model(x) must return logits shaped (N, classes) for the msp, energy "
+                          "and embedding_mahalanobis features")
+    return logits
+
+
+class _Logits(nn.Module):
+    """``x ▶ model(x)``, refused unless logits shaped ``(N, classes)``."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.model(x)
-        if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
-            raise ExportError("model(x) must return logits shaped (N, classes) for the msp "
-                              "and energy features")
+        return check_logits(self.model(x))
+
+
+def class_gaussian(emb: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The class-conditional Gaussian with tied covariance of Lee et al. (2018), fitted in
+    float64 and returned as float32 constants for the graph.
+
+    Parameters
+    ----------
+    emb : ndarray (N, d) — training embeddings
+    labels : ndarray (N,) of int — their classes (the classes that occur are used)
+
+    Returns
+    -------
+    means : ndarray (C, d), float32 — ``μ_c`` per class that occurs, in sorted label order
+    whitening : ndarray (r, d), float32 — ``W`` with ``WᵀW = Σ⁺``, the pseudo-inverse of the
+        shared covariance ``Σ = (1/N) Σ_c Σ_{i∈c} (e_i − μ_c)(e_i − μ_c)ᵀ``; eigen-directions
+        with variance ≤ :data:`PRECISION_RCOND` × the largest are left out (``r`` ≤ ``d``), so
+        ``(e − μ_c)ᵀ Σ⁺ (e − μ_c) = ‖W (e − μ_c)‖²``.
+    """
+    e = np.asarray(emb, dtype=np.float64)
+    y = np.asarray(labels)
+    classes = np.unique(y)
+    means = np.stack([e[y == c].mean(axis=0) for c in classes])
+    centred = e - means[np.searchsorted(classes, y)]
+    lam, vec = np.linalg.eigh(centred.T @ centred / len(e))
+    keep = lam > PRECISION_RCOND * max(float(lam.max()), 0.0)
+    if not keep.any():
+        raise ExportError("the training embeddings do not vary within their predicted "
+                          "classes; the layer's output cannot give a Mahalanobis distance")
+    whitening = vec[:, keep].T / np.sqrt(lam[keep])[:, None]
+    return means.astype(np.float32), whitening.astype(np.float32)
+
+
+class ClassifierScores(nn.Module):
+    """``x ▶ [msp, energy, embedding_mahalanobis]`` (``(N, 3)``, :data:`CLASSIFIER_FEATURES`)
+    from one forward of the classifier: its logits and its layer's embedding ``e``.
+
+    ``means`` ``(C, d)`` and ``whitening`` ``(r, d)`` are :func:`class_gaussian`'s;
+    ``embedding_mahalanobis = min_c ‖W (e − μ_c)‖²``."""
+
+    means: torch.Tensor
+    whitening_t: torch.Tensor
+
+    def __init__(self, tap: LayerTap, means: np.ndarray, whitening: np.ndarray) -> None:
+        super().__init__()
+        self.tap = tap
+        self.register_buffer("means", torch.from_numpy(np.ascontiguousarray(means, np.float32)))
+        self.register_buffer("whitening_t", torch.from_numpy(
+            np.ascontiguousarray(np.asarray(whitening, np.float32).T)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        emb, out = self.tap.embedding_and_output(x)
+        logits = check_logits(out)
         msp = torch.softmax(logits, dim=1).max(dim=1).values
         energy = -torch.logsumexp(logits, dim=1)
-        return torch.stack([msp, energy], dim=1)
+        white = (emb[:, None, :] - self.means[None]) @ self.whitening_t  # (N, C, r)
+        maha = (white * white).sum(dim=2).min(dim=1).values
+        return torch.stack([msp, energy, maha], dim=1)
 
 
 @torch.inference_mode()
@@ -123,8 +199,8 @@ def _prefixed(graph: onnx.GraphProto, prefix: str, keep: set[str]) -> None:
 
 
 def graft_classifier_scores(model: onnx.ModelProto, head: onnx.ModelProto) -> onnx.ModelProto:
-    """The bundle graph with ``head``'s two columns (same input ``x``) appended to its
-    ``features`` output."""
+    """The bundle graph with ``head``'s columns (same input ``x``, one output ``(N, k)``)
+    appended to its ``features`` output."""
     h = onnx.ModelProto()
     h.CopyFrom(head)
     _prefixed(h.graph, "clf/", {INPUT_NAME})
@@ -150,12 +226,22 @@ def graft_classifier_scores(model: onnx.ModelProto, head: onnx.ModelProto) -> on
     out.opset_import.extend(o for o in h.opset_import if o.domain not in known)
     dim = g.output[0].type.tensor_type.shape.dim
     if len(dim) == 2 and dim[1].HasField("dim_value"):
-        dim[1].dim_value += 2
+        dim[1].dim_value += head_columns(head)
     try:
         onnx.checker.check_model(out, full_check=True)
     except onnx.checker.ValidationError as err:
         raise ExportError(f"onnx.checker rejected the grafted classifier graph: {err}") from err
     return out
+
+
+def head_columns(head: onnx.ModelProto) -> int:
+    """How many feature columns ``head``'s one output ``(N, k)`` has (static ``k``)."""
+    dims = head.graph.output[0].type.tensor_type.shape.dim
+    if len(head.graph.output) != 1 or len(dims) != 2 or not dims[1].HasField("dim_value"):
+        raise ExportError("the classifier graph must have one output shaped (N, k) with a "
+                          f"fixed k; it has {len(head.graph.output)} output(s), the first "
+                          f"shaped {[d.dim_value or d.dim_param for d in dims]}")
+    return int(dims[1].dim_value)
 
 
 def export_embedding_guard(
@@ -168,13 +254,21 @@ def export_embedding_guard(
     clf = copy.deepcopy(model).float().cpu().eval()
     for p in clf.parameters():
         p.requires_grad_(False)
-    scores = ClassifierScores(copy.deepcopy(clf))  # before the tap hooks into clf
+    head_tap = LayerTap(copy.deepcopy(clf), layer)  # its own copy: taps hook into their model
+    # The classes of the Mahalanobis feature: the classifier's own predictions (before the
+    # tap below hooks into clf), so that the user needs no labels.
+    labels = embed(_Logits(clf), x_train).argmax(axis=1)
     tap = LayerTap(clf, layer)
     emb = embed(tap, x_train)
+    means, whitening = class_gaussian(emb, labels)
+    scores = ClassifierScores(head_tap, means, whitening)
     ae, pre, record = fit_autoencoder(emb, arch=arch, latent=latent, recipe=recipe, seed=seed,
                                       progress=progress)
-    record["embedding"] = {"model": type(model).__name__, "layer": layer,
-                           "dim": int(emb.shape[1]), "extra_features": list(CLASSIFIER_FEATURES)}
+    record["embedding"] = {
+        "model": type(model).__name__, "layer": layer, "dim": int(emb.shape[1]),
+        "extra_features": list(CLASSIFIER_FEATURES),
+        "mahalanobis": {"labels": "predicted", "classes": int(len(means)),
+                        "rank": int(len(whitening)), "rcond": PRECISION_RCOND}}
     preprocess = nn.Sequential(tap, pre) if pre is not None else tap
     export_bundle(path, model=ae, x_train=x_train, preprocess=preprocess, steps=steps, seed=seed,
                   progress=progress, training=record, max_codes=MAX_DISCOVERY_CODES,
@@ -185,8 +279,8 @@ def export_embedding_guard(
 
 def add_classifier_scores(path: str | os.PathLike[str], scores: ClassifierScores,
                           x_train: np.ndarray, *, seed: int = 0) -> None:
-    """Append ``msp`` and ``energy`` to the bundle at ``path``: graft, check against torch,
-    re-measure the reference inputs, rewrite the manifest."""
+    """Append :data:`CLASSIFIER_FEATURES` (``scores``' columns) to the bundle at ``path``:
+    graft, check against torch, re-measure the reference inputs, rewrite the manifest."""
     source = read_bundle(path)
     man = source.manifest
     bundle_model = onnx.load_from_string(source.files[MODEL_FILE])
@@ -205,14 +299,20 @@ def add_classifier_scores(path: str | os.PathLike[str], scores: ClassifierScores
     x_check = np.ascontiguousarray(x_train[np.sort(rows)], dtype=np.float32)
     got = sess.run(None, {INPUT_NAME: x_check})[0]
     ref = embed(scores, x_check)
+    k = len(CLASSIFIER_FEATURES)
+    if ref.shape[1] != k or got.shape[1] != len(man.feature_names) + k:
+        raise ExportError(f"the classifier's scores have {ref.shape[1]} columns and the "
+                          f"grafted graph {got.shape[1]}; expected {k} and "
+                          f"{len(man.feature_names)} + {k}")
+    extra = got[:, -k:]
     for j, name in enumerate(CLASSIFIER_FEATURES):
-        diff, bad = compare_values(ref[:, j].astype(np.float64), got[:, -2 + j], DEFAULT_RTOL,
+        diff, bad = compare_values(ref[:, j].astype(np.float64), extra[:, j], DEFAULT_RTOL,
                                    DEFAULT_ATOL)
         if bad.any():
             raise ExportError(f"the graph's {name} differs from torch's by up to "
                               f"{float(diff.max()):.3g} (beyond the parity tolerance)")
     stability = dict(man.dynamics.get("stability", {}))
-    stability.update(measure_stability(CLASSIFIER_FEATURES, ref, got[:, -2:],
+    stability.update(measure_stability(CLASSIFIER_FEATURES, ref, extra,
                                        np.ones(len(ref), dtype=bool), atol=DEFAULT_ATOL))
     names = (*man.feature_names, *CLASSIFIER_FEATURES)
     old = np.load(io.BytesIO(source.files[REFERENCE_FILE]))

@@ -6,20 +6,23 @@ MLP on a tabular set (breast cancer, standardised). Per model, near and far OOD 
 
 - digits: digits 5-9 (near); uniform noise, inverted digits (far);
 - glyphs: held-out fonts (near); digits and lowercase letters (near); uniform noise (far);
-- tabular: the other class (near); uniform noise over the training range and scrambled
-  features (far).
+- tabular: the other class (malignant) and scrambled features (each column permuted across the
+  test rows: every marginal kept, the joint structure gone) (near); uniform noise over the
+  training range (far).
 
 oodguard, each calibrated at alpha on held-out in-distribution rows and measured on others:
 
 - ``embedding``: ``oodguard.fit(..., model=clf, layer="body")`` — the graph runs the classifier
   up to its feature layer, iterates an autoencoder trained on those embeddings, and adds the
-  classifier's msp and energy as candidate features;
+  classifier's msp, energy and class-conditional Mahalanobis distance on that layer
+  (``embedding_mahalanobis``) as candidate features;
 - ``raw``: ``oodguard.fit`` on the raw inputs;
 - a user's own autoencoder: none of these models comes with one, so the row is absent.
 
 For reference, the classifier's own ``msp`` and ``energy`` computed here from its logits (the
 formulas of Hendrycks & Gimpel and Liu et al., *not* pytorch-ood's code: the peers named in the
-issue run in a separate environment that this script does not build yet — see docs/fit.md).
+issue run in a separate environment, ``benchmarks/classifier_ood_peers.py`` on what
+``--save-peer-inputs`` writes — see docs/fit.md).
 
 Per (model, OOD set): AUROC, FPR95 and the FPR at the calibrated alpha; per model: the held-out
 in-distribution FPR with the exact split-conformal 99% range. JSON, a table and a plot.

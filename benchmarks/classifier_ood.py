@@ -19,10 +19,11 @@ oodguard, each calibrated at alpha on held-out in-distribution rows and measured
 - ``raw``: ``oodguard.fit`` on the raw inputs;
 - a user's own autoencoder: none of these models comes with one, so the row is absent.
 
-For reference, the classifier's own ``msp`` and ``energy`` computed here from its logits (the
-formulas of Hendrycks & Gimpel and Liu et al., *not* pytorch-ood's code: the peers named in the
-issue run in a separate environment, ``benchmarks/classifier_ood_peers.py`` on what
-``--save-peer-inputs`` writes — see docs/fit.md).
+For reference, the embedding guard's ``embedding_mahalanobis`` column alone (uncalibrated,
+higher = more OOD), and the classifier's own ``msp`` and ``energy`` computed here from its
+logits (the formulas of Hendrycks & Gimpel and Liu et al., *not* pytorch-ood's code: the peers
+named in the issue run in a separate environment, ``benchmarks/classifier_ood_peers.py`` on
+what ``--save-peer-inputs`` writes — see docs/fit.md).
 
 Per (model, OOD set): AUROC, FPR95 and the FPR at the calibrated alpha; per model: the held-out
 in-distribution FPR with the exact split-conformal 99% range. JSON, a table and a plot.
@@ -49,6 +50,9 @@ from _classifiers import build  # noqa: E402
 from _common import ROOT, format_table, machine_info, write_json  # noqa: E402
 
 ALPHA = 0.05
+# The embedding guard's own Mahalanobis column, uncalibrated: what that candidate gives alone
+# (the calibration may leave it out of the score).
+COLUMN_METHOD = "embedding_mahalanobis (column)"
 
 
 def _torch() -> Any:
@@ -200,6 +204,8 @@ def run_model(name: str, data: dict[str, Any], model: Any, *, epochs: int, seed:
         def energy(x: np.ndarray) -> np.ndarray:
             return (-torch.logsumexp(logits(x), 1)).numpy()
 
+        column = COLUMN_METHOD.split(" ")[0]
+        col: dict[str, Any] = {"ood": {}}
         for method, g in guards.items():
             r_in = g.check(data["test"])
             n_cal = len(g.scorer.calibration_scores)
@@ -207,10 +213,15 @@ def run_model(name: str, data: dict[str, Any], model: Any, *, epochs: int, seed:
             fpr = float(r_in.is_ood.mean())
             m = {"fpr_at_alpha": fpr, "fpr_range_99": [lo, hi], "fpr_within": lo <= fpr <= hi,
                  "features": [g.scorer.feature_names[i] for i in g.scorer.used], "ood": {}}
+            j = g.feature_names.index(column) if method == "embedding" else -1
             for oname, (kind, x_o) in data["ood"].items():
                 r_o = g.check(x_o)
                 m["ood"][oname] = {"kind": kind, **_metrics(r_in.score, r_o.score, r_o.is_ood)}
+                if j >= 0:
+                    col["ood"][oname] = {"kind": kind, **_metrics(
+                        r_in.features[:, j], r_o.features[:, j], None)}
             rec["methods"][method] = m
+        rec["methods"][COLUMN_METHOD] = col
         for method, fn in (("msp (here)", msp), ("energy (here)", energy)):
             s_in = fn(data["test"])
             rec["methods"][method] = {"ood": {o: {"kind": k, **_metrics(s_in, fn(x_o), None)}

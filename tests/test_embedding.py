@@ -154,17 +154,44 @@ def test_class_gaussian_whitens_to_numpys_pinv_and_drops_dead_units() -> None:
     labels = rng.integers(0, 3, 400)
     emb += 3.0 * labels[:, None]
     means, w = class_gaussian(emb, labels)
-    assert means.dtype == w.dtype == np.float32
     assert means.shape == (3, 6) and w.shape == (5, 6)
-    np.testing.assert_allclose(means, [emb[labels == c].mean(0) for c in range(3)], rtol=1e-6)
+    np.testing.assert_allclose(means, [emb[labels == c].mean(0) for c in range(3)], rtol=1e-12)
     x = rng.normal(size=(50, 6)) * 4.0
     x[:10, 2] = 5.0  # the dead direction is ignored, as pinv ignores it
-    got = ((x[:, None, :] - means[None]) @ w.T.astype(np.float64)) ** 2
-    _, bad = compare_values(_mahalanobis(emb, labels, x), got.sum(axis=2).min(axis=1),
-                            DEFAULT_RTOL, DEFAULT_ATOL)
-    assert not bad.any()
+    got = (((x[:, None, :] - means[None]) @ w.T) ** 2).sum(axis=2).min(axis=1)
+    np.testing.assert_allclose(got, _mahalanobis(emb, labels, x), rtol=1e-9)
     # classes absent from the labels are skipped (argmax labels need not cover every class)
     assert class_gaussian(emb, np.where(labels == 1, 2, labels))[0].shape == (2, 6)
+
+
+class _Identity(nn.Module):
+    """The embedding is the input itself (``body``), with a linear head."""
+
+    def __init__(self, d: int, classes: int) -> None:
+        super().__init__()
+        self.body = nn.Identity()
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e3])
+def test_the_mahalanobis_column_in_float32_equals_the_float64_reference(offset: float) -> None:
+    from oodguard.training.embedding import ClassifierScores
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, 600)
+    # a large common offset (all-positive features far from 0) must not swamp the distances
+    emb = offset + rng.normal(size=(600, 8)) * np.linspace(0.5, 2.0, 8) + 2.0 * labels[:, None]
+    model = _Identity(8, 4).eval()
+    scores = ClassifierScores(LayerTap(model, "body"), *class_gaussian(emb, labels))
+    x = np.concatenate([emb[:100], offset + rng.normal(size=(100, 8)) * 6.0]).astype(np.float32)
+    got = embed(scores, x)
+    ref = _mahalanobis(emb, labels, x.astype(np.float64))
+    assert np.median(ref[100:]) > 3 * np.median(ref[:100])
+    _, bad = compare_values(ref, got[:, 2], DEFAULT_RTOL, DEFAULT_ATOL)
+    assert not bad.any()
 
 
 def test_class_gaussian_refuses_embeddings_that_do_not_vary() -> None:

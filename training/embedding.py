@@ -117,8 +117,7 @@ class _Logits(nn.Module):
 
 
 def class_gaussian(emb: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The class-conditional Gaussian with tied covariance of Lee et al. (2018), fitted in
-    float64 and returned as float32 constants for the graph.
+    """The class-conditional Gaussian with tied covariance of Lee et al. (2018), in float64.
 
     Parameters
     ----------
@@ -127,8 +126,8 @@ def class_gaussian(emb: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.
 
     Returns
     -------
-    means : ndarray (C, d), float32 — ``μ_c`` per class that occurs, in sorted label order
-    whitening : ndarray (r, d), float32 — ``W`` with ``WᵀW = Σ⁺``, the pseudo-inverse of the
+    means : ndarray (C, d), float64 — ``μ_c`` per class that occurs, in sorted label order
+    whitening : ndarray (r, d), float64 — ``W`` with ``WᵀW = Σ⁺``, the pseudo-inverse of the
         shared covariance ``Σ = (1/N) Σ_c Σ_{i∈c} (e_i − μ_c)(e_i − μ_c)ᵀ``; eigen-directions
         with variance ≤ :data:`PRECISION_RCOND` × the largest are left out (``r`` ≤ ``d``), so
         ``(e − μ_c)ᵀ Σ⁺ (e − μ_c) = ‖W (e − μ_c)‖²``.
@@ -143,8 +142,7 @@ def class_gaussian(emb: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.
     if not keep.any():
         raise ExportError("the training embeddings do not vary within their predicted "
                           "classes; the layer's output cannot give a Mahalanobis distance")
-    whitening = vec[:, keep].T / np.sqrt(lam[keep])[:, None]
-    return means.astype(np.float32), whitening.astype(np.float32)
+    return means, vec[:, keep].T / np.sqrt(lam[keep])[:, None]
 
 
 class ClassifierScores(nn.Module):
@@ -152,25 +150,41 @@ class ClassifierScores(nn.Module):
     from one forward of the classifier: its logits and its layer's embedding ``e``.
 
     ``means`` ``(C, d)`` and ``whitening`` ``(r, d)`` are :func:`class_gaussian`'s;
-    ``embedding_mahalanobis = min_c ‖W (e − μ_c)‖²``."""
+    ``embedding_mahalanobis = min_c ‖W (e − μ_c)‖²``, computed as
+    ``‖w‖² − 2 w·m_c + ‖m_c‖²`` with ``w = W (e − μ̄)`` and ``m_c = W (μ_c − μ̄)`` (``μ̄`` the
+    mean of the class means; ``m_c`` and ``‖m_c‖²`` in float64, stored as float32): ``N × C``
+    values per batch instead of ``N × C × d``, and the common offset removed before the
+    float32 products so that it cannot swamp the distances."""
 
-    means: torch.Tensor
+    centre: torch.Tensor
     whitening_t: torch.Tensor
+    white_means_t: torch.Tensor
+    white_sq: torch.Tensor
 
     def __init__(self, tap: LayerTap, means: np.ndarray, whitening: np.ndarray) -> None:
         super().__init__()
         self.tap = tap
-        self.register_buffer("means", torch.from_numpy(np.ascontiguousarray(means, np.float32)))
-        self.register_buffer("whitening_t", torch.from_numpy(
-            np.ascontiguousarray(np.asarray(whitening, np.float32).T)))
+        mu = np.asarray(means, dtype=np.float64)
+        w = np.asarray(whitening, dtype=np.float64)
+        centre = mu.mean(axis=0)
+        white_means = (mu - centre) @ w.T  # (C, r)
+
+        def const(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+        self.register_buffer("centre", const(centre))
+        self.register_buffer("whitening_t", const(w.T))
+        self.register_buffer("white_means_t", const(white_means.T))
+        self.register_buffer("white_sq", const((white_means**2).sum(axis=1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         emb, out = self.tap.embedding_and_output(x)
         logits = check_logits(out)
         msp = torch.softmax(logits, dim=1).max(dim=1).values
         energy = -torch.logsumexp(logits, dim=1)
-        white = (emb[:, None, :] - self.means[None]) @ self.whitening_t  # (N, C, r)
-        maha = (white * white).sum(dim=2).min(dim=1).values
+        w = (emb - self.centre) @ self.whitening_t  # (N, r)
+        d2 = (w * w).sum(dim=1, keepdim=True) - 2.0 * (w @ self.white_means_t) + self.white_sq
+        maha = d2.min(dim=1).values.clamp_min(0.0)  # ≥ 0 but for round-off
         return torch.stack([msp, energy, maha], dim=1)
 
 

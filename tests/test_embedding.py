@@ -225,6 +225,8 @@ def test_the_graft_appends_every_column_of_the_head() -> None:
     free.graph.output[0].type.tensor_type.shape.dim[1].dim_param = "k"
     with pytest.raises(ExportError, match="one output shaped"):
         head_columns(free)
+    with pytest.raises(ExportError, match="one output shaped"):
+        graft_classifier_scores(graph(4, OUTPUT_NAME), free)
 
 
 def test_wrap_guards_the_classifier(guarded) -> None:  # type: ignore[no-untyped-def]

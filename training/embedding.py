@@ -49,8 +49,8 @@ from oodguard.training.recipe import Recipe
 from oodguard.training.trainer import MAX_DISCOVERY_CODES, fit_autoencoder
 
 __all__ = ["CLASSIFIER_FEATURES", "PRECISION_RCOND", "ClassifierScores", "LayerTap",
-           "add_classifier_scores", "class_gaussian", "embed", "export_embedding_guard",
-           "graft_classifier_scores"]
+           "add_classifier_scores", "check_logits", "class_gaussian", "embed",
+           "export_embedding_guard", "graft_classifier_scores", "head_columns"]
 
 
 CLASSIFIER_FEATURES = ("msp", "energy", "embedding_mahalanobis")
@@ -215,6 +215,7 @@ def _prefixed(graph: onnx.GraphProto, prefix: str, keep: set[str]) -> None:
 def graft_classifier_scores(model: onnx.ModelProto, head: onnx.ModelProto) -> onnx.ModelProto:
     """The bundle graph with ``head``'s columns (same input ``x``, one output ``(N, k)``)
     appended to its ``features`` output."""
+    k = head_columns(head)
     h = onnx.ModelProto()
     h.CopyFrom(head)
     _prefixed(h.graph, "clf/", {INPUT_NAME})
@@ -240,7 +241,7 @@ def graft_classifier_scores(model: onnx.ModelProto, head: onnx.ModelProto) -> on
     out.opset_import.extend(o for o in h.opset_import if o.domain not in known)
     dim = g.output[0].type.tensor_type.shape.dim
     if len(dim) == 2 and dim[1].HasField("dim_value"):
-        dim[1].dim_value += head_columns(head)
+        dim[1].dim_value += k
     try:
         onnx.checker.check_model(out, full_check=True)
     except onnx.checker.ValidationError as err:

@@ -9,10 +9,12 @@ returns a score per row of a feature matrix, higher = more OOD:
   one-sided (``two_sided_margin=None``: the classic baselines keep their usual direction, the
   other features take the outliers' direction);
 - ``one_sided_all``: every stable feature, one-sided in the outliers' direction, Fisher;
+- ``equal_tails``: the default with ``minor_tail=0.5`` (the default until issue 19 chose
+  ``DEFAULT_MINOR_TAIL`` = 0.3 on this suite);
 - ``minor_tail_0.1``: the default with ``minor_tail=0.1`` (two-sided tests give their minor
   tail a tenth of the budget);
 - ``all_learned``: every stable feature, directions as the default learns them (two-sided
-  where kinds of outliers disagree, the baselines never reversed), Fisher, equal tails;
+  where kinds of outliers disagree, the baselines never reversed), Fisher, the default tails;
   ``all_learned_minor_0.1``: the same with ``minor_tail=0.1``;
 - ``best_proxy_feature``: the single stable feature with the best one-sided AUROC against the
   synthetic outliers;
@@ -39,8 +41,8 @@ from oodguard.calibration.selection import DEFAULT_PROXY_KINDS, make_proxies
 
 __all__ = ["RULES", "rule_scores"]
 
-RULES = ("one_sided", "one_sided_all", "minor_tail_0.1", "all_learned", "all_learned_minor_0.1",
-         "best_proxy_feature", "joint_knn", "mahalanobis_all")
+RULES = ("one_sided", "one_sided_all", "equal_tails", "minor_tail_0.1", "all_learned",
+         "all_learned_minor_0.1", "best_proxy_feature", "joint_knn", "mahalanobis_all")
 FIT_FRACTION = 0.4
 
 
@@ -69,6 +71,9 @@ def rule_scores(guard: Any, bundle: Any, x_val: np.ndarray, sets: dict[str, np.n
     scorers["one_sided_all"], _ = fit_scorer(fit, cal, names, reference_features=ref,
                                              reference_groups=groups, combine="fisher",
                                              two_sided_margin=None, required=stable, **common)
+    scorers["equal_tails"], _ = fit_scorer(fit, cal, names, reference_features=ref,
+                                           reference_groups=groups, combine="fisher",
+                                           minor_tail=0.5, **common)
     scorers["minor_tail_0.1"], _ = fit_scorer(fit, cal, names, reference_features=ref,
                                               reference_groups=groups, combine="fisher",
                                               minor_tail=0.1, **common)

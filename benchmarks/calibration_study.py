@@ -56,10 +56,16 @@ VARIANTS: dict[str, tuple[tuple[str, ...] | None, dict[str, Any]]] = {
     "rich": (DEFAULT_PROXY_KINDS, {"required": (), "keep_sign": (), "two_sided_margin": None}),
     "rich+required": (DEFAULT_PROXY_KINDS, {"keep_sign": (), "two_sided_margin": None}),
     "rich+req+2s": (DEFAULT_PROXY_KINDS, {"keep_sign": ()}),
-    "rich+req+2s+keepsign": (DEFAULT_PROXY_KINDS, {}),  # the default
+    "rich+req+2s+keepsign": (DEFAULT_PROXY_KINDS, {}),  # combined by max
     "rich+req+2s+keepsign cauchy": (DEFAULT_PROXY_KINDS, {"combine": "cauchy"}),
+    # calibrate()'s default: fisher, minor tail DEFAULT_MINOR_TAIL
     "rich+req+2s+keepsign fisher": (DEFAULT_PROXY_KINDS, {"combine": "fisher"}),
+    "fisher equal tails": (DEFAULT_PROXY_KINDS, {"combine": "fisher", "minor_tail": 0.5}),
+    "fisher minor tail 0.35": (DEFAULT_PROXY_KINDS, {"combine": "fisher", "minor_tail": 0.35}),
+    "fisher minor tail 0.3": (DEFAULT_PROXY_KINDS, {"combine": "fisher", "minor_tail": 0.3}),
     "fisher minor tail 0.25": (DEFAULT_PROXY_KINDS, {"combine": "fisher", "minor_tail": 0.25}),
+    "fisher minor tail 0.2": (DEFAULT_PROXY_KINDS, {"combine": "fisher", "minor_tail": 0.2}),
+    "fisher minor tail 0.15": (DEFAULT_PROXY_KINDS, {"combine": "fisher", "minor_tail": 0.15}),
     "fisher minor tail 0.1": (DEFAULT_PROXY_KINDS, {"combine": "fisher", "minor_tail": 0.1}),
     "fisher minor tail 0.05": (DEFAULT_PROXY_KINDS, {"combine": "fisher", "minor_tail": 0.05}),
     "fisher minor tail 0.02": (DEFAULT_PROXY_KINDS, {"combine": "fisher", "minor_tail": 0.02}),

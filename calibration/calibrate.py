@@ -67,6 +67,22 @@ MIN_FIT_PER_FEATURE = 5
 DEFAULT_COMBINE = "fisher"
 # The share of the validation rows that fits the transform; the rest calibrates.
 DEFAULT_FIT_FRACTION = 0.4
+# The share of each two-sided test given to its minor tail when the combination takes p-values
+# ("fisher", "cauchy"); the other combinations test both tails equally. Chosen on the 57-model
+# detection suite (docs/calibration.md, issue 19): equal tails (0.5) inverted four pairs
+# (textured images scored below in-distribution crops where reconstruction error alone
+# reached 0.82); 0.25-0.35 inverted none and raised the mean AUROC; 0.3 is the middle of that
+# plateau, and leaving any one data family out picks 0.3 or 0.35 (at most 0.0025 apart there).
+DEFAULT_MINOR_TAIL = 0.3
+
+
+def minor_tail_for(minor_tail: float | None, combine: str) -> float:
+    """The minor-tail share a calibration uses: ``minor_tail``, or by default
+    :data:`DEFAULT_MINOR_TAIL` for a p-value combination (``"fisher"``, ``"cauchy"``) and
+    equal tails (0.5) for the others, which cannot weight tails."""
+    if minor_tail is None:
+        return DEFAULT_MINOR_TAIL if combine in ("fisher", "cauchy") else 0.5
+    return minor_tail
 
 
 def required_samples(alpha: float, n_features: int, fit_fraction: float) -> int:
@@ -223,7 +239,7 @@ def fit_scorer(
     required: Sequence[str] = BASELINE_FEATURES,
     keep_sign: Sequence[str] = BASELINE_FEATURES,
     two_sided_margin: float | None = 0.1,
-    minor_tail: float = 0.5,
+    minor_tail: float | None = None,
     seed: int = 0,
 ) -> tuple[Scorer, dict[str, Any]]:
     """Fit a scorer on in-distribution features and calibrate it at ``alpha``.
@@ -246,7 +262,8 @@ def fit_scorer(
     keep_sign : features never given direction −1 (two-sided instead; default the baselines).
     two_sided_margin : see :func:`~oodguard.calibration.selection.select_features`.
     minor_tail : the share of each two-sided test given to its minor tail (``combine``
-        ``"fisher"`` or ``"cauchy"``; ``0.5``: equal tails). The major tail is the upper one
+        ``"fisher"`` or ``"cauchy"``; ``0.5``: equal tails; default
+        :data:`DEFAULT_MINOR_TAIL` for those, 0.5 for the others). The major tail is the upper one
         for the ``keep_sign`` features (large distances are unusual by construction) and the
         reference set's direction for the others.
 
@@ -255,6 +272,7 @@ def fit_scorer(
     scorer : Scorer — exactly what the runtime rebuilds from ``calibration.json``
     info : dict — sizes, dropped features, the selection and its reference AUROCs, warnings
     """
+    minor_tail = minor_tail_for(minor_tail, combine)
     if not 0.0 < minor_tail <= 0.5:
         raise parameter_error("minor_tail", "a float in (0, 0.5]", minor_tail)
     if minor_tail != 0.5 and combine not in ("fisher", "cauchy"):
@@ -419,7 +437,7 @@ def calibrate(
     x_ood: np.ndarray | None = None,
     combine: str = DEFAULT_COMBINE,
     use: Sequence[str] | None = None,
-    minor_tail: float = 0.5,
+    minor_tail: float | None = None,
     out: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     seed: int = 0,
@@ -444,11 +462,12 @@ def calibrate(
         :mod:`oodguard.scoring`; docs/calibration.md has what each gave).
     use : candidate feature names; default all.
     minor_tail : share of each two-sided test given to its minor tail (``"fisher"`` or
-        ``"cauchy"``; default 0.5, equal tails). The baselines' major tail is the upper one
-        (large error or distance). Lower it (e.g. 0.25) when the inputs you must catch are
-        mostly *worse* reconstructed or *farther* than usual: one-sided power comes back at
-        the cost of the inputs an autoencoder reconstructs too well (constants, smooth or
-        low-contrast inputs). docs/calibration.md has what each choice gave.
+        ``"cauchy"``; default :data:`DEFAULT_MINOR_TAIL` = 0.3; the other combinations test
+        both tails equally). The baselines' major tail is the upper one (large error or
+        distance). Lower it (e.g. 0.1) when the inputs you must catch are mostly *worse*
+        reconstructed or *farther* than usual: one-sided power comes back at the cost of the
+        inputs an autoencoder reconstructs too well (constants, smooth or low-contrast
+        inputs); 0.5 tests both tails equally. docs/calibration.md has what each choice gave.
     out : where to write the calibrated bundle; default in place (atomically: readers see
         the old bundle or the new one). ``out`` must not exist, be an empty directory, or —
         with ``overwrite=True`` — hold a bundle; a file or a directory holding anything else
@@ -525,7 +544,7 @@ def fit_and_write(
     source: Bundle, target: Path, in_place: bool, features: np.ndarray, x_fit: np.ndarray, *,
     engine: Engine, bar: Any, few: Sequence[str], alpha: float, fit_fraction: float,
     select: str, x_ood: np.ndarray | None, combine: str, use: Sequence[str] | None,
-    minor_tail: float, seed: int, overwrite: bool, mondrian_groups: np.ndarray | None = None,
+    minor_tail: float | None, seed: int, overwrite: bool, mondrian_groups: np.ndarray | None = None,
 ) -> CalibrationReport:
     """What :func:`calibrate` does once the features are computed: selection, fit, sanity
     check, write. ``features`` are those of every validation row, in order (shape (n, F));

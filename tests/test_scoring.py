@@ -314,7 +314,7 @@ def test_unequal_tails() -> None:
 
     fit, cal = _features(300, 0), _features(300, 1)
     test = _features(200, 4)
-    equal, _ = fit_scorer(fit, cal, NAMES, combine="fisher", use=["recon_error"])
+    equal, _ = fit_scorer(fit, cal, NAMES, combine="fisher", use=["recon_error"], minor_tail=0.5)
     doc = equal.to_dict()
     assert doc["schema_version"] == 1 and "lower_weight" not in doc
     doc.update(schema_version=2, lower_weight=[0.5])
@@ -354,12 +354,29 @@ def test_unequal_tails() -> None:
 )
 def test_malformed_tail_weights_are_refused(edit, message: str) -> None:  # type: ignore[no-untyped-def]
     scorer, _ = fit_scorer(_features(200, 0), _features(200, 1), NAMES, combine="fisher",
-                           use=["recon_error"])
+                           use=["recon_error"], minor_tail=0.5)
     doc = json.loads(json.dumps(scorer.to_dict()))
     assert doc["direction"] == [0.0]
     edit(doc)
     with pytest.raises(BundleError, match=message):
         Scorer.from_dict(doc, NAMES)
+
+
+def test_default_minor_tail_follows_the_combination() -> None:
+    """By default a p-value combination gives each two-sided test's minor tail
+    DEFAULT_MINOR_TAIL of its budget (schema 2); the others, which cannot weight tails, keep
+    equal tails (schema 1) instead of refusing the default."""
+    from oodguard.calibration.calibrate import DEFAULT_MINOR_TAIL
+
+    fit, cal = _features(200, 0), _features(200, 1)
+    for combine in ("fisher", "cauchy"):
+        sc, _ = fit_scorer(fit, cal, NAMES, combine=combine, use=["recon_error", "first_step"])
+        assert (sc.direction == 0).all()
+        np.testing.assert_array_equal(sc.tail_weights(), DEFAULT_MINOR_TAIL)
+        assert sc.to_dict()["schema_version"] == 2
+    for combine in ("max", "max_mahalanobis", "mahalanobis"):
+        sc, _ = fit_scorer(fit, cal, NAMES, combine=combine, use=["recon_error", "first_step"])
+        assert sc.to_dict()["schema_version"] == 1 and "lower_weight" not in sc.to_dict()
 
 
 def test_minor_tail_needs_a_p_combination() -> None:

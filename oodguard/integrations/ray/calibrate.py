@@ -90,7 +90,7 @@ def calibrate_dataset(
     x_ood: np.ndarray | None = None,
     combine: str = DEFAULT_COMBINE,
     use: Sequence[str] | None = None,
-    minor_tail: float = 0.5,
+    minor_tail: float | None = None,
     out: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     seed: int = 0,

@@ -22,7 +22,30 @@ from oodguard.errors import parameter_error
 from oodguard.export.baselines import DEFAULT_KNN_K, LatentBaselines, reference_from_points
 from oodguard.features import FEATURE_NAMES
 
-__all__ = ["TrajectoryFeatures", "slope_weights"]
+__all__ = ["INVARIANT_WIDTH", "TrajectoryFeatures", "aligned_log", "aligned_row_sum",
+           "slope_weights"]
+
+# ONNX Runtime's CPU reductions and Eigen's elementwise Log round the last (size mod 16)
+# elements of a row or tensor differently from the vectorised rest, so a row's bits depended on
+# where it lay in the batch (recon_error: 9 of 40 rows with 30 inputs; the embedding guard's
+# Mahalanobis distance: 14 of 67 rows with a 31-wide whitened embedding). Rows and tensors whose
+# sizes are multiples of 16 (the AVX-512 packet, which covers 8 and 4) round the same way in
+# every batch: the two helpers below pad to it.
+INVARIANT_WIDTH = 16
+
+
+def aligned_row_sum(t: torch.Tensor) -> torch.Tensor:
+    """``[N]``: the sums of the rows of ``t [N, W]``, zero-padded to a multiple of
+    :data:`INVARIANT_WIDTH` wide (the zeros do not change a sum) so that ONNX Runtime gives each
+    row the same bits whatever the batch."""
+    return torch.nn.functional.pad(t, (0, -t.shape[1] % INVARIANT_WIDTH)).sum(dim=1)
+
+
+def aligned_log(t: torch.Tensor) -> torch.Tensor:
+    """``[N]``: ``log t`` of ``t [N]``, taken on an ``[N, 16]`` block (``t`` and ones) so that the
+    tensor's size is a multiple of :data:`INVARIANT_WIDTH` for every batch."""
+    block = torch.nn.functional.pad(t.unsqueeze(1), (0, INVARIANT_WIDTH - 1), value=1.0)
+    return torch.log(block)[:, 0]
 
 
 def slope_weights(steps: int) -> torch.Tensor:
@@ -170,12 +193,7 @@ class TrajectoryFeatures(nn.Module):
         n = x.shape[0]
         d = traj.shape[-1]
         sq = (x - x_hat).pow(2).reshape(n, -1)
-        # ONNX Runtime's mean over a row whose width is not a multiple of 16 rounds by where
-        # the row lies in memory, so recon_error changed bits with a row's place in the batch
-        # (9 of 40 rows with 30 inputs). Zero padding to a multiple of 16 puts every row on the
-        # same alignment; the zeros do not change the sum.
-        width = sq.shape[1]
-        recon = torch.nn.functional.pad(sq, (0, -width % 16)).sum(dim=1) * (1.0 / width)
+        recon = aligned_row_sum(sq) * (1.0 / sq.shape[1])
         step = torch.linalg.vector_norm(traj[1:] - traj[:-1], dim=-1)  # [T, N]
         # ONNX Runtime's CPU Log (Eigen) rounds the tensor's last (size mod 16) elements
         # differently from the vectorised rest, so a row's convergence_rate changed bits

@@ -17,6 +17,7 @@ from torch import nn  # noqa: E402
 
 import oodguard  # noqa: E402
 from oodguard.bundle.reference import compare_values  # noqa: E402
+from oodguard.calibration.selection import BASELINE_FEATURES  # noqa: E402
 from oodguard.errors import ExportError, InvalidParameterError  # noqa: E402
 from oodguard.export.parity import DEFAULT_ATOL, DEFAULT_RTOL  # noqa: E402
 from oodguard.training import Recipe  # noqa: E402
@@ -85,6 +86,31 @@ def test_the_bundle_takes_the_classifiers_input_and_adds_the_classifier_features
                                    "rank": int(rank), "rcond": PRECISION_RCOND}}
     for name in CLASSIFIER_FEATURES:
         assert m.dynamics["stability"][name]["stable"], name
+
+
+def test_a_rows_features_do_not_depend_on_its_batch(guarded) -> None:  # type: ignore[no-untyped-def]
+    """Every column of the embedding graph, the classifier's three included, gives a row the
+    same bits alone and in batches of 7 and 67 (ONNX Runtime's reductions and Log would round a
+    row by its place in the batch: 14 of 67 rows changed before the aligned forms)."""
+    guard, _, xi, x_out = guarded
+    assert guard.engine.batch_invariant
+    x = np.concatenate([xi[800:850], x_out[:17]])
+    whole = guard.engine.run(x)
+    for size in (1, 7):
+        parts = np.concatenate([guard.engine.run(x[i : i + size])
+                                for i in range(0, len(x), size)])
+        np.testing.assert_array_equal(parts.view(np.uint32), whole.view(np.uint32))
+
+
+def test_the_calibration_keeps_the_embedding_mahalanobis_as_a_baseline(guarded) -> None:  # type: ignore[no-untyped-def]
+    """The classic baseline of a guarded classifier is kept like the autoencoder's, never
+    reversed (one- or two-sided with the upper tail the major one)."""
+    guard, _, _, _ = guarded
+    assert "embedding_mahalanobis" in BASELINE_FEATURES
+    used = [guard.feature_names[i] for i in guard.scorer.used]
+    assert "embedding_mahalanobis" in used
+    d = guard.scorer.direction[used.index("embedding_mahalanobis")]
+    assert d in (0.0, 1.0)
 
 
 def test_the_graphs_embeddings_and_logit_features_equal_torchs(guarded) -> None:  # type: ignore[no-untyped-def]

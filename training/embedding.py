@@ -4,8 +4,10 @@ takes the classifier's own input.
 The graph runs the classifier up to ``layer`` (:class:`LayerTap`, the export's input
 preprocessing, so it is the graph's first nodes), iterates an autoencoder trained on those
 embeddings (:func:`oodguard.training.fit.fit_autoencoder`), and computes the trajectory
-features; the classifier adds three candidate features in the same graph and the same
-calibration (:data:`CLASSIFIER_FEATURES`):
+features; the classifier adds three features in the same graph and the same calibration
+(:data:`CLASSIFIER_FEATURES`; ``msp`` and ``energy`` are candidates of the selection,
+``embedding_mahalanobis`` is a classic baseline it always keeps, see
+:data:`oodguard.calibration.selection.BASELINE_FEATURES`):
 
 - ``msp``: maximum softmax probability ``max_c softmax(f(x))_c`` (Hendrycks & Gimpel 2017;
   *lower* = more OOD — the calibration learns the direction);
@@ -45,6 +47,7 @@ from oodguard.export.graphs import INPUT_NAME, OUTPUT_NAME, torch_export
 from oodguard.export.parity import DEFAULT_ATOL, DEFAULT_RTOL
 from oodguard.export.reference import reference_file
 from oodguard.export.stability import measure_stability
+from oodguard.export.trajectory import aligned_log, aligned_row_sum
 from oodguard.training.recipe import Recipe
 from oodguard.training.trainer import MAX_DISCOVERY_CODES, fit_autoencoder
 
@@ -180,10 +183,15 @@ class ClassifierScores(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         emb, out = self.tap.embedding_and_output(x)
         logits = check_logits(out)
-        msp = torch.softmax(logits, dim=1).max(dim=1).values
-        energy = -torch.logsumexp(logits, dim=1)
+        # Softmax, logsumexp and the squared norm as ONNX Runtime's reductions and Log would
+        # compute them round a row by its place in the batch; the aligned forms do not.
+        top = logits.max(dim=1).values
+        total = aligned_row_sum(torch.exp(logits - top.unsqueeze(1)))  # Σ_c e^{f_c − max f}
+        msp = 1.0 / total  # = max_c softmax(f)_c
+        energy = -(top + aligned_log(total))  # = −logsumexp(f)
         w = (emb - self.centre) @ self.whitening_t  # (N, r)
-        d2 = (w * w).sum(dim=1, keepdim=True) - 2.0 * (w @ self.white_means_t) + self.white_sq
+        d2 = (aligned_row_sum(w * w).unsqueeze(1) - 2.0 * (w @ self.white_means_t)
+              + self.white_sq)
         maha = d2.min(dim=1).values.clamp_min(0.0)  # ≥ 0 but for round-off
         return torch.stack([msp, energy, maha], dim=1)
 

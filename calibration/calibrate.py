@@ -258,7 +258,8 @@ def fit_scorer(
     exclude : feature name ▶ reason: left out of the candidates (e.g. numerically unstable
         features), reported in ``info["dropped_features"]``.
     required : features the selection always keeps when they are candidates (default: the
-        classic baselines ``recon_error``, ``latent_knn``, ``latent_mahalanobis``).
+        classic baselines ``recon_error``, ``latent_knn``, ``latent_mahalanobis`` and, in an
+        embedding guard's bundle, ``embedding_mahalanobis``).
     keep_sign : features never given direction −1 (two-sided instead; default the baselines).
     two_sided_margin : see :func:`~oodguard.calibration.selection.select_features`.
     minor_tail : the share of each two-sided test given to its minor tail (``combine``

@@ -24,8 +24,9 @@ from oodguard.calibration.calibrate import DEFAULT_FIT_FRACTION, check_sizes
 from oodguard.calibration.selection import BASELINE_FEATURES
 from oodguard.errors import check_parameter
 from oodguard.export import export_bundle
+from oodguard.features import FEATURE_NAMES
 from oodguard.guard import Guard
-from oodguard.training.embedding import export_embedding_guard
+from oodguard.training.embedding import CLASSIFIER_FEATURES, export_embedding_guard
 from oodguard.training.recipe import Recipe
 from oodguard.training.trainer import MAX_DISCOVERY_CODES, fit_autoencoder, input_array
 
@@ -84,7 +85,8 @@ def fit(
     # The calibration's size rule, before minutes of training rather than after: the fewest
     # rows it accepts are those that calibrate the classic baselines alone (with fewer rows
     # than every feature needs it falls back to them, and says so).
-    check_sizes(len(xv), len(BASELINE_FEATURES), alpha, DEFAULT_FIT_FRACTION)
+    names = (*FEATURE_NAMES, *(CLASSIFIER_FEATURES if model is not None else ()))
+    check_sizes(len(xv), sum(b in names for b in BASELINE_FEATURES), alpha, DEFAULT_FIT_FRACTION)
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)

@@ -236,6 +236,18 @@ def test_gaussian_log_sf_matches_scipy() -> None:
     np.testing.assert_allclose(gaussian_log_sf(z), norm.logsf(z), rtol=1e-7, atol=2e-7)
 
 
+def test_both_gaussian_tails_from_one_fit_are_the_same_bits() -> None:
+    """``gaussian_log_tails`` (the unequal-tails path: one erfc fit for both tails) gives
+    exactly ``gaussian_log_sf(z)`` and ``gaussian_log_sf(-z)``, signed zeros included."""
+    from oodguard.scoring.tails import gaussian_log_tails
+
+    z = np.concatenate([np.random.default_rng(3).normal(0.0, 6.0, 20_000),
+                        [0.0, -0.0, 1e-300, -1e-300, 40.0, -40.0, 1e5, -1e5]])
+    upper, lower = gaussian_log_tails(z)
+    np.testing.assert_array_equal(upper.view(np.uint64), gaussian_log_sf(z).view(np.uint64))
+    np.testing.assert_array_equal(lower.view(np.uint64), gaussian_log_sf(-z).view(np.uint64))
+
+
 def _p_combination_reference(scorer: Scorer, f: np.ndarray) -> np.ndarray:
     """Fisher / Cauchy the textbook way with scipy's normal tails, for moderate z; the
     Cauchy term of p > ½ as −cot(qπ) from q = 1 − p computed directly (1 − p in floating

@@ -102,6 +102,27 @@ def test_a_rows_features_do_not_depend_on_its_batch(guarded) -> None:  # type: i
         np.testing.assert_array_equal(parts.view(np.uint32), whole.view(np.uint32))
 
 
+def test_the_classifier_body_runs_once_per_batch(guarded, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The grafted head shares the preprocessing's copy of the body's weights, so ONNX
+    Runtime's common-subexpression elimination leaves one convolution where the graph had two
+    (the body feeds both the autoencoder and the classifier's features)."""
+    import onnx
+    import onnxruntime as ort
+
+    from oodguard.bundle import MODEL_FILE
+
+    data = guarded[0].bundle.files[MODEL_FILE]
+    graph = onnx.load_from_string(data).graph
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert len(convs) == 2 and convs[0].input[1:] == convs[1].input[1:]  # one set of weights
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(str(tmp_path / "optimized.onnx")).graph
+    assert sum(n.op_type == "Conv" for n in optimized.node) == 1
+
+
 def test_the_calibration_keeps_the_embedding_mahalanobis_as_a_baseline(guarded) -> None:  # type: ignore[no-untyped-def]
     """The classic baseline of a guarded classifier is kept like the autoencoder's, never
     reversed (one- or two-sided with the upper tail the major one)."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import io
 import os
 from typing import Any
@@ -239,6 +240,7 @@ def graft_classifier_scores(model: onnx.ModelProto, head: onnx.ModelProto) -> on
     for node in g.node:
         node.output[:] = [inner if n == OUTPUT_NAME else n for n in node.output]
         node.input[:] = [inner if n == OUTPUT_NAME else n for n in node.input]
+    _share_initializers(g, h.graph)
     g.node.extend(h.graph.node)
     g.initializer.extend(h.graph.initializer)
     g.value_info.extend(h.graph.value_info)
@@ -255,6 +257,39 @@ def graft_classifier_scores(model: onnx.ModelProto, head: onnx.ModelProto) -> on
     except onnx.checker.ValidationError as err:
         raise ExportError(f"onnx.checker rejected the grafted classifier graph: {err}") from err
     return out
+
+
+def _tensor_key(t: onnx.TensorProto) -> bytes:
+    c = onnx.TensorProto()
+    c.CopyFrom(t)
+    c.name = ""
+    return hashlib.sha256(c.SerializeToString()).digest()
+
+
+def _share_initializers(graph: onnx.GraphProto, head: onnx.GraphProto) -> None:
+    """Point ``head``'s nodes at ``graph``'s initializers wherever their contents are equal, and
+    drop the copies: the classifier body that the graph's input preprocessing already runs then
+    has the same node inputs in both places, and ONNX Runtime's common-subexpression elimination
+    runs it once per batch instead of twice (the same bits: the same nodes on the same values).
+    A head with subgraphs (``If``, ``Loop``) keeps its own initializers."""
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+           for n in head.node for a in n.attribute):
+        return
+    known = {_tensor_key(t): t.name for t in graph.initializer}
+    rename: dict[str, str] = {}
+    keep = []
+    for t in head.initializer:
+        same = known.get(_tensor_key(t))
+        if same is None:
+            keep.append(t)
+        else:
+            rename[t.name] = same
+    if not rename:
+        return
+    del head.initializer[:]
+    head.initializer.extend(keep)
+    for node in head.node:
+        node.input[:] = [rename.get(i, i) for i in node.input]
 
 
 def head_columns(head: onnx.ModelProto) -> int:

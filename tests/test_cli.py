@@ -80,6 +80,30 @@ def test_calibrate_from_files(raw_bundle, data, tmp_path, capsys) -> None:  # ty
     assert len(capsys.readouterr().out.splitlines()) == len(data["val"])
 
 
+def test_calibrate_minor_tail(raw_bundle, data, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """``--minor-tail`` reaches calibration.json (0.5: equal tails, schema 1; 0.1: schema 2
+    with weight 0.1 on every two-sided test); a share outside (0, 0.5] is refused by the
+    parser, before any work."""
+    from oodguard.bundle import CALIBRATION_FILE, read_bundle
+
+    np.save(tmp_path / "val.npy", data["val"])
+    for share, schema in (("0.5", 1), ("0.1", 2)):
+        out = tmp_path / f"cal{share}"
+        assert main(["calibrate", str(raw_bundle), str(tmp_path / "val.npy"), "--select",
+                     "all", "--minor-tail", share, "--out", str(out)]) == 0
+        doc = json.loads(read_bundle(out).files[CALIBRATION_FILE])
+        assert doc["schema_version"] == schema
+        if schema == 2:
+            assert set(doc["lower_weight"]) == {0.1}
+    capsys.readouterr()
+    for bad in ("0", "0.6", "half"):
+        with pytest.raises(SystemExit):
+            main(["calibrate", str(raw_bundle), str(tmp_path / "val.npy"), "--minor-tail", bad,
+                  "--out", str(tmp_path / "bad")])
+        assert "--minor-tail" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_integer_inputs_need_scale(bundle, data, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     ints = np.round(data["test"][:4] * 255).astype(np.uint8).reshape(4, 4, 4)  # 4x4 images
     np.save(tmp_path / "u8.npy", ints)

@@ -69,6 +69,18 @@ def alpha_arg(value: str) -> float:
     return alpha
 
 
+def tail_share_arg(value: str) -> float:
+    """A ``--minor-tail`` value: a share in (0, 0.5]."""
+    try:
+        share = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number in (0, 0.5], got {value!r}") from None
+    if not 0.0 < share <= 0.5:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 0.5], got {value}")
+    return share
+
+
 def probability_arg(value: str) -> float:
     """A probability in (0, 1) (``--false-alarm``, ``--drift-false-alarm``)."""
     try:

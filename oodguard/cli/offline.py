@@ -9,7 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
-from oodguard.cli.base import alpha_arg, command, optional
+from oodguard.cli.base import alpha_arg, command, optional, tail_share_arg
 from oodguard.cli.inputs import add_input_args, load_inputs
 from oodguard.cli.runtime import calibrated_bundle
 
@@ -63,6 +63,11 @@ def _calibrate_args(p: argparse.ArgumentParser) -> None:
                         f"{MIN_OOD_SAMPLES} samples; default: synthetic outliers)")
     p.add_argument("--select", choices=("auto", "all"), default="auto",
                    help="auto: select features and directions; all: every feature, two-sided")
+    p.add_argument("--minor-tail", type=tail_share_arg, metavar="SHARE",
+                   help="share of each two-sided test given to its minor tail, in (0, 0.5] "
+                        "(default 0.3; 0.5: equal tails; lower, e.g. 0.1, when the inputs to "
+                        "catch are worse reconstructed or farther than usual, see "
+                        "docs/calibration.md)")
     p.add_argument("--out", type=Path,
                    help="write the calibrated bundle here (default: in place, atomically); a "
                         "file or a non-bundle directory is refused")
@@ -88,7 +93,8 @@ def _calibrate(a: argparse.Namespace) -> int:
                 "select on synthetic outliers", a.ood, len(x_ood), max(len(x_ood), 1),
                 MIN_OOD_SAMPLES)
     report = calibrate(a.bundle, load_inputs(a.inputs, a, shape).x, alpha=a.alpha, x_ood=x_ood,
-                       select=a.select, out=a.out, overwrite=a.overwrite, seed=a.seed)
+                       select=a.select, minor_tail=a.minor_tail, out=a.out,
+                       overwrite=a.overwrite, seed=a.seed)
     used = [report.scorer.feature_names[i] for i in report.scorer.used]
     print(json.dumps({"bundle": str(report.path), "alpha": a.alpha, "threshold": report.threshold,
                       "n_fit": report.n_fit, "n_cal": report.n_cal, "features": used,

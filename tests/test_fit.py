@@ -162,12 +162,19 @@ def test_cli_fit_writes_a_bundle_and_refuses_an_existing_out(tmp_path, capsys) -
     assert main(args) == 0
     doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert doc["arch"] == "mlp" and doc["epochs"] <= 5 and doc["features"]
+    from oodguard.bundle import CALIBRATION_FILE, read_bundle
+
+    cal = json.loads(read_bundle(out).files[CALIBRATION_FILE])
+    assert 0.0 in cal["direction"]  # a two-sided test: its tails are weighted 0.3 / 0.7
+    assert set(cal["lower_weight"]) == {0.3, 0.5}
     before = (out / "manifest.json").read_bytes()
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "holds a bundle; pass overwrite=True (CLI: --overwrite)" in err
     assert (out / "manifest.json").read_bytes() == before
-    assert main([*args, "--overwrite"]) == 0
+    assert main([*args, "--overwrite", "--minor-tail", "0.5"]) == 0
+    cal = json.loads(read_bundle(out).files[CALIBRATION_FILE])
+    assert "lower_weight" not in cal  # equal tails: schema 1
 
 
 def test_import_oodguard_loads_neither_torch_nor_sklearn_and_fit_names_its_extra() -> None:

@@ -39,7 +39,8 @@ def fit(
     x_train: Any, x_val: Any, *, out: str | os.PathLike[str],
     model: torch.nn.Module | None = None, layer: str | None = None,
     arch: str = "auto", latent: int | None = None, recipe: Recipe | None = None,
-    steps: int = 32, alpha: float = 0.05, seed: int = 0, overwrite: bool = False,
+    steps: int = 32, alpha: float = 0.05, minor_tail: float | None = None, seed: int = 0,
+    overwrite: bool = False,
     progress: bool | None = None, threads: int | None = None,
     **guard_kwargs: Any,
 ) -> Guard:
@@ -67,6 +68,8 @@ def fit(
     latent : bottleneck size; default :func:`oodguard.training.models.latent_size`.
     recipe : :class:`~oodguard.training.Recipe`; default :func:`default_recipe`.
     steps, alpha, seed : the export's ``T``, the calibration's α, the seed of everything.
+    minor_tail : the calibration's share of each two-sided test given to its minor tail
+        (default ``DEFAULT_MINOR_TAIL``, see :func:`oodguard.calibration.calibrate`).
     threads : torch threads while training (default: torch's setting).
     guard_kwargs : passed to :meth:`Guard.load` (``registry=``, ``providers=``...).
 
@@ -102,8 +105,8 @@ def fit(
                 export_bundle(staging, model=ae, x_train=xt, preprocess=pre, steps=steps,
                               seed=seed, progress=progress, training=record,
                               max_codes=MAX_DISCOVERY_CODES)
-            calibrate(staging, xv, alpha=alpha, out=out, overwrite=overwrite, seed=seed,
-                      progress=progress)
+            calibrate(staging, xv, alpha=alpha, minor_tail=minor_tail, out=out,
+                      overwrite=overwrite, seed=seed, progress=progress)
     finally:
         torch.set_num_threads(previous)
     log.info("oodguard.fit wrote %s in %.1fs", out, time.perf_counter() - t0)

@@ -8,7 +8,7 @@ import json
 import time
 from pathlib import Path
 
-from oodguard.cli.base import alpha_arg, command, count_arg, optional
+from oodguard.cli.base import alpha_arg, command, count_arg, optional, tail_share_arg
 from oodguard.cli.inputs import add_input_args, load_inputs
 
 __all__: list[str] = []
@@ -24,6 +24,9 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
                    help="replace a bundle at --out (without it an existing --out is refused "
                         "before training)")
     p.add_argument("--alpha", type=alpha_arg, default=0.05, help="target false-positive rate")
+    p.add_argument("--minor-tail", type=tail_share_arg, metavar="SHARE",
+                   help="the calibration's share of each two-sided test given to its minor "
+                        "tail, in (0, 0.5] (default 0.3; see oodguard calibrate --help)")
     p.add_argument("--arch", choices=("auto", "mlp", "conv1d", "conv2d"), default="auto",
                    help="auto: an MLP for vectors (d,), a 1-D conv net for sequences (C, L), a "
                         "conv net for images (C, H, W)")
@@ -57,8 +60,8 @@ def _fit(a: argparse.Namespace) -> int:
         recipe = dataclasses.replace(training.default_recipe(len(x_train), arch),
                                      max_epochs=a.max_epochs)
     guard = training.fit(x_train, x_val, out=a.out, overwrite=a.overwrite, alpha=a.alpha,
-                         arch=a.arch, latent=a.latent, recipe=recipe, steps=a.steps,
-                         seed=a.seed, threads=a.threads, registry=None,
+                         minor_tail=a.minor_tail, arch=a.arch, latent=a.latent, recipe=recipe,
+                         steps=a.steps, seed=a.seed, threads=a.threads, registry=None,
                          progress=None if not a.quiet else False)
     trained = guard.bundle.manifest.dynamics["training"]
     sc = guard.scorer

@@ -12,10 +12,12 @@ MLP on a tabular set (breast cancer, standardised). Per model, near and far OOD 
 
 oodguard, each calibrated at alpha on held-out in-distribution rows and measured on others:
 
-- ``embedding``: ``oodguard.fit(..., model=clf, layer="body")`` — the graph runs the classifier
-  up to its feature layer, iterates an autoencoder trained on those embeddings, and adds the
-  classifier's msp, energy and class-conditional Mahalanobis distance on that layer
-  (``embedding_mahalanobis``) as candidate features;
+- ``embedding``: ``oodguard.fit(..., model=clf, layer="body")``, the classifier guard — the
+  graph iterates an autoencoder trained on the classifier's inputs and adds the classifier's
+  msp, energy and class-conditional Mahalanobis distance on its feature layer
+  (``embedding_mahalanobis``) as features;
+- ``embedding (AE on layer)``: the same with ``autoencoder_on="layer"`` — the graph runs the
+  classifier up to its feature layer and iterates an autoencoder trained on those embeddings;
 - ``raw``: ``oodguard.fit`` on the raw inputs;
 - a user's own autoencoder: none of these models comes with one, so the row is absent.
 
@@ -53,6 +55,7 @@ ALPHA = 0.05
 # The embedding guard's own Mahalanobis column, uncalibrated: what that candidate gives alone
 # (the calibration may leave it out of the score).
 COLUMN_METHOD = "embedding_mahalanobis (column)"
+LAYER_METHOD = "embedding (AE on layer)"
 
 
 def _torch() -> Any:
@@ -190,6 +193,9 @@ def run_model(name: str, data: dict[str, Any], model: Any, *, epochs: int, seed:
             "embedding": oodguard.fit(x_tr, data["val"], out=Path(tmp) / "emb", model=clf,
                                       layer="body", recipe=recipe, seed=seed, registry=None,
                                       progress=False),
+            LAYER_METHOD: oodguard.fit(x_tr, data["val"], out=Path(tmp) / "layer", model=clf,
+                                       layer="body", autoencoder_on="layer", recipe=recipe,
+                                       seed=seed, registry=None, progress=False),
             "raw": oodguard.fit(x_tr, data["val"], out=Path(tmp) / "raw", recipe=recipe,
                                 seed=seed, registry=None, progress=False),
         }

@@ -26,6 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _classifiers import build  # noqa: E402
 
+# oodguard's methods in classifier_ood.py's JSON, compared with the peers where present
+OURS = ("embedding", "embedding (AE on layer)", "raw")
+
 
 def _metrics(s_in: np.ndarray, s_out: np.ndarray) -> dict[str, float]:
     from sklearn.metrics import roc_auc_score
@@ -92,13 +95,13 @@ def compare(ours: dict[str, Any], peers: dict[str, Any]) -> dict[str, Any]:
             continue
         best = max(p, key=lambda k: p[k])
         row = {"model": m["model"], "best_peer": best, "best_peer_auroc": p[best], **p}
-        for meth in ("embedding", "raw"):
+        for meth in (k for k in OURS if k in m["methods"]):
             g = m["methods"][meth]
             row[meth] = g["mean_auroc"]
             row[f"{meth}_fpr_within"] = g["fpr_within"]
         rows.append(row)
     names = sorted({k for r in rows for k in peers["models"][r["model"]]})
-    means = {k: float(np.mean([r[k] for r in rows])) for k in ["embedding", "raw", *names]
+    means = {k: float(np.mean([r[k] for r in rows])) for k in [*OURS, *names]
              if all(k in r for r in rows)}
     best_overall = max((k for k in names if k in means), key=lambda k: means[k])
     return {"rows": rows, "means": means, "best_peer_overall": best_overall,

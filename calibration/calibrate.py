@@ -36,6 +36,7 @@ from oodguard.calibration.selection import (
     BASELINE_FEATURES,
     DEFAULT_PROXY_KINDS,
     make_proxies,
+    required_baselines,
     select_features,
 )
 from oodguard.calibration.transform import FittedTransform, fit_transform
@@ -203,7 +204,7 @@ def _fit_candidates(
     features, 50 for the 3 baselines). An explicit ``use`` is left as it is."""
     if use is not None or n >= required_samples(alpha, len(names), fit_fraction):
         return use, []
-    base = [b for b in BASELINE_FEATURES if b in names]
+    base = list(required_baselines(names))
     if not base or n < required_samples(alpha, len(base), fit_fraction):
         return use, []  # check_sizes refuses, naming the size every feature needs
     msg = (f"{n} in-distribution samples are too few to fit all {len(names)} features "
@@ -236,7 +237,7 @@ def fit_scorer(
     combine: str = "max",
     use: Sequence[str] | None = None,
     exclude: Mapping[str, str] | None = None,
-    required: Sequence[str] = BASELINE_FEATURES,
+    required: Sequence[str] | None = None,
     keep_sign: Sequence[str] = BASELINE_FEATURES,
     two_sided_margin: float | None = 0.1,
     minor_tail: float | None = None,
@@ -257,9 +258,10 @@ def fit_scorer(
         input (e.g. one per proxy kind); no kind may lose AUROC when a feature is added.
     exclude : feature name ▶ reason: left out of the candidates (e.g. numerically unstable
         features), reported in ``info["dropped_features"]``.
-    required : features the selection always keeps when they are candidates (default: the
-        classic baselines ``recon_error``, ``latent_knn``, ``latent_mahalanobis`` and, in an
-        embedding guard's bundle, ``embedding_mahalanobis``).
+    required : features the selection always keeps when they are candidates (default
+        :func:`~oodguard.calibration.selection.required_baselines`: the classic baselines
+        ``recon_error``, ``latent_knn``, ``latent_mahalanobis``; in a guarded classifier's
+        bundle ``recon_error`` and ``embedding_mahalanobis``).
     keep_sign : features never given direction −1 (two-sided instead; default the baselines).
     two_sided_margin : see :func:`~oodguard.calibration.selection.select_features`.
     minor_tail : the share of each two-sided test given to its minor tail (``combine``
@@ -307,7 +309,8 @@ def fit_scorer(
         used_names = [names[j] for j in fitted.used]
         groups = _regroup(reference_groups, ok)
         z_fit, z_ref = probe.standardize(fit), probe.standardize(ref[ok])
-        req = [used_names.index(n) for n in required if n in used_names]
+        must = required_baselines(names) if required is None else required
+        req = [used_names.index(n) for n in must if n in used_names]
         sel = select_features(
             z_fit, z_ref, groups=groups, required=req,
             keep_sign=[used_names.index(n) for n in keep_sign if n in used_names],

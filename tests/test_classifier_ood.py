@@ -23,11 +23,11 @@ def test_classifier_benchmark_tiny_run_writes_results(tmp_path) -> None:  # type
     doc = json.loads(out.read_text())
     assert doc["tiny"] and doc["alpha"] == 0.05 and "not run" in doc["peers"]
     (m,) = doc["models"]
-    assert set(m["methods"]) == {"embedding", "raw", "embedding_mahalanobis (column)",
-                                 "msp (here)", "energy (here)"}
+    assert set(m["methods"]) == {"embedding", "embedding (AE on layer)", "raw",
+                                 "embedding_mahalanobis (column)", "msp (here)", "energy (here)"}
     assert set(m["methods"]["embedding_mahalanobis (column)"]["ood"]) == {
         "digits_5_9", "inverted", "uniform_noise"}
-    for name in ("embedding", "raw"):
+    for name in ("embedding", "embedding (AE on layer)", "raw"):
         g = m["methods"][name]
         lo, hi = g["fpr_range_99"]
         assert 0 <= lo <= hi <= 1 and g["fpr_within"] == (lo <= g["fpr_at_alpha"] <= hi)

@@ -17,7 +17,11 @@ from torch import nn  # noqa: E402
 
 import oodguard  # noqa: E402
 from oodguard.bundle.reference import compare_values  # noqa: E402
-from oodguard.calibration.selection import BASELINE_FEATURES  # noqa: E402
+from oodguard.calibration.selection import (  # noqa: E402
+    BASELINE_FEATURES,
+    CLASSIFIER_BASELINES,
+    required_baselines,
+)
 from oodguard.errors import ExportError, InvalidParameterError  # noqa: E402
 from oodguard.export.parity import DEFAULT_ATOL, DEFAULT_RTOL  # noqa: E402
 from oodguard.training import Recipe  # noqa: E402
@@ -44,7 +48,7 @@ class SmallCNN(nn.Module):
 
 
 @pytest.fixture(scope="module")
-def guarded(tmp_path_factory):  # type: ignore[no-untyped-def]
+def trained():  # type: ignore[no-untyped-def]
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -63,14 +67,38 @@ def guarded(tmp_path_factory):  # type: ignore[no-untyped-def]
         loss.backward()
         opt.step()
     clf.eval()
+    return clf, xi, x[y >= 5]
+
+
+def _guard(trained, tmp_path_factory, autoencoder_on):  # type: ignore[no-untyped-def]
+    clf, xi, x_out = trained
     out = tmp_path_factory.mktemp("emb") / "bundle"
     guard = oodguard.fit(xi[:500], xi[500:800], out=out, model=clf, layer="body",
+                         autoencoder_on=autoencoder_on,
                          recipe=Recipe(max_epochs=40, batch_size=32), registry=None)
-    return guard, clf, xi, x[y >= 5]
+    return guard, clf, xi, x_out
 
 
-def test_the_bundle_takes_the_classifiers_input_and_adds_the_classifier_features(guarded) -> None:  # type: ignore[no-untyped-def]
-    guard, clf, xi, _ = guarded
+@pytest.fixture(scope="module")
+def guarded(trained, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """The default: the autoencoder learns the classifier's inputs."""
+    return _guard(trained, tmp_path_factory, "input")
+
+
+@pytest.fixture(scope="module")
+def guarded_layer(trained, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """``autoencoder_on="layer"``: the autoencoder learns the body's embeddings."""
+    return _guard(trained, tmp_path_factory, "layer")
+
+
+BOTH = pytest.mark.parametrize("which", ["guarded", "guarded_layer"])
+
+
+@BOTH
+def test_the_bundle_takes_the_classifiers_input_and_adds_the_classifier_features(  # type: ignore[no-untyped-def]
+        which, request) -> None:
+    guard, clf, xi, _ = request.getfixturevalue(which)
+    on = "input" if which == "guarded" else "layer"
     m = guard.bundle.manifest
     assert m.input.shape == (1, 8, 8)
     assert CLASSIFIER_FEATURES == ("msp", "energy", "embedding_mahalanobis")
@@ -80,7 +108,9 @@ def test_the_bundle_takes_the_classifiers_input_and_adds_the_classifier_features
     labels = clf(torch.from_numpy(xi[:500])).argmax(1).numpy()
     rank = np.linalg.matrix_rank(_tied_cov(_body(clf, xi[:500]), labels), hermitian=True,
                                  rtol=PRECISION_RCOND)
-    assert rec == {"model": "SmallCNN", "layer": "body", "dim": 24,
+    # the autoencoder learns the 1×8×8 images (a conv net) or the 24-d embeddings (an MLP)
+    assert m.dynamics["training"]["arch"] == {"input": "conv2d", "layer": "mlp"}[on]
+    assert rec == {"model": "SmallCNN", "layer": "body", "dim": 24, "autoencoder_on": on,
                    "extra_features": ["msp", "energy", "embedding_mahalanobis"],
                    "mahalanobis": {"labels": "predicted", "classes": len(np.unique(labels)),
                                    "rank": int(rank), "rcond": PRECISION_RCOND}}
@@ -88,11 +118,12 @@ def test_the_bundle_takes_the_classifiers_input_and_adds_the_classifier_features
         assert m.dynamics["stability"][name]["stable"], name
 
 
-def test_a_rows_features_do_not_depend_on_its_batch(guarded) -> None:  # type: ignore[no-untyped-def]
+@BOTH
+def test_a_rows_features_do_not_depend_on_its_batch(which, request) -> None:  # type: ignore[no-untyped-def]
     """Every column of the embedding graph, the classifier's three included, gives a row the
     same bits alone and in batches of 7 and 67 (ONNX Runtime's reductions and Log would round a
     row by its place in the batch: 14 of 67 rows changed before the aligned forms)."""
-    guard, _, xi, x_out = guarded
+    guard, _, xi, x_out = request.getfixturevalue(which)
     assert guard.engine.batch_invariant
     x = np.concatenate([xi[800:850], x_out[:17]])
     whole = guard.engine.run(x)
@@ -102,7 +133,7 @@ def test_a_rows_features_do_not_depend_on_its_batch(guarded) -> None:  # type: i
         np.testing.assert_array_equal(parts.view(np.uint32), whole.view(np.uint32))
 
 
-def test_the_classifier_body_runs_once_per_batch(guarded, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_the_classifier_body_runs_once_per_batch(guarded_layer, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The grafted head shares the preprocessing's copy of the body's weights, so ONNX
     Runtime's common-subexpression elimination leaves one convolution where the graph had two
     (the body feeds both the autoencoder and the classifier's features)."""
@@ -111,7 +142,7 @@ def test_the_classifier_body_runs_once_per_batch(guarded, tmp_path) -> None:  # 
 
     from oodguard.bundle import MODEL_FILE
 
-    data = guarded[0].bundle.files[MODEL_FILE]
+    data = guarded_layer[0].bundle.files[MODEL_FILE]
     graph = onnx.load_from_string(data).graph
     convs = [n for n in graph.node if n.op_type == "Conv"]
     assert len(convs) == 2 and convs[0].input[1:] == convs[1].input[1:]  # one set of weights
@@ -123,26 +154,42 @@ def test_the_classifier_body_runs_once_per_batch(guarded, tmp_path) -> None:  # 
     assert sum(n.op_type == "Conv" for n in optimized.node) == 1
 
 
-def test_the_calibration_keeps_the_embedding_mahalanobis_as_a_baseline(guarded) -> None:  # type: ignore[no-untyped-def]
-    """The classic baseline of a guarded classifier is kept like the autoencoder's, never
-    reversed (one- or two-sided with the upper tail the major one)."""
-    guard, _, _, _ = guarded
+@BOTH
+def test_the_calibration_keeps_the_embedding_distance_and_the_reconstruction_error(  # type: ignore[no-untyped-def]
+        which, request) -> None:
+    """A guarded classifier's required baselines are the reconstruction error and the
+    embedding distance, never reversed (one- or two-sided with the upper tail the major one);
+    the latent distances are candidates like any feature."""
+    guard, _, _, _ = request.getfixturevalue(which)
     assert "embedding_mahalanobis" in BASELINE_FEATURES
+    assert required_baselines(guard.feature_names) == ("recon_error", "embedding_mahalanobis")
     used = [guard.feature_names[i] for i in guard.scorer.used]
-    assert "embedding_mahalanobis" in used
-    d = guard.scorer.direction[used.index("embedding_mahalanobis")]
-    assert d in (0.0, 1.0)
+    for name in ("recon_error", "embedding_mahalanobis"):
+        assert name in used
+        assert guard.scorer.direction[used.index(name)] in (0.0, 1.0)
 
 
-def test_the_graphs_embeddings_and_logit_features_equal_torchs(guarded) -> None:  # type: ignore[no-untyped-def]
-    guard, clf, xi, x_ood = guarded
+def test_required_baselines() -> None:
+    names = ("recon_error", "first_step", "latent_knn", "latent_mahalanobis")
+    assert required_baselines(names) == ("recon_error", "latent_knn", "latent_mahalanobis")
+    assert required_baselines((*names, *CLASSIFIER_FEATURES)) == CLASSIFIER_BASELINES
+    assert CLASSIFIER_BASELINES == ("recon_error", "embedding_mahalanobis")
+    assert required_baselines(("first_step", "msp")) == ()
+
+
+@BOTH
+def test_the_graphs_embeddings_and_logit_features_equal_torchs(which, request) -> None:  # type: ignore[no-untyped-def]
+    guard, clf, xi, x_ood = request.getfixturevalue(which)
     model = onnx.load_from_string(guard.bundle.files["model.onnx"])
-    # the preprocessing's output (the standardised embedding) as an extra graph output
-    model.graph.output.append(onnx.helper.make_tensor_value_info(
-        "x_model", onnx.TensorProto.FLOAT, None))
+    layer = which == "guarded_layer"
+    if layer:  # the preprocessing's output (the standardised embedding) as an extra output
+        model.graph.output.append(onnx.helper.make_tensor_value_info(
+            "x_model", onnx.TensorProto.FLOAT, None))
+    else:  # the images are in [0, 1]: the autoencoder takes them as they are
+        assert "x_model" not in {o for n in model.graph.node for o in n.output}
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     x = np.concatenate([xi[800:], x_ood[:200]])
-    features, x_model = sess.run(None, {"x": x})
+    features, *x_model = sess.run(None, {"x": x})
     # torch: the body's output, standardised with the training embeddings' mean and s.d.
     emb_train = embed(LayerTap(_copy(clf), "body"), xi[:500]).astype(np.float64)
     mean, std = emb_train.mean(axis=0), emb_train.std(axis=0)
@@ -150,9 +197,11 @@ def test_the_graphs_embeddings_and_logit_features_equal_torchs(guarded) -> None:
     with torch.inference_mode():
         emb = clf.body(torch.from_numpy(x)).double().numpy()
         logits = clf(torch.from_numpy(x)).double()
-    expected = (emb - mean) / std
-    _, bad = compare_values(expected.ravel(), x_model.ravel(), DEFAULT_RTOL, DEFAULT_ATOL)
-    assert not bad.any()
+    if layer:
+        expected = (emb - mean) / std
+        _, bad = compare_values(expected.ravel(), x_model[0].ravel(), DEFAULT_RTOL,
+                                DEFAULT_ATOL)
+        assert not bad.any()
     msp = torch.softmax(logits, 1).max(1).values.numpy()
     energy = (-torch.logsumexp(logits, 1)).numpy()
     maha = _mahalanobis(emb_train, clf(torch.from_numpy(xi[:500])).argmax(1).numpy(), emb)
@@ -313,4 +362,12 @@ def test_a_model_without_logits_is_refused(tmp_path) -> None:  # type: ignore[no
     x = np.random.default_rng(0).uniform(size=(300, 1, 8, 8)).astype(np.float32)
     with pytest.raises(ExportError, match=r"logits shaped \(N, classes\)"):
         oodguard.fit(x, x, out=tmp_path / "b", model=_NoLogits(), layer="body")
+    assert not (tmp_path / "b").exists()
+
+
+def test_an_unknown_autoencoder_on_is_refused_before_training(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    x = np.random.default_rng(0).uniform(size=(300, 1, 8, 8)).astype(np.float32)
+    with pytest.raises(InvalidParameterError, match=r"'autoencoder_on'.*'input' or 'layer'"):
+        oodguard.fit(x, x, out=tmp_path / "b", model=SmallCNN(), layer="body",
+                     autoencoder_on="embedding")
     assert not (tmp_path / "b").exists()

@@ -3,8 +3,8 @@
 Train an autoencoder for the data's shape (:mod:`oodguard.training.models`) with the recipe of
 :mod:`oodguard.training.recipe`, export it (:func:`oodguard.export.export_bundle`), calibrate
 it on the validation rows (:func:`oodguard.calibration.calibrate`) and load the guard. With
-``model=`` and ``layer=`` the autoencoder is trained on a classifier's embeddings instead and
-the bundle's graph takes the classifier's own input (:mod:`oodguard.training.embedding`).
+``model=`` and ``layer=`` the bundle's graph takes a classifier's input and adds the
+classifier's own scores to the autoencoder's features (:mod:`oodguard.training.embedding`).
 """
 
 from __future__ import annotations
@@ -21,12 +21,16 @@ import torch
 from oodguard.bundle.store import check_destination
 from oodguard.calibration import calibrate
 from oodguard.calibration.calibrate import DEFAULT_FIT_FRACTION, check_sizes
-from oodguard.calibration.selection import BASELINE_FEATURES
+from oodguard.calibration.selection import required_baselines
 from oodguard.errors import check_parameter
 from oodguard.export import export_bundle
 from oodguard.features import FEATURE_NAMES
 from oodguard.guard import Guard
-from oodguard.training.embedding import CLASSIFIER_FEATURES, export_embedding_guard
+from oodguard.training.embedding import (
+    CLASSIFIER_FEATURES,
+    check_autoencoder_on,
+    export_embedding_guard,
+)
 from oodguard.training.recipe import Recipe
 from oodguard.training.trainer import MAX_DISCOVERY_CODES, fit_autoencoder, input_array
 
@@ -38,7 +42,8 @@ log = logging.getLogger(__name__)
 def fit(
     x_train: Any, x_val: Any, *, out: str | os.PathLike[str],
     model: torch.nn.Module | None = None, layer: str | None = None,
-    arch: str = "auto", latent: int | None = None, recipe: Recipe | None = None,
+    autoencoder_on: str = "input", arch: str = "auto", latent: int | None = None,
+    recipe: Recipe | None = None,
     steps: int = 32, alpha: float = 0.05, minor_tail: float | None = None, seed: int = 0,
     overwrite: bool = False,
     progress: bool | None = None, threads: int | None = None,
@@ -60,10 +65,13 @@ def fit(
         ``overwrite=True``, anything else there is refused (``BundleExistsError``) before
         training.
     model, layer : a torch classifier and the name of its feature layer (as
-        ``model.named_modules()`` gives it): the autoencoder learns that layer's embeddings,
-        the graph takes the model's own input, and the classifier's maximum softmax
-        probability and energy are extra candidate features (see
-        :mod:`oodguard.training.embedding`). Both or neither.
+        ``model.named_modules()`` gives it): the graph takes the model's own input and adds
+        the classifier's maximum softmax probability and energy (candidates) and its
+        class-conditional Mahalanobis distance on that layer (kept, with ``recon_error``);
+        see :mod:`oodguard.training.embedding`. Both or neither.
+    autoencoder_on : with ``model=``: ``"input"`` (default) — the autoencoder learns the
+        classifier's inputs; ``"layer"`` — it learns the layer's embeddings (for inputs an
+        autoencoder cannot learn well or cheaply). docs/fit.md has what each gave.
     arch : "auto", "mlp", "conv1d" or "conv2d".
     latent : bottleneck size; default :func:`oodguard.training.models.latent_size`.
     recipe : :class:`~oodguard.training.Recipe`; default :func:`default_recipe`.
@@ -80,6 +88,7 @@ def fit(
     check_parameter((model is None) == (layer is None), "layer",
                     "given together with model= (a classifier and its feature layer's name)",
                     layer, owner="oodguard.fit")
+    check_autoencoder_on(autoencoder_on)
     check_parameter(threads is None or (isinstance(threads, int) and threads >= 1), "threads",
                     "None or an int >= 1", threads, owner="oodguard.fit")
     check_destination(out, overwrite=overwrite)
@@ -89,7 +98,7 @@ def fit(
     # rows it accepts are those that calibrate the classic baselines alone (with fewer rows
     # than every feature needs it falls back to them, and says so).
     names = (*FEATURE_NAMES, *(CLASSIFIER_FEATURES if model is not None else ()))
-    check_sizes(len(xv), sum(b in names for b in BASELINE_FEATURES), alpha, DEFAULT_FIT_FRACTION)
+    check_sizes(len(xv), len(required_baselines(names)), alpha, DEFAULT_FIT_FRACTION)
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -97,7 +106,8 @@ def fit(
         with tempfile.TemporaryDirectory(prefix="oodguard-fit-") as tmp:
             staging = Path(tmp) / "bundle"
             if model is not None:
-                export_embedding_guard(staging, model, str(layer), xt, arch=arch, latent=latent,
+                export_embedding_guard(staging, model, str(layer), xt,
+                                       autoencoder_on=autoencoder_on, arch=arch, latent=latent,
                                        recipe=recipe, steps=steps, seed=seed, progress=progress)
             else:
                 ae, pre, record = fit_autoencoder(xt, arch=arch, latent=latent, recipe=recipe,

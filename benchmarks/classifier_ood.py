@@ -21,7 +21,7 @@ oodguard, each calibrated at alpha on held-out in-distribution rows and measured
 - ``raw``: ``oodguard.fit`` on the raw inputs;
 - a user's own autoencoder: none of these models comes with one, so the row is absent.
 
-For reference, the embedding guard's ``embedding_mahalanobis`` column alone (uncalibrated,
+For reference, the classifier guard's ``embedding_mahalanobis`` column alone (uncalibrated,
 higher = more OOD), and the classifier's own ``msp`` and ``energy`` computed here from its
 logits (the formulas of Hendrycks & Gimpel and Liu et al., *not* pytorch-ood's code: the peers
 named in the issue run in a separate environment, ``benchmarks/classifier_ood_peers.py`` on
@@ -52,7 +52,7 @@ from _classifiers import build  # noqa: E402
 from _common import ROOT, format_table, machine_info, write_json  # noqa: E402
 
 ALPHA = 0.05
-# The embedding guard's own Mahalanobis column, uncalibrated: what that candidate gives alone
+# The classifier guard's own Mahalanobis column, uncalibrated: what that candidate gives alone
 # (the calibration may leave it out of the score).
 COLUMN_METHOD = "embedding_mahalanobis (column)"
 LAYER_METHOD = "embedding (AE on layer)"

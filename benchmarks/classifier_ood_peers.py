@@ -7,7 +7,7 @@ arrays. Runs in its own environment (requirements/peers.txt; never in CI):
         --out benchmarks/results/classifier_ood_peers.json
 
 Scores follow pytorch-ood's convention (higher = more OOD). The feature-based detectors get the
-classifier's ``body`` (the same layer oodguard's embedding guard taps) and are fitted on the
+classifier's ``body`` (the same layer oodguard's classifier guard taps) and are fitted on the
 training rows with their labels. Only numpy, scikit-learn and torch are used besides
 pytorch-ood: this script imports nothing from oodguard.
 """

@@ -9,10 +9,11 @@ The autoencoder (:func:`oodguard.training.trainer.fit_autoencoder`) learns, by
   to that layer first (:class:`LayerTap`, the export's input preprocessing). Meant for inputs
   an autoencoder cannot learn well or cheaply (large images, many channels).
 
-The default was chosen by measurement (docs/fit.md, "The classifier guard"): on the four models
-of ``benchmarks/classifier_ood.py`` the input's autoencoder with the classifier's scores gave a
-mean AUROC of 0.932 against 0.865 for the autoencoder on the embeddings, and 0.953 against
-0.889 on four models held out of that choice.
+The default was chosen by measurement (docs/fit.md, "The classifier benchmark"): on the four
+models of ``benchmarks/classifier_ood.py`` the input's autoencoder with the classifier's scores
+gave a mean AUROC of 0.932 against 0.865 for the autoencoder on the embeddings as it was, and
+0.899 against 0.830 on five classifiers held out of that choice. It costs more:
+``benchmarks/embedding_graph.py``.
 
 Either way the classifier adds three features in the same graph and the same calibration
 (:data:`CLASSIFIER_FEATURES`; ``msp`` and ``energy`` are candidates of the selection,

@@ -459,9 +459,12 @@ def calibrate(
     fit_fraction : share of ``x_val`` that fits the transform; the rest calibrates.
     select : "auto" — choose features and directions on ``x_ood`` if given, else on synthetic
         outliers made from the fit part (see :mod:`oodguard.calibration.selection`); the
-        classic baselines present in the bundle are always kept and never inverted;
+        classic baselines present in the bundle are never inverted, and those of
+        :func:`~oodguard.calibration.selection.required_baselines` always kept;
         "all" — every feature, two-sided.
-    x_ood : optional OOD validation inputs, used only for the selection.
+    x_ood : optional OOD validation inputs, used only for the selection. Examples of one kind
+        tune the score to that kind and can cost it others (docs/calibration.md): pass
+        examples of every kind you must catch.
     combine : "fisher" (default), "max", "max_mahalanobis", "mahalanobis" or "cauchy" (see
         :mod:`oodguard.scoring`; docs/calibration.md has what each gave).
     use : candidate feature names; default all.
